@@ -1,0 +1,70 @@
+"""The facts about a vocabulary that objectives need, independent of the tokenizer library.
+
+Objectives take a `VocabInfo` rather than a tokenizer so they stay pure NumPy functions that
+tests can drive with a synthetic vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# Fixed special ids shared by every tokenizer this project trains (T5 puts pad/eos/unk at
+# 0/1/2; the others follow). Sentinels for span corruption sit at the top of the vocabulary.
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+BOS_ID = 3  # also the [CLS] of the encoder families
+SEP_ID = 4
+MASK_ID = 5
+SPECIAL_PIECES = ("<pad>", "</s>", "<unk>", "<s>", "<sep>", "<mask>")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabInfo:
+  """Vocabulary facts for objectives.
+
+  Attributes:
+    vocab_size: total number of ids, sentinels included.
+    is_special: bool[vocab_size]; True for pad/eos/unk/bos/sep/mask and every sentinel.
+      Objectives never select these and never sample them as random replacements.
+    word_start: bool[vocab_size]; True for pieces that begin a word (SentencePiece `▁`
+      prefix). Specials count as word starts; a piece following a special also starts a
+      word, which objectives derive positionally.
+    sentinel_ids: int32[num_sentinels], `<extra_id_0>` first, i.e. vocab_size-1, -2, ...
+  """
+
+  vocab_size: int
+  is_special: np.ndarray
+  word_start: np.ndarray
+  sentinel_ids: np.ndarray
+  pad_id: int = PAD_ID
+  eos_id: int = EOS_ID
+  unk_id: int = UNK_ID
+  bos_id: int = BOS_ID
+  sep_id: int = SEP_ID
+  mask_id: int = MASK_ID
+
+  @property
+  def cls_id(self) -> int:
+    return self.bos_id
+
+  @property
+  def normal_ids(self) -> np.ndarray:
+    """int32 ids that are not special: the pool random replacements are drawn from."""
+    return np.flatnonzero(~self.is_special).astype(np.int32)
+
+  @classmethod
+  def synthetic(cls, vocab_size: int, num_sentinels: int = 0,
+                word_start_every: int = 3, seed: int = 0) -> "VocabInfo":
+    """A made-up vocabulary for tests: fixed specials, sentinels on top, random word starts."""
+    rng = np.random.default_rng(seed)
+    is_special = np.zeros(vocab_size, bool)
+    is_special[: len(SPECIAL_PIECES)] = True
+    sentinel_ids = np.arange(vocab_size - 1, vocab_size - 1 - num_sentinels, -1, dtype=np.int32)
+    is_special[sentinel_ids] = True
+    word_start = rng.random(vocab_size) < 1.0 / word_start_every
+    word_start[is_special] = True
+    return cls(vocab_size=vocab_size, is_special=is_special, word_start=word_start,
+               sentinel_ids=sentinel_ids)
