@@ -1,0 +1,265 @@
+"""Masked-LM objective (BERT / RoBERTa, optional whole-word masking) as pure NumPy.
+
+Follows OBJECTIVES.md §1 Decision: dynamic masking with a per-record generator seeded by the
+pipeline from (seed, epoch, index); an exact selection count by probabilistic rounding over the
+candidate positions; specials (CLS/SEP/EOS/pad/mask/unk/sentinels) are never selected and never
+drawn as random replacements; 80/10/10 mask/random/keep by default.
+
+`make_example` is what the pipeline calls once per record; it costs a fixed ~20 small NumPy
+calls per record, with per-vocabulary lookup tables built once (`vocab_tables`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+
+import numpy as np
+
+from data_pipelines.vocab import VocabInfo
+
+IGNORE_INDEX = -100  # label value the loss skips; HF's convention.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MLMParams:
+  """Masking hyper-parameters.
+
+  Attributes:
+    max_predictions: static upper bound on the number of selected tokens per sequence; the
+      model gathers exactly this many positions. See `default_max_predictions`.
+    mask_prob: fraction of candidate tokens (token mode) or words (whole-word mode) selected.
+    mask_token_frac: probability that a selected token becomes [MASK].
+    random_token_frac: probability that a selected token becomes a random non-special id; the
+      rest (1 - both) keep their original id.
+    whole_word: select SentencePiece words and mask all of their pieces together.
+  """
+
+  max_predictions: int
+  mask_prob: float = 0.15
+  mask_token_frac: float = 0.8
+  random_token_frac: float = 0.1
+  whole_word: bool = False
+
+  def __post_init__(self):
+    # Invalid params would only surface as odd masks deep in a run; reject them at creation.
+    self.validate()
+
+  @property
+  def keep_frac(self) -> float:
+    """Probability that a selected token keeps its original id."""
+    return 1.0 - self.mask_token_frac - self.random_token_frac
+
+  def validate(self) -> None:
+    """Raises ValueError (TypeError for a non-int max_predictions) with a one-line reason."""
+    if not 0.0 < self.mask_prob < 1.0:
+      raise ValueError(f"MLMParams.mask_prob must be in (0, 1), got {self.mask_prob}")
+    if self.mask_token_frac < 0 or self.random_token_frac < 0:
+      raise ValueError("MLMParams.mask_token_frac and random_token_frac must be >= 0, got "
+                       f"{self.mask_token_frac} and {self.random_token_frac}")
+    if self.mask_token_frac + self.random_token_frac > 1.0:
+      raise ValueError("MLMParams.mask_token_frac + random_token_frac must be <= 1, got "
+                       f"{self.mask_token_frac} + {self.random_token_frac}")
+    if isinstance(self.max_predictions, bool) or not isinstance(self.max_predictions,
+                                                                (int, np.integer)):
+      raise TypeError(f"MLMParams.max_predictions must be an int, got {self.max_predictions!r}")
+    if self.max_predictions < 1:
+      raise ValueError(f"MLMParams.max_predictions must be >= 1, got {self.max_predictions}")
+
+
+def default_max_predictions(seq_len: int, mask_prob: float, whole_word: bool = False) -> int:
+  """A static bound on the selected tokens for sequences of `seq_len` (CLS and SEP included).
+
+  Token mode: a block has n <= seq_len - 2 candidates and the objective selects
+  floor(x) or floor(x) + 1 tokens with x = mask_prob * n, the latter only when x is not an
+  integer, so at most ceil(mask_prob * (seq_len - 2)). This bound is tight: a block without
+  specials reaches it. (With it, selection is never truncated.)
+
+  Whole-word mode: the budget is counted in words, so the number of pieces varies with the
+  lengths of the words drawn. Pieces of ~w = ceil(p * n_words) words sampled without
+  replacement have mean ≈ p * n and a standard deviation of a few pieces at length 512; 20%
+  headroom over the token-mode bound (≈ 2 standard deviations there) keeps truncation rare.
+  When it happens, whole words are dropped (see `make_example`), never split.
+
+  Args:
+    seq_len: full model length L (the objective's block is L - 2 tokens).
+    mask_prob: MLMParams.mask_prob.
+    whole_word: MLMParams.whole_word.
+
+  Returns:
+    An int in [1, seq_len - 2] (at least 1 even for seq_len <= 2, as MLMParams requires).
+  """
+  n_body = max(seq_len - 2, 0)
+  bound = math.ceil(mask_prob * n_body)
+  if whole_word:
+    bound = math.ceil(1.2 * bound)
+  return max(1, min(bound, n_body))
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabTables:
+  """Per-vocabulary lookup arrays, built once so each record only does fancy indexing.
+
+  Attributes:
+    is_candidate: bool[V]; True for ids that may be selected (not special).
+    starts_word: bool[V]; True for candidate ids whose piece begins a word.
+    normal_ids: int32[N]; the non-special ids random replacements are drawn from.
+  """
+
+  is_candidate: np.ndarray
+  starts_word: np.ndarray
+  normal_ids: np.ndarray
+
+  @classmethod
+  def from_vocab(cls, vocab: VocabInfo) -> VocabTables:
+    is_candidate = ~np.asarray(vocab.is_special, bool)
+    starts_word = np.asarray(vocab.word_start, bool) & is_candidate
+    normal_ids = vocab.normal_ids
+    if normal_ids.size == 0:
+      raise ValueError("vocabulary has no non-special ids to draw random replacements from")
+    return cls(is_candidate=is_candidate, starts_word=starts_word, normal_ids=normal_ids)
+
+
+# VocabInfo holds arrays, so it is unhashable; key on id() and keep a weak reference to detect
+# a recycled id after the vocabulary is garbage-collected.
+_TABLES: dict[int, tuple[weakref.ref, VocabTables]] = {}
+
+
+def vocab_tables(vocab: VocabInfo) -> VocabTables:
+  """Returns the cached `VocabTables` of `vocab` (built on first use)."""
+  hit = _TABLES.get(id(vocab))
+  if hit is not None and hit[0]() is vocab:
+    return hit[1]
+  tables = VocabTables.from_vocab(vocab)
+  key = id(vocab)
+  _TABLES[key] = (weakref.ref(vocab, lambda _, key=key: _TABLES.pop(key, None)), tables)
+  return tables
+
+
+def _probabilistic_round(x: float, rng: np.random.Generator) -> int:
+  """floor(x) + Bernoulli(frac(x)): unbiased, and exactly x when x is an integer.
+
+  Same distribution as fairseq's int(x + U); written this way because float rounding of
+  x + U can reach x + 1 when x is integral and U is within an ulp of 1.
+  """
+  base = math.floor(x)
+  return base + int(rng.random() < x - base)
+
+
+def _select_tokens(cand: np.ndarray, rng: np.random.Generator, params: MLMParams) -> np.ndarray:
+  """Positions (into the block) of the selected tokens, token mode.
+
+  Args:
+    cand: bool[B], True where the block token may be selected.
+
+  Returns:
+    int[K] positions, K = probabilistic_round(mask_prob * n) clipped to max_predictions.
+  """
+  cand_pos = np.flatnonzero(cand)
+  n = cand_pos.size
+  num = min(_probabilistic_round(params.mask_prob * n, rng), params.max_predictions)
+  if num == 0:
+    return cand_pos[:0]
+  # The first `num` entries of a uniform permutation are a uniform subset without replacement;
+  # for n ~ 500 this is the cheapest way NumPy offers.
+  return cand_pos[rng.permutation(n)[:num]]
+
+
+def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
+                  params: MLMParams, tables: VocabTables) -> np.ndarray:
+  """Positions (into the block) of the selected tokens, whole-word mode.
+
+  Args:
+    block: int[B] token ids.
+    cand: bool[B], True where the block token may be selected.
+
+  Returns:
+    int[K] positions covering whole words only, K <= max_predictions.
+  """
+  n_body = block.shape[0]
+  if n_body == 0:
+    return np.empty(0, np.intp)
+  follows_non_cand = np.empty(n_body, bool)
+  follows_non_cand[0] = True  # the first block token follows [CLS]
+  np.logical_not(cand[:-1], out=follows_non_cand[1:])
+  starts = cand & (tables.starts_word[block] | follows_non_cand)
+  n_words = int(np.count_nonzero(starts))
+  budget = _probabilistic_round(params.mask_prob * n_words, rng)
+  if budget == 0:
+    return np.empty(0, np.intp)
+  # Every candidate run begins with a start, so each candidate gets the id of its own word;
+  # non-candidates get a stale id but are excluded through `cand`.
+  word_of = np.cumsum(starts) - 1
+  word_len = np.bincount(word_of[cand], minlength=n_words)
+  order = rng.permutation(n_words)[:budget]
+  # Keep the longest prefix of the random order that fits; dropping from the end keeps the
+  # choice uniform over words and never splits one.
+  fits = np.searchsorted(np.cumsum(word_len[order]), params.max_predictions, side="right")
+  chosen = np.zeros(n_words, bool)
+  chosen[order[:fits]] = True
+  return np.flatnonzero(cand & chosen[word_of])
+
+
+def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
+                 vocab: VocabInfo) -> dict[str, np.ndarray]:
+  """Masks one block of L - 2 tokens and frames it as `[CLS] block [SEP]`.
+
+  Selection. Candidates are the block positions whose id is not special (pad, EOS separators,
+  CLS/SEP/mask/unk and sentinels are never selected).
+  - Token mode: n candidates; K = floor(p n) + Bernoulli(frac(p n)) (probabilistic rounding,
+    p = mask_prob), clipped to max_predictions; K positions uniform without replacement.
+  - Whole-word mode: a word starts at a candidate whose piece is a word start
+    (`vocab.word_start`, the SentencePiece `▁`) or at a candidate following a non-candidate
+    position (a special, or [CLS] for the first token); a word is its start plus the following
+    non-start candidates. With W words, the budget is floor(p W) + Bernoulli(frac(p W)) words,
+    taken in a uniformly random order. If their pieces exceed max_predictions, the order is cut
+    at the first word that does not fit (the longest fitting prefix is kept), so the piece count
+    is <= max_predictions and no word is split.
+  Corruption. Each selected token independently becomes [MASK] with prob mask_token_frac, a
+  uniform draw from `vocab.normal_ids` with prob random_token_frac (which may equal the
+  original), else stays unchanged.
+
+  Args:
+    block: int[L-2] token ids in [0, vocab_size), possibly with EOS separators or trailing pad.
+    rng: the record's generator; the output is a function of (block, generator state).
+    params: masking parameters.
+    vocab: the vocabulary (lookup tables are cached per VocabInfo object).
+
+  Returns:
+    int32 features of shape [L]: `input_ids` (masked, framed), `attention_mask` (0 at pad),
+    `token_type_ids` (zeros), `labels` (original id at selected positions, -100 elsewhere).
+  """
+  tables = vocab_tables(vocab)
+  block = np.asarray(block)
+  if block.ndim != 1 or block.dtype.kind not in "iu":
+    raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
+  cand = tables.is_candidate[block]
+  if params.whole_word:
+    pos = _select_words(block, cand, rng, params, tables)
+  else:
+    pos = _select_tokens(cand, rng, params)
+
+  original = block[pos]
+  u = rng.random(pos.size)
+  random_ids = tables.normal_ids[rng.integers(tables.normal_ids.size, size=pos.size)]
+  fm = params.mask_token_frac
+  corrupted = np.where(u < fm, vocab.mask_id,
+                       np.where(u < fm + params.random_token_frac, random_ids, original))
+
+  seq_len = block.shape[0] + 2
+  input_ids = np.empty(seq_len, np.int32)
+  input_ids[0] = vocab.cls_id
+  input_ids[1:-1] = block
+  input_ids[-1] = vocab.sep_id
+  labels = np.full(seq_len, IGNORE_INDEX, np.int32)
+  pos += 1  # block position -> sequence position (after [CLS])
+  labels[pos] = original
+  input_ids[pos] = corrupted
+  return {
+      "input_ids": input_ids,
+      # Replacements are never pad, so pad in the output is exactly the block's padding.
+      "attention_mask": (input_ids != vocab.pad_id).astype(np.int32),
+      "token_type_ids": np.zeros(seq_len, np.int32),
+      "labels": labels,
+  }
