@@ -161,9 +161,10 @@ def _select_tokens(cand: np.ndarray, rng: np.random.Generator, params: MLMParams
   num = min(_probabilistic_round(params.mask_prob * n, rng), params.max_predictions)
   if num == 0:
     return cand_pos[:0]
-  # The first `num` entries of a uniform permutation are a uniform subset without replacement;
-  # for n ~ 500 this is the cheapest way NumPy offers.
-  return cand_pos[rng.permutation(n)[:num]]
+  # The first `num` entries of a uniform shuffle are a uniform subset without replacement; for
+  # n ~ 500 an in-place shuffle of the fresh position array is the cheapest way NumPy offers.
+  rng.shuffle(cand_pos)
+  return cand_pos[:num]
 
 
 def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
@@ -218,7 +219,8 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
     is <= max_predictions and no word is split.
   Corruption. Each selected token independently becomes [MASK] with prob mask_token_frac, a
   uniform draw from `vocab.normal_ids` with prob random_token_frac (which may equal the
-  original), else stays unchanged.
+  original), else stays unchanged. The generator is consumed in a fixed order: the rounding
+  draw, the selection shuffle, then one [2, K] draw (action, replacement id).
 
   Args:
     block: int[L-2] token ids in [0, vocab_size), possibly with EOS separators or trailing pad.
@@ -234,15 +236,19 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
   block = np.asarray(block)
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
-  cand = tables.is_candidate[block]
+  cand = tables.is_candidate.take(block)
   if params.whole_word:
     pos = _select_words(block, cand, rng, params, tables)
   else:
     pos = _select_tokens(cand, rng, params)
 
   original = block[pos]
-  u = rng.random(pos.size)
-  random_ids = tables.normal_ids[rng.integers(tables.normal_ids.size, size=pos.size)]
+  u, v = rng.random((2, pos.size))
+  # floor(v * N) for v uniform on [0, 1) in steps of 2^-53 is uniform on [0, N) up to a
+  # relative bias of N / 2^53 (< 1e-11 for real vocabularies), at a fifth of the cost of
+  # rng.integers for a few dozen draws.
+  v *= tables.normal_ids.size
+  random_ids = tables.normal_ids[v.astype(np.intp)]
   fm = params.mask_token_frac
   corrupted = np.where(u < fm, vocab.mask_id,
                        np.where(u < fm + params.random_token_frac, random_ids, original))
