@@ -60,11 +60,8 @@ def resolve_corpus(spec: str) -> list[str]:
       _check_suffix(path)
     return matches
   if os.path.isdir(spec):
-    found = []
-    for dirpath, dirnames, filenames in os.walk(spec):
-      dirnames.sort()
-      found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                   if f.endswith(TEXT_SUFFIXES))
+    found = sorted(os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(spec)
+                   for f in filenames if f.endswith(TEXT_SUFFIXES))
     if not found:
       raise DataError(f"corpus directory {spec} contains no .txt or .jsonl files")
     return found
