@@ -1,0 +1,400 @@
+"""Typed, frozen, nested run configuration: YAML presets plus dotted `key.path=value` overrides.
+
+One schema for every run. Presets live in `pretrain/configs/*.yaml` and only name the keys
+they change; every key is checked against the dataclasses below (unknown keys are rejected
+with the valid ones listed, values are type-checked, choices are enforced), and the resolved
+tree is written into the run directory as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from typing import Any
+
+import yaml
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "pretrain", "configs")
+
+
+class ConfigError(ValueError):
+  """A configuration value or key is wrong; the message names it and what was expected."""
+
+
+def _choices(*values: str) -> dict[str, Any]:
+  return {"choices": values}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture. Sizes follow the HF config names of the mirrored family."""
+  family: str = dataclasses.field(default="bert", metadata=_choices("bert"))
+  vocab_size: int = 8000
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  hidden_act: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "gelu_new",
+                                                                        "relu"))
+  layer_norm_eps: float = 1e-12
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  initializer_range: float = 0.02
+  dtype: str = dataclasses.field(default="float32", metadata=_choices("float32", "bfloat16"))
+  param_dtype: str = dataclasses.field(default="float32",
+                                       metadata=_choices("float32", "bfloat16"))
+  remat: str = dataclasses.field(default="none", metadata=_choices("none", "full", "dots"))
+  scan_layers: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """Self-supervised objective and its noise parameters (OBJECTIVES.md)."""
+  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm"))
+  mask_prob: float = 0.15
+  mask_token_frac: float = 0.8
+  random_token_frac: float = 0.1
+  whole_word: bool = False
+  # Static number of positions the MLM head gathers per sequence; 0 derives it from seq_len.
+  max_predictions: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where text comes from and how it is cut."""
+  corpus: str = "bundled"  # bundled | bundled_ko | bundled_all | PATH | tfds:NAME[/CFG][:SPLIT]
+  tokenizer: str = "bundled"  # bundled | PATH to a sentencepiece .model
+  seq_len: int = 128
+  text_field: str = "text"
+  validation_fraction: float = 0.02
+  cache_dir: str = ""  # "" = $XDG_CACHE_HOME/t5x_like/data
+  worker_threads: int = 2
+  prefetch: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Optimiser and learning-rate schedule."""
+  name: str = dataclasses.field(default="adamw", metadata=_choices("adamw"))
+  learning_rate: float = 1e-4
+  schedule: str = dataclasses.field(default="linear",
+                                    metadata=_choices("linear", "cosine", "constant"))
+  warmup_steps: int = 10_000
+  end_learning_rate_ratio: float = 0.0
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-6
+  grad_clip_norm: float = 1.0  # 0 disables clipping
+  grad_accum_steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh shape; -1 on one axis means "all remaining devices"."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  batch_size: int = 32  # global, over all hosts
+  seed: int = 0
+  eval_every: int = 1000
+  eval_steps: int = 20
+  log_every: int = 10
+  export_at_end: bool = False
+  print_sharding: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: ModelConfig = ModelConfig()
+  objective: ObjectiveConfig = ObjectiveConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  mesh: MeshConfig = MeshConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  train: TrainConfig = TrainConfig()
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+  return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
+  """Checks (and where lossless, converts) a YAML value to the field's declared type."""
+  if dataclasses.is_dataclass(typ):
+    if not isinstance(value, dict):
+      raise ConfigError(f"{path}: expected a mapping of {typ.__name__} keys, got "
+                        f"{type(value).__name__} {value!r}")
+    return _build(typ, value, path + ".")
+  if typ is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+  elif typ is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    if isinstance(value, str):
+      try:
+        as_float = float(value.replace("_", ""))
+      except ValueError:
+        as_float = math.nan
+      if as_float.is_integer():
+        return int(as_float)
+  elif typ is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+      try:
+        return float(value)
+      except ValueError:
+        pass
+  elif typ is str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+      value = str(value)
+      choices = field.metadata.get("choices")
+      if choices and value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(choices)}")
+      return value
+  else:  # pragma: no cover - schema uses only the types above
+    raise TypeError(f"unsupported config type {typ} at {path}")
+  raise ConfigError(f"{path}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  types_ = _field_types(cls)
+  kwargs = {}
+  for key, value in values.items():
+    if key not in fields:
+      close = difflib.get_close_matches(str(key), fields, n=1)
+      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+      raise ConfigError(f"unknown config key {prefix}{key}{hint}; valid keys in "
+                        f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs[key] = _coerce(prefix + key, value, types_[key], fields[key])
+  return dataclasses.replace(cls(), **kwargs)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+  out = dict(base)
+  for key, value in extra.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _deep_merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def list_presets() -> list[str]:
+  return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = yaml.safe_load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"config file {path} does not exist") from None
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+  if data is None:
+    return {}
+  if not isinstance(data, dict):
+    raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+  return data
+
+
+def _load_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Reads a preset (by name) or a YAML file, following `base:` inheritance."""
+  if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+    path = name_or_path
+  else:
+    path = os.path.join(PRESET_DIR, name_or_path + ".yaml")
+    if not os.path.exists(path):
+      raise ConfigError(f"unknown config preset {name_or_path!r}; presets: "
+                        f"{', '.join(list_presets())} (or give a path to a .yaml file)")
+  if path in seen:
+    raise ConfigError(f"config {path}: `base:` inheritance loops through {' -> '.join(seen)}")
+  tree = _read_yaml(path)
+  base = tree.pop("base", None)
+  if base is not None:
+    if not isinstance(base, str):
+      raise ConfigError(f"config {path}: base must be a preset name or path, got {base!r}")
+    if not (os.sep in base or base.endswith((".yaml", ".yml"))) and \
+        not os.path.exists(os.path.join(PRESET_DIR, base + ".yaml")):
+      base = os.path.join(os.path.dirname(path), base)
+    tree = _deep_merge(_load_tree(base, seen + (path,)), tree)
+  return tree
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+  """Splits `a.b.c=value` into (["a","b","c"], YAML-typed value)."""
+  if "=" not in text:
+    raise ConfigError(f"override {text!r} must look like key.path=value")
+  key, raw = text.split("=", 1)
+  parts = key.strip().split(".")
+  if not all(parts):
+    raise ConfigError(f"override {text!r}: empty key segment")
+  try:
+    value = yaml.safe_load(raw) if raw.strip() else ""
+  except yaml.YAMLError:
+    value = raw
+  return parts, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+  for text in overrides:
+    parts, value = parse_override(text)
+    nested: Any = value
+    for part in reversed(parts):
+      nested = {part: nested}
+    tree = _deep_merge(tree, nested)
+  return tree
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+  config = _build(Config, tree)
+  validate(config)
+  return config
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+  """Preset name or YAML path + dotted overrides -> validated `Config`."""
+  return from_dict(apply_overrides(_load_tree(name_or_path), list(overrides)))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+  return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    yaml.safe_dump(to_dict(config), f, sort_keys=False)
+  os.replace(tmp, path)
+
+
+def read_config(path: str) -> Config:
+  return from_dict(_read_yaml(path))
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+  """Returns `config` with fields of sections replaced, e.g. replace(c, train={"steps": 5})."""
+  tree = to_dict(config)
+  for name, values in sections.items():
+    tree[name] = {**tree[name], **values}
+  return from_dict(tree)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate(c: Config) -> None:
+  """Cross-field checks; each failure names the key and the expected range."""
+  m, o, d, t, opt = c.model, c.objective, c.data, c.train, c.optim
+  for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size"):
+    _require(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+  _require(m.hidden_size % m.num_heads == 0,
+           f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads "
+           f"({m.num_heads})")
+  for key in ("dropout_rate", "attention_dropout_rate"):
+    _require(0.0 <= getattr(m, key) < 1.0, f"model.{key} must be in [0, 1), got "
+             f"{getattr(m, key)}")
+  _require(0.0 < o.mask_prob < 1.0, f"objective.mask_prob must be in (0, 1), got {o.mask_prob}")
+  _require(o.mask_token_frac >= 0 and o.random_token_frac >= 0 and
+           o.mask_token_frac + o.random_token_frac <= 1.0 + 1e-9,
+           "objective.mask_token_frac and objective.random_token_frac must be >= 0 and sum to "
+           f"<= 1, got {o.mask_token_frac} + {o.random_token_frac}")
+  _require(o.max_predictions >= 0, f"objective.max_predictions must be >= 0 (0 = derive), got "
+           f"{o.max_predictions}")
+  _require(d.seq_len >= 8, f"data.seq_len must be >= 8, got {d.seq_len}")
+  _require(d.seq_len <= m.max_position_embeddings,
+           f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings "
+           f"({m.max_position_embeddings})")
+  _require(0.0 <= d.validation_fraction < 1.0,
+           f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
+  _require(d.worker_threads >= 0 and d.prefetch >= 0,
+           "data.worker_threads and data.prefetch must be >= 0")
+  _require(opt.learning_rate > 0, f"optim.learning_rate must be > 0, got {opt.learning_rate}")
+  _require(opt.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {opt.warmup_steps}")
+  _require(0.0 <= opt.end_learning_rate_ratio <= 1.0,
+           f"optim.end_learning_rate_ratio must be in [0, 1], got {opt.end_learning_rate_ratio}")
+  _require(0.0 <= opt.b1 < 1.0 and 0.0 <= opt.b2 < 1.0, "optim.b1 and optim.b2 must be in [0, 1)")
+  _require(opt.eps > 0 and opt.weight_decay >= 0 and opt.grad_clip_norm >= 0,
+           "optim.eps must be > 0; optim.weight_decay and optim.grad_clip_norm must be >= 0")
+  _require(opt.grad_accum_steps >= 1,
+           f"optim.grad_accum_steps must be >= 1, got {opt.grad_accum_steps}")
+  for key in ("data", "fsdp", "tensor"):
+    value = getattr(c.mesh, key)
+    _require(value == -1 or value >= 1, f"mesh.{key} must be -1 (the rest) or >= 1, got {value}")
+  _require([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1,
+           "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+  _require(c.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {c.checkpoint.every}")
+  _require(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}")
+  _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+  _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+  _require(t.batch_size % opt.grad_accum_steps == 0,
+           f"train.batch_size ({t.batch_size}) must be divisible by optim.grad_accum_steps "
+           f"({opt.grad_accum_steps})")
+  _require(t.eval_every >= 1 and t.eval_steps >= 0 and t.log_every >= 1,
+           "train.eval_every and train.log_every must be >= 1, train.eval_steps >= 0")
+
+
+def max_predictions(c: Config) -> int:
+  """Static number of positions the MLM head scores per sequence."""
+  if c.objective.max_predictions:
+    return c.objective.max_predictions
+  # Probabilistic rounding int(p*n + U) selects at most ceil(p*n) of n <= L-2 candidates.
+  return math.ceil(c.objective.mask_prob * (c.data.seq_len - 2))
+
+
+__all__ = [
+  "CheckpointConfig",
+  "Config",
+  "ConfigError",
+  "DataConfig",
+  "MeshConfig",
+  "ModelConfig",
+  "ObjectiveConfig",
+  "OptimConfig",
+  "TrainConfig",
+  "apply_overrides",
+  "from_dict",
+  "list_presets",
+  "load_config",
+  "max_predictions",
+  "read_config",
+  "replace",
+  "save_config",
+  "to_dict",
+  "validate",
+]

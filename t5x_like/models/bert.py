@@ -1,0 +1,193 @@
+"""BERT / RoBERTa encoder with the MLM head, mirroring `transformers.BertForMaskedLM`.
+
+Post-LN Transformer encoder, learned absolute positions, token-type embeddings, and an MLM
+head (dense -> act -> LayerNorm -> tied decoder + bias). As in the original BERT, the head
+can score only the masked positions (`masked_positions`, gathered first), so the [B, L, V]
+logits tensor is never built during pretraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_like.models import layers
+
+# Batch features this family consumes (the objective must produce exactly these).
+FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels")
+PACKED_FEATURES = ("segment_ids", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Shape and options of the encoder; names follow `transformers.BertConfig`."""
+  vocab_size: int
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  hidden_act: str = "gelu"
+  layer_norm_eps: float = 1e-12
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  scan_layers: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+class BertEmbeddings(nn.Module):
+  config: BertConfig
+  deterministic: bool = True
+
+  def setup(self) -> None:
+    c = self.config
+    init = nn.initializers.normal(c.initializer_range)
+    kw = {"dtype": layers.dtype_of(c.dtype), "param_dtype": layers.dtype_of(c.param_dtype),
+          "embedding_init": init}
+    self.word_embeddings = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), **kw)
+    self.position_embeddings = layers.Embed(c.max_position_embeddings, c.hidden_size,
+                                            ("position", "embed"), **kw)
+    self.token_type_embeddings = layers.Embed(c.type_vocab_size, c.hidden_size,
+                                              ("type", "embed"), **kw)
+    self.layer_norm = layers.LayerNorm(c.layer_norm_eps, dtype=layers.dtype_of(c.dtype),
+                                       param_dtype=layers.dtype_of(c.param_dtype))
+    self.dropout = nn.Dropout(c.dropout_rate)
+
+  def __call__(self, input_ids_BL: jax.Array, token_type_ids_BL: jax.Array,
+               positions_BL: jax.Array) -> jax.Array:
+    x_BLD = (self.word_embeddings(input_ids_BL) + self.position_embeddings(positions_BL) +
+             self.token_type_embeddings(token_type_ids_BL))
+    x_BLD = self.layer_norm(x_BLD)
+    x_BLD = self.dropout(x_BLD, deterministic=self.deterministic)
+    return layers.constrain(x_BLD, ("act_batch", "act_length", "act_embed"))
+
+  def attend(self, h: jax.Array) -> jax.Array:
+    return self.word_embeddings.attend(h)
+
+
+class BertLayer(nn.Module):
+  """One post-LN block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+  config: BertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None) -> tuple[jax.Array, None]:
+    c = self.config
+    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    init = nn.initializers.normal(c.initializer_range)
+    dense = lambda features, in_axes, out_axes, name: layers.Dense(
+        features, in_axes, out_axes, dtype=dtype, param_dtype=pdtype, kernel_init=init,
+        name=name)
+    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+
+    attn_BLHK = layers.MultiHeadDotProductAttention(
+        c.num_heads, c.head_dim, c.attention_dropout_rate, self.deterministic, dtype, pdtype,
+        init, name="attention")(x_BLD, bias)
+    h_BLD = dense((c.hidden_size,), ("heads", "kv"), ("embed",), "attention_output")(attn_BLHK)
+    x_BLD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype,
+                             name="attention_layer_norm")(x_BLD + drop(h_BLD))
+    x_BLD = layers.constrain(x_BLD, ("act_batch", "act_length", "act_embed"))
+
+    h_BLF = dense((c.intermediate_size,), ("embed",), ("mlp",), "intermediate")(x_BLD)
+    h_BLF = layers.ACTIVATIONS[c.hidden_act](h_BLF)
+    h_BLF = layers.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
+    h_BLD = dense((c.hidden_size,), ("mlp",), ("embed",), "output")(h_BLF)
+    x_BLD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype,
+                             name="output_layer_norm")(x_BLD + drop(h_BLD))
+    return layers.constrain(x_BLD, ("act_batch", "act_length", "act_embed")), None
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class BertEncoder(nn.Module):
+  """A stack of `BertLayer`s: a Python loop (`layer_{i}`) or one scanned `layers` module."""
+  config: BertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None) -> jax.Array:
+    c = self.config
+    block = BertLayer
+    if c.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                       "dropout": True},
+                      in_axes=nn.broadcast, length=c.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BLD, _ = stack(c, self.deterministic, name="layers")(x_BLD, bias)
+      return x_BLD
+    for i in range(c.num_layers):
+      x_BLD, _ = block(c, self.deterministic, name=f"layer_{i}")(x_BLD, bias)
+    return x_BLD
+
+
+class BertMLMHead(nn.Module):
+  """transform (dense -> act -> LN), then logits against the tied word embeddings + bias."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, h_BPD: jax.Array, embeddings: BertEmbeddings) -> jax.Array:
+    c = self.config
+    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    h_BPD = layers.Dense((c.hidden_size,), ("embed",), ("hidden",), dtype=dtype,
+                         param_dtype=pdtype,
+                         kernel_init=nn.initializers.normal(c.initializer_range),
+                         name="transform")(h_BPD)
+    h_BPD = layers.ACTIVATIONS[c.hidden_act](h_BPD)
+    h_BPD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name="layer_norm")(h_BPD)
+    logits_BPV = embeddings.attend(h_BPD).astype(jnp.float32)
+    bias = self.param("bias", layers.logical(nn.initializers.zeros_init(), ("vocab",)),
+                      (c.vocab_size,), pdtype)
+    logits_BPV = logits_BPV + bias.astype(jnp.float32)
+    return layers.constrain(logits_BPV, ("act_batch", "act_length", "act_vocab"))
+
+
+class BertForMaskedLM(nn.Module):
+  """Encoder + MLM head. Logits are float32 whatever the compute dtype."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+               token_type_ids: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None, masked_positions: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """Returns logits [B, P, V] at `masked_positions` [B, P], or [B, L, V] when None.
+
+    Args:
+      input_ids: int [B, L].
+      attention_mask: 1 for real tokens, 0 for padding, [B, L]; ignored if segment_ids given.
+      token_type_ids: int [B, L] (zeros when None).
+      segment_ids: packed rows: int [B, L], 1.. per example, 0 on padding.
+      positions: int [B, L] position ids (arange when None; restart per packed example).
+      masked_positions: int [B, P] positions whose logits are wanted.
+      deterministic: disables dropout.
+    """
+    c = self.config
+    batch, length = input_ids.shape
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    embeddings = BertEmbeddings(c, deterministic, name="embeddings")
+    x_BLD = embeddings(input_ids, token_type_ids, positions)
+    bias = layers.attention_bias(attention_mask, segment_ids, length)
+    x_BLD = BertEncoder(c, deterministic, name="encoder")(x_BLD, bias)
+    if masked_positions is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, masked_positions[:, :, None].astype(jnp.int32), axis=1)
+    return BertMLMHead(c, name="mlm_head")(x_BLD, embeddings)
