@@ -1,0 +1,198 @@
+"""A grain pipeline over prepared blocks: global shuffle, per-record noise, per-host rows.
+
+Everything is a function of the global step, so any host count and any restart agree:
+
+  steps_per_epoch = num_records // global_batch_size          (the remainder is dropped)
+  step s          -> epoch e = s // steps_per_epoch, batch b = s % steps_per_epoch
+  global row j    -> record permutation_e[b * B + j], permutation_e from (seed, e) only
+  record i of e   -> objective(block_i, np.random.default_rng([seed, e, i]))
+  process p       -> rows [p * B/P, (p + 1) * B/P) of every global batch
+
+grain reads and transforms the host's records on background threads with prefetch.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from data_pipelines import prepare
+from data_pipelines.errors import DataError
+
+Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+
+
+@functools.lru_cache(maxsize=16)
+def _source(paths: tuple[str, ...]) -> grain.sources.ArrayRecordDataSource:
+  return grain.sources.ArrayRecordDataSource(list(paths))
+
+
+def _split_source(manifest_dir: str, split: str):
+  manifest = prepare.load_manifest(manifest_dir)
+  paths = tuple(manifest.shard_paths(split))
+  if not paths:
+    raise DataError(f"prepared data at {manifest_dir} has no shards for split {split!r}")
+  return manifest, _source(paths)
+
+
+def num_records(manifest_dir: str, split: str) -> int:
+  """Number of blocks in a split."""
+  return len(_split_source(manifest_dir, split)[1])
+
+
+def num_batches(manifest_dir: str, split: str, global_batch_size: int) -> int:
+  """Global batches per epoch (the partial last batch is dropped)."""
+  return num_records(manifest_dir, split) // global_batch_size
+
+
+def read_block(manifest_dir: str, split: str, index: int) -> np.ndarray:
+  """Block `index` of a split as int32[block_length]."""
+  manifest, source = _split_source(manifest_dir, split)
+  if not 0 <= index < len(source):
+    raise DataError(f"block {index} is out of range for split {split!r} of {manifest_dir} "
+                    f"({len(source)} blocks)")
+  return _decode(source[index], manifest.dtype)
+
+
+def _decode(record: bytes, dtype: str) -> np.ndarray:
+  return np.frombuffer(record, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
+
+
+def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+class _HostRecords:
+  """Random-access view: host-local element k -> (epoch, record index, block).
+
+  Element k is row k % rows of the host's share of global step k // rows.
+  """
+
+  def __init__(self, source, dtype: str, seed: int, shuffle: bool, global_batch_size: int,
+               process_index: int, process_count: int, num_epochs: int | None):
+    self._source, self._dtype, self._seed, self._shuffle = source, dtype, seed, shuffle
+    self._global_batch = global_batch_size
+    self.rows = global_batch_size // process_count
+    self._row_offset = process_index * self.rows
+    self.steps_per_epoch = len(source) // global_batch_size
+    total_steps = (sys.maxsize // (2 * global_batch_size) if num_epochs is None
+                   else num_epochs * self.steps_per_epoch)
+    self._len = total_steps * self.rows
+    self._lock = threading.Lock()
+    self._permutations: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      perm = self._permutations.get(epoch)
+      if perm is None:
+        n = len(self._source)
+        perm = (np.random.default_rng([self._seed, epoch]).permutation(n) if self._shuffle
+                else np.arange(n))
+        # Prefetch may straddle an epoch boundary; two epochs in memory are enough.
+        self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+        self._permutations[epoch] = perm
+      return perm
+
+  def __getitem__(self, k: int) -> tuple[int, int, np.ndarray]:
+    step, row = divmod(k, self.rows)
+    epoch, batch = divmod(step, self.steps_per_epoch)
+    index = int(self._permutation(epoch)[batch * self._global_batch + self._row_offset + row])
+    return epoch, index, _decode(self._source[index], self._dtype)
+
+
+class BlockIterator:
+  """Iterator of host batches dict[str, np.ndarray[B/P, ...]] with checkpointable position.
+
+  `get_state()` returns {"step": s}, the global step of the next batch; `set_state` jumps
+  there exactly (same records, same noise).
+  """
+
+  def __init__(self, manifest_dir: str, split: str, objective: Objective,
+               global_batch_size: int, seed: int, shuffle: bool = True,
+               num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
+               start_step: int = 0, worker_threads: int = 4, prefetch: int = 2):
+    if global_batch_size < 1 or process_count < 1 or global_batch_size % process_count:
+      raise DataError(f"global batch size {global_batch_size} must be a positive multiple of "
+                      f"the process count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+    if num_epochs is not None and num_epochs < 1:
+      raise DataError(f"num_epochs must be >= 1 or None (forever), got {num_epochs}")
+    manifest, source = _split_source(manifest_dir, split)
+    if len(source) < global_batch_size:
+      raise DataError(f"split {split!r} of {manifest_dir} has {len(source)} blocks, fewer than "
+                      f"the global batch size {global_batch_size}")
+    self._records = _HostRecords(source, manifest.dtype, seed, shuffle, global_batch_size,
+                                 process_index, process_count, num_epochs)
+    self._objective, self._seed = objective, seed
+    self._read_options = grain.ReadOptions(num_threads=worker_threads,
+                                           prefetch_buffer_size=prefetch * self._records.rows)
+    self.set_state({"step": start_step})
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._records.steps_per_epoch
+
+  def _transform(self, item: tuple[int, int, np.ndarray]) -> dict[str, np.ndarray]:
+    epoch, index, block = item
+    return self._objective(block, np.random.default_rng([self._seed, epoch, index]))
+
+  def set_state(self, state: dict) -> None:
+    step = int(state["step"])
+    if step < 0:
+      raise DataError(f"data iterator step must be >= 0, got {step}")
+    dataset = (grain.MapDataset.source(self._records)
+               .map(self._transform)
+               .batch(self._records.rows, drop_remainder=True, batch_fn=_stack))
+    self._step = step
+    self._iter = iter(dataset[step:].to_iter_dataset(self._read_options))
+
+  def get_state(self) -> dict:
+    return {"step": self._step}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iter)
+    self._step += 1
+    return batch
+
+
+def make_iterator(manifest_dir: str, split: str, objective: Objective, global_batch_size: int,
+                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                  worker_threads: int = 4, prefetch: int = 2) -> BlockIterator:
+  """Host batches for `split` of prepared data; see the module docstring for the semantics.
+
+  For evaluation use `shuffle=False, num_epochs=1`: the split in order, the partial last
+  batch dropped.
+
+  Args:
+    manifest_dir: a directory written by `prepare.prepare`.
+    split: "train" or "validation".
+    objective: (int32[block_length] block, generator) -> dict of np arrays.
+    global_batch_size: rows per step over all processes (divisible by process_count).
+    seed: shuffle and noise seed.
+    shuffle: a fresh permutation per epoch; otherwise record order.
+    num_epochs: stop after this many epochs; None = forever.
+    process_index, process_count: this host's rows of each global batch.
+    start_step: global step of the first batch (resume).
+    worker_threads: grain read/transform threads.
+    prefetch: host batches buffered ahead.
+
+  Returns:
+    An iterator of dict[str, np.ndarray[global_batch_size / process_count, ...]].
+  """
+  return BlockIterator(manifest_dir, split, objective, global_batch_size, seed,
+                       shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
+                       process_count=process_count, start_step=start_step,
+                       worker_threads=worker_threads, prefetch=prefetch)
