@@ -33,7 +33,7 @@ def _choices(*values: str) -> dict[str, Any]:
 class ModelConfig:
   """Architecture. Sizes follow the HF config names of the mirrored family."""
   family: str = dataclasses.field(default="bert", metadata=_choices("bert"))
-  vocab_size: int = 8000
+  vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -320,7 +320,9 @@ def _require(ok: bool, message: str) -> None:
 def validate(c: Config) -> None:
   """Cross-field checks; each failure names the key and the expected range."""
   m, o, d, t, opt = c.model, c.objective, c.data, c.train, c.optim
-  for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+  _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 = the tokenizer's), got "
+           f"{m.vocab_size}")
+  for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size"):
     _require(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
   _require(m.hidden_size % m.num_heads == 0,

@@ -1,0 +1,1 @@
+"""The `pretrain` command line and its presets (pretrain/configs/*.yaml)."""

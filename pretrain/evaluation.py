@@ -1,0 +1,35 @@
+"""`pretrain eval`: metrics of a saved checkpoint on the validation split."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+from pretrain import data as data_lib
+from t5x_like import checkpointing
+from t5x_like.config import ConfigError, read_config
+from t5x_like.training import loop
+from t5x_like.training import step as step_lib
+
+
+def evaluate_workdir(workdir: str, step: int | None = None,
+                     max_batches: int = 0) -> dict[str, Any]:
+  path = os.path.join(workdir, "config.yaml")
+  if not os.path.exists(path):
+    raise ConfigError(f"{workdir} is not a run directory: {path} does not exist")
+  run = data_lib.build(read_config(path))
+  trainer = loop.Trainer(run.config, workdir)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+  try:
+    state, _, restored = ckpt.restore(step, trainer.abstract)
+  finally:
+    ckpt.close()
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
+                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh)
+  with step_lib.mesh_context(trainer.mesh):
+    metrics = loop.evaluate(eval_step, state.params, run.hooks.make_eval(), trainer.batch_sh,
+                            trainer.task.features, max_batches)
+  return {"step": restored, "split": "validation", **metrics,
+          "devices": jax.device_count()}

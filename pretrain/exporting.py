@@ -1,0 +1,17 @@
+"""Export of a trained run to a HuggingFace `transformers` folder (model + tokenizer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data_pipelines.tokenizer import Tokenizer
+from t5x_like import models
+from t5x_like.config import Config
+from t5x_like.export import bert as bert_export
+
+
+def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> str:
+  if config.model.family == "bert":
+    return bert_export.export_bert(params, models.bert_config(config.model), out_dir,
+                                   tokenizer.model_path, tokenizer.num_sentinels)
+  raise ValueError(f"no exporter for model.family {config.model.family!r}")

@@ -1,0 +1,75 @@
+"""`load_pretrained`: a trained run's config and parameters, with a `.logits(batch)` method."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5x_like import checkpointing, models, sharding
+from t5x_like.config import Config, ConfigError, MeshConfig, read_config, replace
+from t5x_like.training import optimizer, tasks
+from t5x_like.training import step as step_lib
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """A restored model. `params` is a host (numpy) pytree; `step` the checkpoint's step."""
+  config: Config
+  params: Any
+  step: int
+
+  def __post_init__(self):
+    self.model = models.build(self.config.model)
+    self._apply = jax.jit(lambda p, b: self.model.apply(
+        {"params": p}, b["input_ids"], b.get("attention_mask"), b.get("token_type_ids"),
+        segment_ids=b.get("segment_ids"), positions=b.get("positions"), deterministic=True))
+
+  def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Full logits [B, L, V] (float32) for HF-named features (`input_ids`, ...)."""
+    if "input_ids" not in batch:
+      raise ValueError(f"batch needs input_ids; got {sorted(batch)}")
+    feed = {k: np.asarray(v, np.int32) for k, v in batch.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
+                     "positions")}
+    return np.asarray(self._apply(self.params, feed))
+
+
+def _locate(path: str) -> tuple[str, int | None]:
+  """Accepts a workdir, its checkpoints/ folder, or one step folder inside it."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, "config.yaml")):
+    return path, None
+  parent = os.path.dirname(path)
+  if os.path.basename(path) == "checkpoints" and os.path.exists(
+      os.path.join(parent, "config.yaml")):
+    return parent, None
+  grand = os.path.dirname(parent)
+  if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
+    return grand, int(os.path.basename(path))
+  raise ConfigError(f"{path} is not a run directory (no config.yaml) nor a checkpoint in one")
+
+
+def restore_params(config: Config, workdir: str, step: int | None = None) -> tuple[Any, int]:
+  """Restores the parameters of `step` (latest if None) onto this process's first device."""
+  single = replace(config, mesh=dataclasses.asdict(MeshConfig(data=1, fsdp=1, tensor=1)))
+  task = tasks.make_task(single)
+  mesh = sharding.make_mesh(single.mesh, jax.local_devices()[:1])
+  tx = optimizer.make_optimizer(single.optim, single.train.steps)
+  _, abstract, _ = step_lib.state_shardings(task, tx, mesh)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+  try:
+    state, _, restored_step = ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+  return jax.device_get(state.params), restored_step
+
+
+def load_pretrained(workdir_or_checkpoint: str, step: int | None = None) -> Pretrained:
+  workdir, located_step = _locate(workdir_or_checkpoint)
+  config = read_config(os.path.join(workdir, "config.yaml"))
+  params, restored = restore_params(config, workdir, step if step is not None else located_step)
+  return Pretrained(config=config, params=params, step=restored)
