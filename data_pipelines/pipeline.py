@@ -14,6 +14,7 @@ grain reads and transforms the host's records on background threads with prefetc
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,8 +29,13 @@ Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 
 
 @functools.lru_cache(maxsize=16)
-def _source(paths: tuple[str, ...]) -> grain.sources.ArrayRecordDataSource:
+def _cached_source(paths: tuple[str, ...], stamps: tuple[int, ...]):
+  del stamps  # part of the cache key only: a re-prepared directory gets a fresh reader
   return grain.sources.ArrayRecordDataSource(list(paths))
+
+
+def _source(paths: tuple[str, ...]) -> grain.sources.ArrayRecordDataSource:
+  return _cached_source(paths, tuple(os.stat(p).st_mtime_ns for p in paths))
 
 
 def _split_source(manifest_dir: str, split: str):
@@ -133,8 +139,11 @@ class BlockIterator:
     self._records = _HostRecords(source, manifest.dtype, seed, shuffle, global_batch_size,
                                  process_index, process_count, num_epochs)
     self._objective, self._seed = objective, seed
-    self._read_options = grain.ReadOptions(num_threads=worker_threads,
-                                           prefetch_buffer_size=prefetch * self._records.rows)
+    # Prefetch counts records: threads work on single records, so one slow objective call
+    # never holds a whole batch back.
+    self._read_options = grain.ReadOptions(
+        num_threads=worker_threads,
+        prefetch_buffer_size=max(prefetch * self._records.rows, worker_threads))
     self.set_state({"step": start_step})
 
   @property
@@ -149,11 +158,13 @@ class BlockIterator:
     step = int(state["step"])
     if step < 0:
       raise DataError(f"data iterator step must be >= 0, got {step}")
+    rows = self._records.rows
     dataset = (grain.MapDataset.source(self._records)
-               .map(self._transform)
-               .batch(self._records.rows, drop_remainder=True, batch_fn=_stack))
+               .map(self._transform)[step * rows:]
+               .to_iter_dataset(self._read_options)
+               .batch(rows, drop_remainder=True, batch_fn=_stack))
     self._step = step
-    self._iter = iter(dataset[step:].to_iter_dataset(self._read_options))
+    self._iter = iter(dataset)
 
   def get_state(self) -> dict:
     return {"step": self._step}
