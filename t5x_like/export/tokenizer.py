@@ -67,6 +67,11 @@ def _unigram_vocab(proto: sp_pb2.ModelProto) -> list[tuple[str, float]]:
   matches every piece in its vocabulary: text like "<0xE3>" or "<s>" would otherwise come
   out as one byte/control id. A score far below any normal path keeps them unreachable,
   while byte fallback still finds the byte pieces by name.
+
+  Caveat: `tokenizers` prices an unknown character at (lowest score in the vocab) - 10, so
+  if the characters spelling a byte piece ("<", "0"-"9", "A"-"F", "x", ">") are themselves
+  unknown to the model, the literal text "<0x41>" still becomes one id where sp emits
+  bytes. Any model trained on real text knows these ASCII characters.
   """
   normal = [p.score for p in proto.pieces if p.type == _NORMAL]
   floor = min(normal) if normal else 0.0
