@@ -1,0 +1,273 @@
+"""Export our Flax `BertForMaskedLM` as a HuggingFace `transformers.BertForMaskedLM` folder.
+
+The folder holds `config.json`, `model.safetensors` (float32), the tokenizer files (see
+`t5x_like.export.tokenizer`) and a small marker file identifying it as our export, so a
+later export may replace it but never an unrelated directory.
+
+The safetensors file has exactly the keys `BertForMaskedLM.save_pretrained` writes in
+transformers 5: the tied `cls.predictions.decoder.{weight,bias}` are left out (they are
+re-tied on load to `bert.embeddings.word_embeddings.weight` / `cls.predictions.bias`), and
+`from_pretrained` then reports no missing or unexpected keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from data_pipelines import vocab as vocab_lib
+from t5x_like.export import tokenizer as tokenizer_lib
+from t5x_like.models.bert import BertConfig
+
+MARKER_FILE = "t5x_like_export.json"
+_FORMAT = "t5x_like.export.bert"
+# Our activation names are HF's ACT2FN keys with the same meaning ("gelu" is the erf form).
+_HF_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+
+
+def _f32(x: Any) -> np.ndarray:
+  # np.asarray gathers a (fully addressable) jax.Array; bf16 params are widened here.
+  return np.ascontiguousarray(np.asarray(x).astype(np.float32))
+
+
+def _unbox(params: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Accepts {'params': tree} and flax-boxed (nn.Partitioned) leaves as well."""
+  import flax.core.meta  # local: keeps importing this module cheap for tokenizer-only users
+  if set(params) == {"params"}:
+    params = params["params"]
+  return flax.core.meta.unbox(params)
+
+
+def _layer_trees(encoder: Mapping[str, Any], config: BertConfig) -> list[Mapping[str, Any]]:
+  """One param tree per layer, whether the encoder was scanned (`layers`) or a loop."""
+  if "layers" in encoder:
+    import jax  # local, see _unbox
+    stacked = encoder["layers"]
+    depth = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)}
+    if depth != {config.num_layers}:
+      raise ValueError(f"scanned encoder has leading axis {depth}, config says "
+                       f"{config.num_layers} layers")
+    return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+            for i in range(config.num_layers)]
+  names = [f"layer_{i}" for i in range(config.num_layers)]
+  if sorted(encoder) != sorted(names):
+    raise ValueError(f"encoder params {sorted(encoder)} do not match config.num_layers="
+                     f"{config.num_layers}")
+  return [encoder[n] for n in names]
+
+
+def _dense(tree: Mapping[str, Any], n_in: int) -> tuple[np.ndarray, np.ndarray]:
+  """Our Dense kernel [*in, *out] -> torch Linear weight [out_flat, in_flat] and bias."""
+  kernel = _f32(tree["kernel"])
+  in_size = int(np.prod(kernel.shape[:n_in]))
+  weight = kernel.reshape(in_size, -1).T
+  return np.ascontiguousarray(weight), _f32(tree["bias"]).reshape(-1)
+
+
+def _layer_norm(tree: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  return _f32(tree["scale"]), _f32(tree["bias"])
+
+
+def bert_to_hf_state_dict(params: Mapping[str, Any], config: BertConfig
+                          ) -> dict[str, np.ndarray]:
+  """Maps our param tree to the `BertForMaskedLM` state dict (float32, torch layouts).
+
+  Args:
+    params: `{'embeddings', 'encoder', 'mlm_head'}` as `BertForMaskedLM.init` makes them
+      (optionally under 'params'); numpy or fully addressable jax arrays. On multi-host
+      meshes gather first (e.g. `jax.experimental.multihost_utils.process_allgather`).
+    config: the model's config; used to check shapes and the layer count.
+
+  Returns:
+    HF parameter name -> float32 array, without the tied decoder weight/bias (see module
+    docstring).
+  """
+  p = _unbox(params)
+  d = config.hidden_size
+  emb, head = p["embeddings"], p["mlm_head"]
+  out: dict[str, np.ndarray] = {}
+
+  def put(name: str, value: np.ndarray, shape: tuple[int, ...]) -> None:
+    if value.shape != shape:
+      raise ValueError(f"{name}: got shape {value.shape}, config implies {shape}")
+    out[name] = value
+
+  put("bert.embeddings.word_embeddings.weight", _f32(emb["word_embeddings"]["embedding"]),
+      (config.vocab_size, d))
+  put("bert.embeddings.position_embeddings.weight",
+      _f32(emb["position_embeddings"]["embedding"]), (config.max_position_embeddings, d))
+  put("bert.embeddings.token_type_embeddings.weight",
+      _f32(emb["token_type_embeddings"]["embedding"]), (config.type_vocab_size, d))
+  scale, bias = _layer_norm(emb["layer_norm"])
+  put("bert.embeddings.LayerNorm.weight", scale, (d,))
+  put("bert.embeddings.LayerNorm.bias", bias, (d,))
+
+  f = config.intermediate_size
+  for i, layer in enumerate(_layer_trees(p["encoder"], config)):
+    pre = f"bert.encoder.layer.{i}."
+    for proj in ("query", "key", "value"):
+      # [D, H, K] -> [H*K, D]: torch's head-major output features match our (H, K) order.
+      w, b = _dense(layer["attention"][proj], n_in=1)
+      put(f"{pre}attention.self.{proj}.weight", w, (d, d))
+      put(f"{pre}attention.self.{proj}.bias", b, (d,))
+    w, b = _dense(layer["attention_output"], n_in=2)  # [H, K, D] -> [D, H*K]
+    put(f"{pre}attention.output.dense.weight", w, (d, d))
+    put(f"{pre}attention.output.dense.bias", b, (d,))
+    scale, bias = _layer_norm(layer["attention_layer_norm"])
+    put(f"{pre}attention.output.LayerNorm.weight", scale, (d,))
+    put(f"{pre}attention.output.LayerNorm.bias", bias, (d,))
+    w, b = _dense(layer["intermediate"], n_in=1)
+    put(f"{pre}intermediate.dense.weight", w, (f, d))
+    put(f"{pre}intermediate.dense.bias", b, (f,))
+    w, b = _dense(layer["output"], n_in=1)
+    put(f"{pre}output.dense.weight", w, (d, f))
+    put(f"{pre}output.dense.bias", b, (d,))
+    scale, bias = _layer_norm(layer["output_layer_norm"])
+    put(f"{pre}output.LayerNorm.weight", scale, (d,))
+    put(f"{pre}output.LayerNorm.bias", bias, (d,))
+
+  w, b = _dense(head["transform"], n_in=1)
+  put("cls.predictions.transform.dense.weight", w, (d, d))
+  put("cls.predictions.transform.dense.bias", b, (d,))
+  scale, bias = _layer_norm(head["layer_norm"])
+  put("cls.predictions.transform.LayerNorm.weight", scale, (d,))
+  put("cls.predictions.transform.LayerNorm.bias", bias, (d,))
+  put("cls.predictions.bias", _f32(head["bias"]), (config.vocab_size,))
+  return out
+
+
+def hf_config_dict(config: BertConfig, pad_token_id: int = vocab_lib.PAD_ID,
+                   bos_token_id: int = vocab_lib.BOS_ID,
+                   eos_token_id: int = vocab_lib.EOS_ID) -> dict[str, Any]:
+  """`config.json` contents for `transformers.BertForMaskedLM`."""
+  if config.hidden_act not in _HF_ACTIVATIONS:
+    raise ValueError(f"hidden_act {config.hidden_act!r} has no HF equivalent here")
+  if config.hidden_size % config.num_heads:
+    raise ValueError("hidden_size must be divisible by num_heads for HF BERT")
+  return {
+      "architectures": ["BertForMaskedLM"],
+      "model_type": "bert",
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden_size,
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "intermediate_size": config.intermediate_size,
+      "hidden_act": config.hidden_act,
+      "hidden_dropout_prob": config.dropout_rate,
+      "attention_probs_dropout_prob": config.attention_dropout_rate,
+      "max_position_embeddings": config.max_position_embeddings,
+      "type_vocab_size": config.type_vocab_size,
+      "initializer_range": config.initializer_range,
+      "layer_norm_eps": config.layer_norm_eps,
+      "position_embedding_type": "absolute",  # read by transformers 4.x; 5.x ignores it
+      "classifier_dropout": None,
+      "is_decoder": False,
+      "add_cross_attention": False,
+      "pad_token_id": pad_token_id,
+      "bos_token_id": bos_token_id,
+      "eos_token_id": eos_token_id,
+      "tie_word_embeddings": True,
+      "dtype": "float32",
+  }
+
+
+def _is_previous_export(path: str) -> bool:
+  try:
+    with open(os.path.join(path, MARKER_FILE), encoding="utf-8") as f:
+      return json.load(f).get("format") == _FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _check_target(out_dir: str) -> None:
+  if not os.path.exists(out_dir):
+    return
+  if not os.path.isdir(out_dir):
+    raise FileExistsError(f"export target {out_dir!r} exists and is not a directory")
+  if os.listdir(out_dir) and not _is_previous_export(out_dir):
+    raise FileExistsError(
+        f"export target {out_dir!r} is not empty and is not a previous export (no "
+        f"{MARKER_FILE}); refusing to overwrite it. Pick a new or empty directory.")
+
+
+def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
+                tokenizer_model: str | None = None, num_sentinels: int = 0) -> str:
+  """Writes a HuggingFace `BertForMaskedLM` folder, atomically.
+
+  Everything is written to a temporary sibling directory that is renamed into place only
+  once complete, so a failed export leaves `out_dir` as it was.
+
+  Args:
+    params: our BERT param tree (see `bert_to_hf_state_dict`).
+    config: its config.
+    out_dir: target directory: absent, empty, or a previous export (which is replaced).
+    tokenizer_model: SentencePiece model to export alongside, or None for weights only.
+    num_sentinels: sentinels above the sp pieces; sp pieces + num_sentinels must equal
+      config.vocab_size, since the embedding rows are indexed by these ids.
+
+  Returns:
+    The absolute path of the export.
+
+  Raises:
+    FileExistsError: out_dir is a non-empty directory that is not our export, or a file.
+    ValueError: params/config/tokenizer do not agree.
+  """
+  out_dir = os.path.abspath(out_dir)
+  _check_target(out_dir)
+  # Everything that can fail on bad input runs before touching the filesystem.
+  state = bert_to_hf_state_dict(params, config)
+  hf_config = hf_config_dict(config)
+  if tokenizer_model is not None:
+    import sentencepiece as spm
+    sp_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
+    if sp_size + num_sentinels != config.vocab_size:
+      raise ValueError(f"tokenizer has {sp_size} pieces + {num_sentinels} sentinels = "
+                       f"{sp_size + num_sentinels} ids, but config.vocab_size is "
+                       f"{config.vocab_size}")
+
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  # Same parent -> same filesystem, so the final renames are atomic.
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(hf_config, f, indent=2)
+    safetensors.numpy.save_file(state, os.path.join(tmp, "model.safetensors"),
+                                metadata={"format": "pt"})  # HF expects this metadata
+    if tokenizer_model is not None:
+      tokenizer_lib.export_sentencepiece_tokenizer(
+          tokenizer_model, num_sentinels, tmp, family="bert",
+          model_max_length=config.max_position_embeddings)
+    with open(os.path.join(tmp, MARKER_FILE), "w", encoding="utf-8") as f:
+      json.dump({"format": _FORMAT, "version": 1, "num_sentinels": num_sentinels,
+                 "has_tokenizer": tokenizer_model is not None}, f, indent=2)
+    _replace_dir(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def _replace_dir(new: str, target: str) -> None:
+  """Moves `new` to `target`, replacing a previous export or an empty directory."""
+  if not os.path.exists(target):
+    os.rename(new, target)
+    return
+  _check_target(target)  # re-check: it may have changed while we were writing
+  old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                         dir=os.path.dirname(target))
+  os.rmdir(old)  # only the unique name is wanted; rename needs it absent
+  os.rename(target, old)
+  try:
+    os.rename(new, target)
+  except BaseException:
+    os.rename(old, target)  # put the previous export back
+    raise
+  shutil.rmtree(old, ignore_errors=True)
