@@ -30,11 +30,16 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+  from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
   from pretrain import exporting
   from t5x_like.training import loop
 
   config = _load_run_config(args)
+  # Refuse a resume with another model shape before the (possibly long) data preparation,
+  # so the error is the only thing said.
+  tokenizer = load_tokenizer(config.data.tokenizer)
+  loop.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
   run = data_lib.build(config)
   logging.getLogger(__name__).info(run.manifest.summary())
   print(run.manifest.summary(), file=sys.stderr)
@@ -61,6 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
   from pretrain import exporting
   from t5x_like.pretrained import load_pretrained
 
+  exporting.check_target(args.out)  # before the restore, which logs and takes time
   model = load_pretrained(args.workdir, args.step)
   tokenizer = load_tokenizer(model.config.data.tokenizer)
   out = exporting.export(model.config, model.params, tokenizer, args.out)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from data_pipelines.tokenizer import Tokenizer
 from t5x_like import models
 from t5x_like.config import Config
 from t5x_like.export import bert as bert_export
+
+
+def check_target(out_dir: str) -> None:
+  """Raises FileExistsError for a target that is neither absent, empty nor a previous export.
+
+  Cheap, so callers can refuse before restoring a checkpoint.
+  """
+  bert_export._check_target(os.path.abspath(out_dir))  # pylint: disable=protected-access
 
 
 def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> str:

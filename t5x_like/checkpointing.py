@@ -23,7 +23,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
-    self.directory = epath.Path(directory)
+    # Orbax's tensorstore writes need an absolute path (`--workdir runs/x` is relative).
+    self.directory = epath.Path(os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
         read_only=read_only)

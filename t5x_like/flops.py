@@ -13,6 +13,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from t5x_like.config import Config, max_predictions
 
@@ -49,13 +50,16 @@ def measured_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int 
   """
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   device = jax.local_devices()[0]
-  a = jax.device_put(jnp.ones((size, size), dt), device)
-  b = jax.device_put(jnp.ones((size, size), dt), device)
-  matmul = jax.jit(lambda x, y: x @ y)
-  matmul(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+  # The training loop calls this inside its multi-device mesh context, where jit refuses
+  # arguments committed to one device: run under a one-device mesh of our own.
+  with jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("x",))):
+    a = jax.device_put(jnp.ones((size, size), dt), device)
+    b = jax.device_put(jnp.ones((size, size), dt), device)
+    matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      matmul(a, b).block_until_ready()
+      times.append(time.perf_counter() - start)
   return 2.0 * size ** 3 / statistics.median(times)
