@@ -50,19 +50,29 @@ class MLMTask:
     """Returns (summed NLL, {count, correct, dropped}) for one (micro-)batch."""
     labels_BL = batch["labels"]
     selected_BL = labels_BL != IGNORE
-    # Stable argsort of "not selected" lists the selected positions first, in order.
-    order_BP = jnp.argsort(~selected_BL, axis=1, stable=True)[:, :self.num_predictions]
-    valid_BP = jnp.take_along_axis(selected_BL, order_BP, axis=1)
-    targets_BP = jnp.where(valid_BP, jnp.take_along_axis(labels_BL, order_BP, axis=1), 0)
+    # The p-th selected position of each row, found by comparing a running count with p:
+    # no sort and no gather, so it partitions like the surrounding elementwise ops (an
+    # on-device argsort here produced wrong gradients on a data x fsdp x tensor mesh).
+    rank_BL = jnp.cumsum(selected_BL, axis=1) - 1
+    slot_P = jnp.arange(self.num_predictions)
+    select_BPL = selected_BL[:, None, :] & (rank_BL[:, None, :] == slot_P[None, :, None])
+    valid_BP = jnp.any(select_BPL, axis=-1)
+    order_BP = jnp.sum(select_BPL * jnp.arange(labels_BL.shape[1]), axis=-1)
+    targets_BP = jnp.sum(select_BPL * labels_BL[:, None, :], axis=-1)
     logits_BPV = self.model.apply(
         {"params": params}, batch["input_ids"], batch.get("attention_mask"),
         batch.get("token_type_ids"), segment_ids=batch.get("segment_ids"),
         positions=batch.get("positions"), masked_positions=order_BP,
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
-    logp_BPV = jax.nn.log_softmax(logits_BPV.astype(jnp.float32), axis=-1)
-    nll_BP = -jnp.take_along_axis(logp_BPV, targets_BP[..., None], axis=-1)[..., 0]
+    logits_BPV = logits_BPV.astype(jnp.float32)
+    target_logit_BP = jnp.sum(logits_BPV * jax.nn.one_hot(targets_BP, logits_BPV.shape[-1]),
+                              axis=-1)
+    nll_BP = jax.nn.logsumexp(logits_BPV, axis=-1) - target_logit_BP
     valid_f = valid_BP.astype(jnp.float32)
-    correct = jnp.sum((jnp.argmax(logits_BPV, -1) == targets_BP) & valid_BP)
+    # "Correct" = the target's logit is the maximum (ties count as correct); cheaper than an
+    # argmax, which lowers to a slow variadic reduction on CPU.
+    best_BP = jax.lax.stop_gradient(jnp.max(logits_BPV, axis=-1))
+    correct = jnp.sum((target_logit_BP >= best_BP) & valid_BP)
     aux = {"count": jnp.sum(valid_BP), "correct": correct,
            # selected positions beyond the static P would silently escape the loss
            "dropped": jnp.sum(selected_BL) - jnp.sum(valid_BP)}
