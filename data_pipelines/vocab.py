@@ -57,7 +57,7 @@ class VocabInfo:
 
   @classmethod
   def synthetic(cls, vocab_size: int, num_sentinels: int = 0,
-                word_start_every: int = 3, seed: int = 0) -> "VocabInfo":
+                word_start_every: int = 3, seed: int = 0) -> VocabInfo:
     """A made-up vocabulary for tests: fixed specials, sentinels on top, random word starts."""
     rng = np.random.default_rng(seed)
     is_special = np.zeros(vocab_size, bool)

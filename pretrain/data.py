@@ -56,6 +56,20 @@ def make_objective(config: Config, tokenizer: Tokenizer,
   return lambda block, rng: mlm.make_example(block, rng, params, vocab)
 
 
+def most_frequent_token(manifest: prepare.Manifest, tokenizer: Tokenizer,
+                        max_blocks: int = 2000) -> int:
+  """The most frequent non-special id of the training split (from up to `max_blocks` blocks
+  spread evenly): the unigram baseline predicts it at every masked position."""
+  n = pipeline.num_records(manifest.directory, "train")
+  picks = np.unique(np.linspace(0, n - 1, min(n, max_blocks)).astype(np.int64))
+  counts = np.zeros(tokenizer.vocab_size, np.int64)
+  for i in picks:
+    counts += np.bincount(pipeline.read_block(manifest.directory, "train", int(i)),
+                          minlength=tokenizer.vocab_size)
+  counts[tokenizer.vocab_info().is_special] = 0
+  return int(np.argmax(counts))
+
+
 @dataclasses.dataclass
 class RunData:
   config: Config  # with model.vocab_size resolved
@@ -87,4 +101,6 @@ def build(config: Config) -> RunData:
     return pipeline.make_iterator(manifest.directory, "validation", shuffle=False, num_epochs=1,
                                   **common)
 
-  return RunData(config, tokenizer, manifest, DataHooks(train=train, make_eval=make_eval))
+  baseline = most_frequent_token(manifest, tokenizer)
+  return RunData(config, tokenizer, manifest,
+                 DataHooks(train=train, make_eval=make_eval, baseline_token=baseline))

@@ -30,6 +30,7 @@ def evaluate_workdir(workdir: str, step: int | None = None,
                                      trainer.state_sh.params, trainer.batch_sh, trainer.mesh)
   with step_lib.mesh_context(trainer.mesh):
     metrics = loop.evaluate(eval_step, state.params, run.hooks.make_eval(), trainer.batch_sh,
-                            trainer.task.features, max_batches)
+                            trainer.task.features, max_batches,
+                            run.hooks.baseline_token)
   return {"step": restored, "split": "validation", **metrics,
           "devices": jax.device_count()}

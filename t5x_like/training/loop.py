@@ -37,9 +37,12 @@ class DataHooks:
 
   train: host-local training batches (rows of this process), resumable.
   make_eval: returns a fresh finite iterable over host-local validation batches.
+  baseline_token: optional id for the unigram-frequency baseline accuracy in eval.
   """
   train: DataIterator
   make_eval: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None
+  # The most frequent training token: eval reports the accuracy of always predicting it.
+  baseline_token: int | None = None
 
 
 def is_main_process() -> bool:
@@ -106,18 +109,26 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any],
 
 def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]],
              shardings: dict[str, Any], features: tuple[str, ...],
-             max_batches: int) -> dict[str, float]:
+             max_batches: int, baseline_token: int | None = None) -> dict[str, float]:
+  """Loss, accuracy and perplexity over predicted tokens of up to `max_batches` batches."""
   totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+  baseline_hits = 0
   for i, batch in enumerate(batches):
     if max_batches and i >= max_batches:
       break
     out = jax.device_get(eval_fn(params, _to_global(batch, shardings, features)))
     for key in totals:
       totals[key] += float(out[key])
+    if baseline_token is not None:
+      baseline_hits += int(np.sum(np.asarray(batch["labels"]) == baseline_token))
   count = max(totals["count"], 1.0)
   loss = totals["loss_sum"] / count
-  return {"loss": loss, "accuracy": totals["correct"] / count,
-          "perplexity": math.exp(min(loss, 50.0)), "predicted_tokens": totals["count"]}
+  metrics = {"loss": loss, "accuracy": totals["correct"] / count,
+             "perplexity": math.exp(min(loss, 50.0)), "predicted_tokens": totals["count"]}
+  if baseline_token is not None:
+    # Each host sees only its rows' labels; hosts hold equal shares of every batch.
+    metrics["unigram_baseline_accuracy"] = baseline_hits * jax.process_count() / count
+  return metrics
 
 
 @dataclasses.dataclass
@@ -224,7 +235,7 @@ class Trainer:
       if data.make_eval is not None and c.train.eval_steps and (
           step % c.train.eval_every == 0 or step == c.train.steps):
         last_eval = evaluate(eval_step, state.params, data.make_eval(), self.batch_sh,
-                             features, c.train.eval_steps)
+                             features, c.train.eval_steps, data.baseline_token)
         writer.write(step, "eval", last_eval)
         self.log(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                                     last_eval.items()))

@@ -1,0 +1,79 @@
+"""SIGKILL after a checkpoint, re-run the same command: training continues from the checkpoint
+and ends with parameters bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from t5x_like import load_pretrained
+from tests.pretrain.conftest import tiny_overrides
+
+STEPS = 60
+EVERY = 10
+
+
+def _command(workdir: str, corpus: str, cache_dir: str) -> list[str]:
+  overrides = tiny_overrides(
+      corpus, cache_dir, **{"train.steps": STEPS, "checkpoint.every": EVERY,
+                            "checkpoint.keep": 10, "train.eval_steps": 0,
+                            "train.log_every": 5, "model.hidden_size": 64,
+                            "model.intermediate_size": 128, "model.num_layers": 2,
+                            "model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1})
+  return [sys.executable, "-m", "pretrain.cli", "train", "--config", "bert_tiny",
+          "--workdir", workdir, *overrides]
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def _steps(workdir: str) -> list[int]:
+  path = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir):
+  straight = str(tmp_path / "straight")
+  done = subprocess.run(_command(straight, corpus, cache_dir), env=_env(), capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_command(killed, corpus, cache_dir), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not _steps(killed) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  saved = _steps(killed)
+  assert saved and max(saved) < STEPS, saved
+
+  resumed = subprocess.run(_command(killed, corpus, cache_dir), env=_env(), capture_output=True,
+                           text=True, timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resumed from {os.path.join(killed, 'checkpoints')}/{max(saved)}" in resumed.stderr
+
+  a, b = load_pretrained(straight), load_pretrained(killed)
+  assert a.step == b.step == STEPS
+  leaves_a = jax.tree_util.tree_leaves(a.params)
+  leaves_b = jax.tree_util.tree_leaves(b.params)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # and training did move the parameters (the comparison is not between two initialisations)
+  first = load_pretrained(killed, step=max(saved))
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+             zip(jax.tree_util.tree_leaves(first.params), leaves_b))
