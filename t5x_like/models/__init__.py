@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flax import linen as nn
 
 from t5x_like.config import ModelConfig
@@ -11,15 +13,9 @@ FAMILIES = ("bert",)
 
 
 def bert_config(cfg: ModelConfig) -> bert.BertConfig:
-  return bert.BertConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-      num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-      max_position_embeddings=cfg.max_position_embeddings,
-      type_vocab_size=cfg.type_vocab_size, hidden_act=cfg.hidden_act,
-      layer_norm_eps=cfg.layer_norm_eps, dropout_rate=cfg.dropout_rate,
-      attention_dropout_rate=cfg.attention_dropout_rate,
-      initializer_range=cfg.initializer_range, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-      remat=cfg.remat, scan_layers=cfg.scan_layers)
+  """The model-level config: the run config's model section, minus `family`."""
+  names = [f.name for f in dataclasses.fields(bert.BertConfig)]
+  return bert.BertConfig(**{name: getattr(cfg, name) for name in names})
 
 
 def build(cfg: ModelConfig) -> nn.Module:

@@ -3,6 +3,7 @@ matches the 1-device run; checkpoints restore onto a different mesh."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -113,3 +114,15 @@ def test_mesh_shape_errors():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   with pytest.raises(ConfigError, match="batch_size"):
     sharding.check_batch_divisible(6, mesh)
+
+
+def test_describe_prints_logical_and_mesh_axes():
+  config = tiny_config(mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  task = tasks.make_task(config)
+  tx = optimizer.make_optimizer(config.optim, config.train.steps)
+  mesh = sharding.make_mesh(config.mesh)
+  boxed, _, _ = step_lib.state_shardings(task, tx, mesh)
+  lines = sharding.describe(boxed.params, mesh).splitlines()
+  assert len(lines) == len(jax.tree_util.tree_leaves(nn.meta.unbox(boxed.params)))
+  row = next(line for line in lines if line.startswith("encoder/layer_0/intermediate/kernel"))
+  assert "(32, 64)" in row and "('embed', 'mlp')" in row and "('fsdp', 'tensor')" in row
