@@ -44,6 +44,11 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
     steps = [r["step"] for r in records]
     ax_loss.plot(steps, [r["loss"] for r in records], style, label=f"{split} loss")
     ax_acc.plot(steps, [r["accuracy"] for r in records], style, label=f"{split} accuracy")
+  baselines = [r["unigram_baseline_accuracy"] for r in metrics.get("eval", [])
+               if "unigram_baseline_accuracy" in r]
+  if baselines:
+    ax_acc.axhline(baselines[-1], color="gray", linestyle="--",
+                   label="unigram baseline (eval)")
   ax_loss.set_xlabel("step")
   ax_loss.set_ylabel("cross-entropy (nats / predicted token)")
   ax_acc.set_xlabel("step")
