@@ -39,5 +39,5 @@ setup(
         "tpu": ["jax[tpu]"],
         "bench": ["transformers>=4.45", "torch==2.13.0"],
     },
-    entry_points={"console_scripts": ["pretrain=pretrain.cli:main"]},
+    entry_points={"console_scripts": ["pretrain=pretrain.cli:console_main"]},
 )

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
+_EXIT_AT_ONCE = False  # set when a checkpoint restore failed (see console_main)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -159,15 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  # orbax logs routine notices (e.g. about read-only managers) as absl warnings.
+  logging.getLogger("absl").setLevel(logging.ERROR)
   try:
     return args.fn(args)
   except _user_errors() as e:
+    from t5x_like import checkpointing
     print(f"error: {e}", file=sys.stderr)
+    global _EXIT_AT_ONCE
+    _EXIT_AT_ONCE = isinstance(e, checkpointing.CheckpointError)
     return EXIT_BAD_INPUT
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
 
 
+def console_main() -> None:
+  """Entry point of the `pretrain` console script."""
+  code = main()
+  if _EXIT_AT_ONCE:
+    # A failed orbax/tensorstore restore leaves async tasks that print tracebacks at
+    # interpreter shutdown; nothing is being written, so leave now and keep the one line.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_main()

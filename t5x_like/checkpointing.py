@@ -62,6 +62,7 @@ class Checkpointer:
                                         data=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      first = first.split(" See full TensorStore details")[0]
       raise CheckpointError(f"checkpoint {self.directory / str(step)} could not be restored "
                             f"({type(e).__name__}: {first[:300]})") from None
     _check_shapes(abstract_state, restored["state"], self.directory / str(step))
