@@ -186,7 +186,7 @@ class BertForMaskedLM(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     embeddings = BertEmbeddings(c, deterministic, name="embeddings")
     x_BLD = embeddings(input_ids, token_type_ids, positions)
-    bias = layers.attention_bias(attention_mask, segment_ids, length)
+    bias = layers.attention_bias(attention_mask, segment_ids)
     x_BLD = BertEncoder(c, deterministic, name="encoder")(x_BLD, bias)
     if masked_positions is not None:
       # A one-hot matmul rather than take_along_axis: it partitions cleanly when the batch

@@ -109,12 +109,11 @@ class Embed(nn.Module):
 
 
 def attention_bias(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
-                   length: int, dtype: Dtype = jnp.float32) -> jax.Array | None:
+                   dtype: Dtype = jnp.float32) -> jax.Array | None:
   """Additive attention bias, [B, 1, 1, L] from a padding mask or [B, 1, L, L] from segments.
 
   Packed rows (segment_ids, 0 = padding) attend only within their own segment.
   """
-  del length
   big_negative = jnp.finfo(dtype).min
   if segment_ids is not None:
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
