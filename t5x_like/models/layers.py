@@ -102,7 +102,11 @@ class Embed(nn.Module):
                                 (self.num_embeddings, self.features), self.param_dtype)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    # Gather from a table whose feature axis is whole (the FSDP all-gather a layer's weights
+    # get anyway); rows may stay split over `tensor`, which XLA gathers from locally.
+    table = constrain(self.embedding, (self.axes[0], None))
+    out = jnp.take(table, ids, axis=0).astype(self.dtype)
+    return constrain(out, ("act_batch", "act_length", "act_embed"))
 
   def attend(self, x: jax.Array) -> jax.Array:
     return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
