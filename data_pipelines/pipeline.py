@@ -158,13 +158,18 @@ class BlockIterator:
     step = int(state["step"])
     if step < 0:
       raise DataError(f"data iterator step must be >= 0, got {step}")
+    self._step = step
+    # Built on the first `next`: a restored position (resume) or an iterator that is never
+    # read (evaluation builds no train batches) starts no prefetch threads for nothing.
+    self._iter = None
+
+  def _start(self) -> Iterator[dict[str, np.ndarray]]:
     rows = self._records.rows
     dataset = (grain.MapDataset.source(self._records)
-               .map(self._transform)[step * rows:]
+               .map(self._transform)[self._step * rows:]
                .to_iter_dataset(self._read_options)
                .batch(rows, drop_remainder=True, batch_fn=_stack))
-    self._step = step
-    self._iter = iter(dataset)
+    return iter(dataset)
 
   def get_state(self) -> dict:
     return {"step": self._step}
@@ -173,6 +178,8 @@ class BlockIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self._iter is None:
+      self._iter = self._start()
     batch = next(self._iter)
     self._step += 1
     return batch

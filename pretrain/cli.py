@@ -41,17 +41,16 @@ def cmd_train(args: argparse.Namespace) -> int:
   # so the error is the only thing said.
   tokenizer = load_tokenizer(config.data.tokenizer)
   loop.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
-  run = data_lib.build(config)
-  logging.getLogger(__name__).info(run.manifest.summary())
+  run = data_lib.build(config, tokenizer)
   print(run.manifest.summary(), file=sys.stderr)
   export_fn = None
+  out = os.path.join(args.workdir, "export")
   if run.config.train.export_at_end:
-    out = os.path.join(args.workdir, "export")
     export_fn = lambda params: exporting.export(run.config, params, run.tokenizer, out)
   result = loop.train(run.config, args.workdir, run.hooks, export_fn)
   summary = {"step": result["step"], "train": result["train"], "eval": result["eval"]}
   if export_fn is not None:
-    summary["export"] = os.path.join(args.workdir, "export")
+    summary["export"] = out
   print(json.dumps(summary))
   return 0
 

@@ -78,8 +78,11 @@ class RunData:
   hooks: DataHooks
 
 
-def prepare_for(config: Config) -> tuple[Config, Tokenizer, prepare.Manifest]:
-  tokenizer = load_tokenizer(config.data.tokenizer)
+def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
+                ) -> tuple[Config, Tokenizer, prepare.Manifest]:
+  """Resolves the vocabulary and prepares (or reuses) the block cache."""
+  if tokenizer is None:
+    tokenizer = load_tokenizer(config.data.tokenizer)
   config = resolve_vocab(config, tokenizer)
   manifest = prepare.ensure_prepared(
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
@@ -87,9 +90,9 @@ def prepare_for(config: Config) -> tuple[Config, Tokenizer, prepare.Manifest]:
   return config, tokenizer, manifest
 
 
-def build(config: Config) -> RunData:
+def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
   """Everything the loop needs from the data side, for this process's rows."""
-  config, tokenizer, manifest = prepare_for(config)
+  config, tokenizer, manifest = prepare_for(config, tokenizer)
   objective = make_objective(config, tokenizer)
   common = {"objective": objective, "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),

@@ -16,7 +16,7 @@ def check_target(out_dir: str) -> None:
 
   Cheap, so callers can refuse before restoring a checkpoint.
   """
-  bert_export._check_target(os.path.abspath(out_dir))  # pylint: disable=protected-access
+  bert_export.check_target(os.path.abspath(out_dir))
 
 
 def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> str:

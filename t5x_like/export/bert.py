@@ -186,7 +186,7 @@ def _is_previous_export(path: str) -> bool:
     return False
 
 
-def _check_target(out_dir: str) -> None:
+def check_target(out_dir: str) -> None:
   if not os.path.exists(out_dir):
     return
   if not os.path.isdir(out_dir):
@@ -220,7 +220,7 @@ def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
     ValueError: params/config/tokenizer do not agree.
   """
   out_dir = os.path.abspath(out_dir)
-  _check_target(out_dir)
+  check_target(out_dir)
   # Everything that can fail on bad input runs before touching the filesystem.
   state = bert_to_hf_state_dict(params, config)
   hf_config = hf_config_dict(config)
@@ -260,7 +260,7 @@ def _replace_dir(new: str, target: str) -> None:
   if not os.path.exists(target):
     os.rename(new, target)
     return
-  _check_target(target)  # re-check: it may have changed while we were writing
+  check_target(target)  # re-check: it may have changed while we were writing
   old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
                          dir=os.path.dirname(target))
   os.rmdir(old)  # only the unique name is wanted; rename needs it absent
