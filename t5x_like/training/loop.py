@@ -212,7 +212,7 @@ class Trainer:
     bar = tqdm.tqdm(total=c.train.steps, initial=start_step, disable=not is_main_process(),
                     dynamic_ncols=True, mininterval=1.0, file=sys.stderr, desc="train")
     window: list[dict[str, jax.Array]] = []
-    window_start, window_steps = None, 0
+    window_start: float | None = None  # None until the first (compiling) step is done
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     step = start_step
@@ -223,15 +223,12 @@ class Trainer:
       window.append(metrics)
       if window_start is None:  # the first step includes compilation: time from after it
         jax.block_until_ready(metrics)
-        window_start, window = time.perf_counter(), []
-        window_steps = 0
-      else:
-        window_steps += 1
+        window = []
       bar.update(1)
       if step % c.train.log_every == 0 or step == c.train.steps:
-        last_train = self._log_window(window, window_start, window_steps, tokens_per_step,
-                                      flops_per_step, peak, step, writer, bar)
-        window, window_start, window_steps = [], time.perf_counter(), 0
+        last_train = self._log_window(window, window_start, tokens_per_step, flops_per_step,
+                                      peak, step, writer, bar)
+        window = []
       if data.make_eval is not None and c.train.eval_steps and (
           step % c.train.eval_every == 0 or step == c.train.steps):
         last_eval = evaluate(eval_step, state.params, data.make_eval(), self.batch_sh,
@@ -241,11 +238,13 @@ class Trainer:
                                                     last_eval.items()))
       if step % c.checkpoint.every == 0 or step == c.train.steps:
         ckpt.save(step, state, data.train.get_state(), force=step == c.train.steps)
+      if not window:  # a new timing window starts after logging, eval and saving
+        window_start = time.perf_counter()
     bar.close()
     ckpt.wait()
     return {"step": step, "train": last_train, "eval": last_eval, "state": state}
 
-  def _log_window(self, window: list[dict[str, jax.Array]], start: float | None, steps: int,
+  def _log_window(self, window: list[dict[str, jax.Array]], start: float | None,
                   tokens_per_step: int, flops_per_step: float, peak: float, step: int,
                   writer: MetricsWriter, bar: tqdm.tqdm) -> dict[str, float]:
     if not window:
@@ -253,8 +252,8 @@ class Trainer:
     host = jax.device_get(window)
     values = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
     values["learning_rate"] = float(host[-1]["learning_rate"])
-    if start is not None and steps > 0:
-      seconds = (time.perf_counter() - start) / steps
+    if start is not None:
+      seconds = (time.perf_counter() - start) / len(window)
       values["step_time_s"] = seconds
       values["tokens_per_s"] = tokens_per_step / seconds
       values["mfu"] = flops_per_step / seconds / peak
