@@ -1,4 +1,4 @@
-"""A grain pipeline over prepared blocks: global shuffle, per-record noise, per-host rows.
+"""A grain pipeline over prepared records: global shuffle, per-record noise, per-host rows.
 
 Everything is a function of the global step, so any host count and any restart agree:
 
@@ -7,6 +7,14 @@ Everything is a function of the global step, so any host count and any restart a
   global row j    -> record permutation_e[b * B + j], permutation_e from (seed, e) only
   record i of e   -> objective(block_i, np.random.default_rng([seed, e, i]))
   process p       -> rows [p * B/P, (p + 1) * B/P) of every global batch
+
+For data prepared in documents mode (`prepare.prepare(..., pack=...)`) a record is one packed
+row of segments seg_1..seg_m, and with the record's one generator g = default_rng([seed, e, i])
+
+  record i of e   -> pack_row([objective(seg_1, g), ..., objective(seg_m, g)])
+
+the objective applied to the segments in order, consuming g sequentially; `pack_row` (e.g.
+built on `packing.pack_one`) makes the row's fixed-shape features.
 
 grain reads and transforms the host's records on background threads with prefetch.
 """
@@ -26,6 +34,7 @@ from data_pipelines import prepare
 from data_pipelines.errors import DataError
 
 Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+PackRow = Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]]
 
 
 @functools.lru_cache(maxsize=16)
@@ -47,7 +56,7 @@ def _split_source(manifest_dir: str, split: str):
 
 
 def num_records(manifest_dir: str, split: str) -> int:
-  """Number of blocks in a split."""
+  """Number of records (blocks, or packed rows) in a split."""
   return len(_split_source(manifest_dir, split)[1])
 
 
@@ -56,17 +65,40 @@ def num_batches(manifest_dir: str, split: str, global_batch_size: int) -> int:
   return num_records(manifest_dir, split) // global_batch_size
 
 
-def read_block(manifest_dir: str, split: str, index: int) -> np.ndarray:
-  """Block `index` of a split as int32[block_length]."""
+def _record(manifest_dir: str, split: str, index: int) -> tuple[prepare.Manifest, bytes]:
   manifest, source = _split_source(manifest_dir, split)
   if not 0 <= index < len(source):
-    raise DataError(f"block {index} is out of range for split {split!r} of {manifest_dir} "
-                    f"({len(source)} blocks)")
-  return _decode(source[index], manifest.dtype)
+    raise DataError(f"record {index} is out of range for split {split!r} of {manifest_dir} "
+                    f"({len(source)} records)")
+  return manifest, source[index]
+
+
+def read_block(manifest_dir: str, split: str, index: int) -> np.ndarray:
+  """Block `index` of a split as int32[block_length] (blocks mode only)."""
+  manifest, record = _record(manifest_dir, split, index)
+  if manifest.packed:
+    raise DataError(f"prepared data at {manifest_dir} holds packed rows of documents, not "
+                    f"blocks; use read_segments")
+  return _decode(record, manifest.dtype)
+
+
+def read_segments(manifest_dir: str, split: str, index: int) -> list[np.ndarray]:
+  """The segments of record `index` of a split, as int32 arrays, in either mode.
+
+  Blocks mode: [block]. Documents mode: the row's document chunks in order.
+  """
+  manifest, record = _record(manifest_dir, split, index)
+  return _decode_segments(record, manifest)
 
 
 def _decode(record: bytes, dtype: str) -> np.ndarray:
   return np.frombuffer(record, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
+
+
+def _decode_segments(record: bytes, manifest: prepare.Manifest) -> list[np.ndarray]:
+  if manifest.packed:
+    return prepare.decode_row(record, manifest.dtype)
+  return [_decode(record, manifest.dtype)]
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -74,14 +106,15 @@ def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class _HostRecords:
-  """Random-access view: host-local element k -> (epoch, record index, block).
+  """Random-access view: host-local element k -> (epoch, record index, segments).
 
   Element k is row k % rows of the host's share of global step k // rows.
   """
 
-  def __init__(self, source, dtype: str, seed: int, shuffle: bool, global_batch_size: int,
-               process_index: int, process_count: int, num_epochs: int | None):
-    self._source, self._dtype, self._seed, self._shuffle = source, dtype, seed, shuffle
+  def __init__(self, source, manifest: prepare.Manifest, seed: int, shuffle: bool,
+               global_batch_size: int, process_index: int, process_count: int,
+               num_epochs: int | None):
+    self._source, self._manifest, self._seed, self._shuffle = source, manifest, seed, shuffle
     self._global_batch = global_batch_size
     self.rows = global_batch_size // process_count
     self._row_offset = process_index * self.rows
@@ -107,11 +140,11 @@ class _HostRecords:
         self._permutations[epoch] = perm
       return perm
 
-  def __getitem__(self, k: int) -> tuple[int, int, np.ndarray]:
+  def __getitem__(self, k: int) -> tuple[int, int, list[np.ndarray]]:
     step, row = divmod(k, self.rows)
     epoch, batch = divmod(step, self.steps_per_epoch)
     index = int(self._permutation(epoch)[batch * self._global_batch + self._row_offset + row])
-    return epoch, index, _decode(self._source[index], self._dtype)
+    return epoch, index, _decode_segments(self._source[index], self._manifest)
 
 
 class BlockIterator:
@@ -124,7 +157,8 @@ class BlockIterator:
   def __init__(self, manifest_dir: str, split: str, objective: Objective,
                global_batch_size: int, seed: int, shuffle: bool = True,
                num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
-               start_step: int = 0, worker_threads: int = 4, prefetch: int = 2):
+               start_step: int = 0, worker_threads: int = 4, prefetch: int = 2,
+               pack_row: PackRow | None = None):
     if global_batch_size < 1 or process_count < 1 or global_batch_size % process_count:
       raise DataError(f"global batch size {global_batch_size} must be a positive multiple of "
                       f"the process count {process_count}")
@@ -133,12 +167,20 @@ class BlockIterator:
     if num_epochs is not None and num_epochs < 1:
       raise DataError(f"num_epochs must be >= 1 or None (forever), got {num_epochs}")
     manifest, source = _split_source(manifest_dir, split)
+    if manifest.packed and pack_row is None:
+      raise DataError(f"prepared data at {manifest_dir} holds documents packed for "
+                      f"{manifest.packing['key']!r}; the iterator needs a pack_row to turn each "
+                      f"record's examples into one row")
+    if not manifest.packed and pack_row is not None:
+      raise DataError(f"prepared data at {manifest_dir} holds blocks (no packing), but a "
+                      f"pack_row was given; pass pack_row=None or prepare with a PackSpec")
+    what = "rows" if manifest.packed else "blocks"
     if len(source) < global_batch_size:
-      raise DataError(f"split {split!r} of {manifest_dir} has {len(source)} blocks, fewer than "
+      raise DataError(f"split {split!r} of {manifest_dir} has {len(source)} {what}, fewer than "
                       f"the global batch size {global_batch_size}")
-    self._records = _HostRecords(source, manifest.dtype, seed, shuffle, global_batch_size,
+    self._records = _HostRecords(source, manifest, seed, shuffle, global_batch_size,
                                  process_index, process_count, num_epochs)
-    self._objective, self._seed = objective, seed
+    self._objective, self._seed, self._pack_row = objective, seed, pack_row
     # Prefetch counts records: threads work on single records, so one slow objective call
     # never holds a whole batch back.
     self._read_options = grain.ReadOptions(
@@ -150,9 +192,12 @@ class BlockIterator:
   def steps_per_epoch(self) -> int:
     return self._records.steps_per_epoch
 
-  def _transform(self, item: tuple[int, int, np.ndarray]) -> dict[str, np.ndarray]:
-    epoch, index, block = item
-    return self._objective(block, np.random.default_rng([self._seed, epoch, index]))
+  def _transform(self, item: tuple[int, int, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    epoch, index, segments = item
+    rng = np.random.default_rng([self._seed, epoch, index])
+    if self._pack_row is None:
+      return self._objective(segments[0], rng)
+    return self._pack_row([self._objective(segment, rng) for segment in segments])
 
   def set_state(self, state: dict) -> None:
     step = int(state["step"])
@@ -188,7 +233,8 @@ class BlockIterator:
 def make_iterator(manifest_dir: str, split: str, objective: Objective, global_batch_size: int,
                   seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                  worker_threads: int = 4, prefetch: int = 2) -> BlockIterator:
+                  worker_threads: int = 4, prefetch: int = 2,
+                  pack_row: PackRow | None = None) -> BlockIterator:
   """Host batches for `split` of prepared data; see the module docstring for the semantics.
 
   For evaluation use `shuffle=False, num_epochs=1`: the split in order, the partial last
@@ -197,7 +243,8 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
   Args:
     manifest_dir: a directory written by `prepare.prepare`.
     split: "train" or "validation".
-    objective: (int32[block_length] block, generator) -> dict of np arrays.
+    objective: (int32[n] block or segment, generator) -> dict of np arrays; n = block_length
+      in blocks mode, 1..block_length for the segments of documents mode.
     global_batch_size: rows per step over all processes (divisible by process_count).
     seed: shuffle and noise seed.
     shuffle: a fresh permutation per epoch; otherwise record order.
@@ -206,11 +253,18 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
     start_step: global step of the first batch (resume).
     worker_threads: grain read/transform threads.
     prefetch: host batches buffered ahead.
+    pack_row: documents mode (required there): the objective's examples for a record's
+      segments, in order -> the row's features, of the same shapes for every row (e.g. via
+      `packing.pack_one`). Blocks mode: must be None.
 
   Returns:
     An iterator of dict[str, np.ndarray[global_batch_size / process_count, ...]].
+
+  Raises:
+    DataError: bad arguments, a split smaller than one global batch, or a pack_row that does
+      not match the data's mode.
   """
   return BlockIterator(manifest_dir, split, objective, global_batch_size, seed,
                        shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
                        process_count=process_count, start_step=start_step,
-                       worker_threads=worker_threads, prefetch=prefetch)
+                       worker_threads=worker_threads, prefetch=prefetch, pack_row=pack_row)

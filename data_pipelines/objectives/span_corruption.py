@@ -16,6 +16,7 @@ usual settings (density 0.15, mean span 3, blocks of tens of tokens or more) the
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import numpy as np
 
@@ -42,8 +43,8 @@ class SpanCorruptionParams:
     """Raises ValueError with a one-line reason when a parameter is out of range."""
     # Written as `not (in range)` so that NaN is rejected too.
     if not 0.0 < self.noise_density < 1.0:
-      raise ValueError("SpanCorruptionParams.noise_density must be in (0, 1), got "
-                       f"{self.noise_density}")
+      raise ValueError("SpanCorruptionParams.noise_density must be in (0, 1), both ends "
+                       f"excluded, got {self.noise_density}")
     if not self.mean_noise_span_length >= 1.0:
       raise ValueError("SpanCorruptionParams.mean_noise_span_length must be >= 1, got "
                        f"{self.mean_noise_span_length}")
@@ -81,13 +82,45 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
   return best, int(n[best] + s[best] + 1)
 
 
-def _span_counts(length: int, params: SpanCorruptionParams) -> tuple[int, int]:
+def _check_length(length: int) -> None:
+  """Rejects blocks with no room for one non-noise and one noise token."""
+  if length < 2:
+    raise ValueError(f"block too short for span corruption: {length} tokens, need >= 2 (one "
+                     "non-noise and one noise token)")
+
+
+def span_counts(length: int, params: SpanCorruptionParams) -> tuple[int, int]:
   """(num_noise, num_spans) for a block of `length` >= 2 tokens."""
   num_noise = min(max(round(length * params.noise_density), 1), length - 1)
   num_spans = max(round(num_noise / params.mean_noise_span_length), 1)
   # Both the noise and non-noise tokens are cut into num_spans non-empty segments.
   num_spans = min(num_spans, num_noise, length - num_noise)
   return num_noise, num_spans
+
+
+def output_lengths(raw_length: int, params: SpanCorruptionParams) -> tuple[int, int]:
+  """Exact (inputs, targets) lengths `make_example` gives a block of `raw_length` tokens.
+
+  The noise count n and span count s depend only on the length and the params (see
+  `random_spans_noise_mask`), so the lengths are deterministic: inputs L - n + s + 1 and
+  targets n + s + 1, EOS included. Unlike `random_spans_helper`'s formula this includes the
+  clipping of n to [1, L - 1] and the cap of s by n and L - n, so it is exact for every L >= 2,
+  e.g. 568 -> (512, 114) at the default params.
+
+  Args:
+    raw_length: L, the number of raw tokens in the block.
+    params: span-corruption parameters.
+
+  Returns:
+    (len(input_ids), len(labels)).
+
+  Raises:
+    ValueError: if raw_length < 2, as `make_example` would.
+  """
+  length = operator.index(raw_length)
+  _check_length(length)
+  num_noise, num_spans = span_counts(length, params)
+  return length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
 
 def _random_segment_lengths(num_items: int, num_segments: int,
@@ -130,7 +163,7 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
   """
   orig_length = int(length)
   length = max(orig_length, 2)
-  num_noise, num_spans = _span_counts(length, params)
+  num_noise, num_spans = span_counts(length, params)
   nonnoise_lengths = _random_segment_lengths(length - num_noise, num_spans, rng)
   noise_lengths = _random_segment_lengths(num_noise, num_spans, rng)
   # [b0, a0, b1, a1, ...]: repeat False/True by the interleaved segment lengths.
@@ -179,20 +212,25 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorrup
     vocab: the vocabulary; must hold at least as many sentinels as spans.
 
   Returns:
-    `input_ids`: int32[L - n + s + 1]; `labels`: int32[n + s + 1] (HF's name for T5 targets).
+    `input_ids`: int32[L - n + s + 1]; `labels`: int32[n + s + 1] (HF's name for T5 targets);
+    `output_lengths(L, params)` gives both lengths without drawing.
+
+  Raises:
+    ValueError: if the block is not 1-D integer, has fewer than 2 tokens, or the vocab has
+      fewer sentinel ids than the block has noise spans.
   """
   block = np.asarray(block)
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
   length = block.shape[0]
-  if length < 2:
-    raise ValueError(f"block too short for span corruption: length {length}, need >= 2")
+  _check_length(length)
   # Check before drawing: ids past the sentinels would silently land on ordinary tokens.
-  _, num_spans = _span_counts(length, params)
+  _, num_spans = span_counts(length, params)
   sentinels = np.asarray(vocab.sentinel_ids, np.int32)
   if sentinels.size < num_spans:
-    raise ValueError(f"vocab without room for the sentinels: {num_spans} spans need "
-                     f"{num_spans} sentinels, vocab has {sentinels.size}")
+    raise ValueError(f"vocab without room for the sentinels: a block of {length} tokens has "
+                     f"{num_spans} noise spans, each needing its own sentinel id, but the vocab "
+                     f"has {sentinels.size} (VocabInfo.sentinel_ids)")
   noise = random_spans_noise_mask(length, rng, params)
   return {
       "input_ids": _replace_spans(block, noise, sentinels, vocab.eos_id),

@@ -185,18 +185,31 @@ def test_masks_are_uniform_over_compositions():
   assert chi2 < 40.0  # 15 degrees of freedom: P(chi2 > 40) ≈ 5e-4
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    ({"noise_density": 0.0}, "noise_density"),
-    ({"noise_density": 1.0}, "noise_density"),
-    ({"noise_density": -0.1}, "noise_density"),
-    ({"noise_density": float("nan")}, "noise_density"),
-    ({"mean_noise_span_length": 0.5}, "mean_noise_span_length"),
-    ({"mean_noise_span_length": float("nan")}, "mean_noise_span_length"),
+@pytest.mark.parametrize("kwargs,word,value", [
+    ({"noise_density": 0.0}, "noise_density", "0.0"),
+    ({"noise_density": 1.0}, "noise_density", "1.0"),
+    ({"noise_density": -0.1}, "noise_density", "-0.1"),
+    ({"noise_density": 1.5}, "noise_density", "1.5"),
+    ({"noise_density": float("nan")}, "noise_density", "nan"),
+    ({"noise_density": float("inf")}, "noise_density", "inf"),
+    ({"mean_noise_span_length": 0.5}, "mean_noise_span_length", "0.5"),
+    ({"mean_noise_span_length": 0.0}, "mean_noise_span_length", "0.0"),
+    ({"mean_noise_span_length": -3.0}, "mean_noise_span_length", "-3.0"),
+    ({"mean_noise_span_length": float("nan")}, "mean_noise_span_length", "nan"),
 ])
-def test_bad_params_raise(kwargs, word):
+def test_bad_params_raise(kwargs, word, value):
   with pytest.raises(ValueError, match=word) as info:
     sc.SpanCorruptionParams(**kwargs)
-  assert "\n" not in str(info.value)
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.endswith(f"got {value}"), message  # names the offending value
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"noise_density": 1e-9}, {"noise_density": 1 - 1e-9}, {"mean_noise_span_length": 1.0},
+    {"mean_noise_span_length": 1000.0}])
+def test_boundary_params_accepted(kwargs):
+  sc.SpanCorruptionParams(**kwargs)
 
 
 def test_helper_rejects_bad_arguments():
@@ -209,8 +222,11 @@ def test_helper_rejects_bad_arguments():
 def test_too_few_sentinels_raise():
   small = VocabInfo.synthetic(64, num_sentinels=4)
   block = np.random.default_rng(0).choice(small.normal_ids, size=568)
-  with pytest.raises(ValueError, match="vocab without room for the sentinels"):
+  with pytest.raises(ValueError, match="vocab without room for the sentinels") as info:
     sc.make_example(block, np.random.default_rng(0), DEFAULT, small)
+  # 568 tokens -> n=85, s=28: the message says how many are needed and how many there are.
+  assert "568 tokens has 28 noise spans" in str(info.value)
+  assert "vocab has 4" in str(info.value)
   # Exactly enough sentinels is fine: 40 tokens -> n=6, s=2.
   ex = sc.make_example(block[:40], np.random.default_rng(0), DEFAULT,
                        VocabInfo.synthetic(64, num_sentinels=2))
@@ -219,8 +235,35 @@ def test_too_few_sentinels_raise():
 
 @pytest.mark.parametrize("length", [0, 1])
 def test_too_short_block_raises(length):
-  with pytest.raises(ValueError, match="too short"):
+  with pytest.raises(ValueError, match=f"too short for span corruption: {length} tokens, need "
+                     ">= 2"):
     sc.make_example(np.zeros(length, np.int32), np.random.default_rng(0), DEFAULT, VOCAB)
+  with pytest.raises(ValueError, match=f"too short for span corruption: {length} tokens"):
+    sc.output_lengths(length, DEFAULT)
+
+
+@pytest.mark.parametrize("params", [
+    DEFAULT, sc.SpanCorruptionParams(0.5, 1.0), sc.SpanCorruptionParams(0.01, 1.0),
+    sc.SpanCorruptionParams(0.99, 12.0), sc.SpanCorruptionParams(0.3, 2.5),
+    sc.SpanCorruptionParams(0.7, 1.0)])
+def test_output_lengths_match_make_example(params):
+  # Every raw length 2..600, including the extreme densities where n is clipped and s capped.
+  for length in range(2, 601):
+    ex = sc.make_example(_block(length, length), np.random.default_rng(length), params, VOCAB)
+    expected = (len(ex["input_ids"]), len(ex["labels"]))
+    assert sc.output_lengths(length, params) == expected, (length, params)
+    assert sc.output_lengths(np.int64(length), params) == expected
+
+
+@pytest.mark.parametrize("inputs_length", [512, 128, 256, 1024])
+def test_output_lengths_of_helper_blocks(inputs_length):
+  tokens_length, targets_length = sc.random_spans_helper(inputs_length)
+  assert sc.output_lengths(tokens_length, DEFAULT) == (inputs_length, targets_length)
+
+
+def test_output_lengths_rejects_non_integers():
+  with pytest.raises(TypeError):
+    sc.output_lengths(568.0, DEFAULT)
 
 
 def test_two_token_block():
