@@ -105,13 +105,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from t5x_like.config import list_presets  # light: yaml only
   parser = argparse.ArgumentParser(
-      prog="pretrain", description="Pretrain Transformer LMs (BERT/RoBERTa MLM) in JAX/Flax.")
+      prog="pretrain",
+      description="Pretrain Transformer LMs in JAX/Flax: BERT/RoBERTa masked LM, T5 span "
+                  "corruption.")
   sub = parser.add_subparsers(dest="command", required=True)
 
   def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
-                   help="preset name (bert_tiny, bert_base, roberta_base) or a YAML path")
+                   help=f"preset name ({', '.join(list_presets())}) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="dotted overrides, e.g. train.steps=100 mesh.data=2")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from data_pipelines import pipeline, prepare
-from data_pipelines.objectives import mlm
+from data_pipelines import packing, pipeline, prepare
+from data_pipelines.objectives import mlm, span_corruption
 from data_pipelines.tokenizer import Tokenizer, load_tokenizer
 from t5x_like.config import Config, ConfigError, max_predictions, replace
 from t5x_like.training.loop import DataHooks
@@ -39,21 +39,115 @@ def resolve_vocab(config: Config, tokenizer: Tokenizer) -> Config:
   return config
 
 
+def span_params(config: Config) -> span_corruption.SpanCorruptionParams:
+  o = config.objective
+  return span_corruption.SpanCorruptionParams(noise_density=o.noise_density,
+                                              mean_noise_span_length=o.mean_noise_span_length)
+
+
+def _span_helper(config: Config) -> tuple[int, int]:
+  """(raw block tokens, targets) for span corruption with encoder inputs of data.seq_len."""
+  p = span_params(config)
+  return span_corruption.random_spans_helper(config.data.seq_len, p.noise_density,
+                                             p.mean_noise_span_length)
+
+
 def block_length(config: Config) -> int:
-  """Raw tokens per record for the objective (MLM adds [CLS] and [SEP])."""
+  """Raw tokens per block for the objective: MLM adds [CLS] and [SEP]; span corruption
+  cuts the expanded length that corrupts to exactly data.seq_len inputs (512 -> 568)."""
   if config.objective.name == "mlm":
     return config.data.seq_len - 2
-  raise ConfigError(f"objective.name {config.objective.name!r} has no data pipeline yet")
+  if config.objective.name == "span_corruption":
+    return _span_helper(config)[0]
+  raise ConfigError(f"objective.name {config.objective.name!r} has no data pipeline")
+
+
+def resolve_lengths(config: Config) -> Config:
+  """Fills data.target_len from the objective, or refuses one too short for it."""
+  if config.objective.name == "mlm":
+    if config.data.target_len:
+      raise ConfigError(f"data.target_len ({config.data.target_len}) applies only to "
+                        f"encoder-decoder objectives; objective.name is mlm")
+    return config
+  targets = _span_helper(config)[1]
+  if config.data.target_len == 0:
+    return replace(config, data={"target_len": targets})
+  if config.data.target_len < targets:
+    raise ConfigError(f"data.target_len ({config.data.target_len}) is shorter than the "
+                      f"{targets} targets span corruption makes from inputs of "
+                      f"{config.data.seq_len}; set it to 0 (derive) or >= {targets}")
+  return config
+
+
+def pack_spec(config: Config) -> packing.PackSpec | None:
+  """How documents are packed into rows at prepare time (None: concatenated blocks)."""
+  if not config.data.pack_documents:
+    return None
+  d = config.data
+  if config.objective.name == "mlm":
+    return packing.PackSpec(key="mlm", lengths=lambda r: (r + 2,), capacity=(d.seq_len,))
+  p = span_params(config)
+  return packing.PackSpec(
+      key=f"span_corruption({p.noise_density!r},{p.mean_noise_span_length!r})",
+      lengths=lambda r: span_corruption.output_lengths(r, p),
+      capacity=(d.seq_len, d.target_len))
+
+
+def _shift_right(labels: np.ndarray) -> np.ndarray:
+  """Decoder inputs of one unpacked example: the start id (pad, 0) then labels[:-1]."""
+  out = np.zeros_like(labels)
+  out[1:] = np.where(labels[:-1] == mlm.IGNORE_INDEX, 0, labels[:-1])
+  return out
 
 
 def make_objective(config: Config, tokenizer: Tokenizer,
                    ) -> Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]:
-  o = config.objective
-  params = mlm.MLMParams(max_predictions=max_predictions(config), mask_prob=o.mask_prob,
-                         mask_token_frac=o.mask_token_frac,
-                         random_token_frac=o.random_token_frac, whole_word=o.whole_word)
+  """(raw block, generator) -> one example; fixed-shape rows unless documents are packed."""
+  o, d = config.objective, config.data
   vocab = tokenizer.vocab_info()
-  return lambda block, rng: mlm.make_example(block, rng, params, vocab)
+  if o.name == "mlm":
+    params = mlm.MLMParams(max_predictions=max_predictions(config), mask_prob=o.mask_prob,
+                           mask_token_frac=o.mask_token_frac,
+                           random_token_frac=o.random_token_frac, whole_word=o.whole_word)
+    return lambda block, rng: mlm.make_example(block, rng, params, vocab)
+  params = span_params(config)
+  if d.pack_documents:
+    return lambda block, rng: span_corruption.make_example(block, rng, params, vocab)
+
+  def full_block(block: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    ex = span_corruption.make_example(block, rng, params, vocab)
+    # A full block corrupts to exactly seq_len inputs (random_spans_helper); targets may be
+    # padded up to a longer configured data.target_len.
+    if len(ex["input_ids"]) != d.seq_len or len(ex["labels"]) > d.target_len:
+      raise ValueError(f"span corruption of a {len(block)}-token block gave "
+                       f"{len(ex['input_ids'])} inputs / {len(ex['labels'])} targets, "
+                       f"expected {d.seq_len} / <= {d.target_len}")
+    labels = np.full(d.target_len, mlm.IGNORE_INDEX, np.int32)
+    labels[: len(ex["labels"])] = ex["labels"]
+    return {"input_ids": ex["input_ids"], "decoder_input_ids": _shift_right(labels),
+            "labels": labels}
+  return full_block
+
+
+def make_pack_row(config: Config,
+                  ) -> Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None:
+  """Packed documents: the examples of one prepared row -> the row's fixed-shape features."""
+  if not config.data.pack_documents:
+    return None
+  d = config.data
+  if config.objective.name == "mlm":
+    lengths = dict.fromkeys(("input_ids", "attention_mask", "token_type_ids", "labels"),
+                            d.seq_len)
+    return lambda examples: packing.pack_one(examples, lengths)
+
+  def seq2seq_row(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    row = packing.pack_one(examples, {"input_ids": d.seq_len, "labels": d.target_len},
+                           groups={"input_ids": "", "labels": "decoder_"})
+    targets = np.where(row["labels"] == mlm.IGNORE_INDEX, 0, row["labels"])
+    row["decoder_input_ids"] = packing.shift_right_per_segment(targets,
+                                                               row["decoder_segment_ids"])
+    return row
+  return seq2seq_row
 
 
 def most_frequent_token(manifest: prepare.Manifest, tokenizer: Tokenizer,
@@ -64,10 +158,23 @@ def most_frequent_token(manifest: prepare.Manifest, tokenizer: Tokenizer,
   picks = np.unique(np.linspace(0, n - 1, min(n, max_blocks)).astype(np.int64))
   counts = np.zeros(tokenizer.vocab_size, np.int64)
   for i in picks:
-    counts += np.bincount(pipeline.read_block(manifest.directory, "train", int(i)),
-                          minlength=tokenizer.vocab_size)
+    for segment in pipeline.read_segments(manifest.directory, "train", int(i)):
+      counts += np.bincount(segment, minlength=tokenizer.vocab_size)
   counts[tokenizer.vocab_info().is_special] = 0
   return int(np.argmax(counts))
+
+
+def check_sentinels(config: Config, tokenizer: Tokenizer) -> None:
+  """Span corruption needs one sentinel id per noise span of a block."""
+  if config.objective.name != "span_corruption":
+    return
+  raw = block_length(config)
+  _, spans = span_corruption.span_counts(raw, span_params(config))
+  if tokenizer.num_sentinels < spans:
+    raise ConfigError(f"vocab without room for the sentinels: span corruption of {raw}-token "
+                      f"blocks makes {spans} noise spans, but tokenizer {tokenizer.model_path} "
+                      f"has {tokenizer.num_sentinels} sentinel ids (train one with more: "
+                      f"pretrain tokenizer train --num-sentinels {spans})")
 
 
 @dataclasses.dataclass
@@ -83,10 +190,12 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
   """Resolves the vocabulary and prepares (or reuses) the block cache."""
   if tokenizer is None:
     tokenizer = load_tokenizer(config.data.tokenizer)
-  config = resolve_vocab(config, tokenizer)
+  config = resolve_lengths(resolve_vocab(config, tokenizer))
+  check_sentinels(config, tokenizer)
   manifest = prepare.ensure_prepared(
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
-      validation_fraction=config.data.validation_fraction, text_field=config.data.text_field)
+      validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
+      pack=pack_spec(config))
   return config, tokenizer, manifest
 
 
@@ -94,7 +203,7 @@ def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
   """Everything the loop needs from the data side, for this process's rows."""
   config, tokenizer, manifest = prepare_for(config, tokenizer)
   objective = make_objective(config, tokenizer)
-  common = {"objective": objective, "global_batch_size": config.train.batch_size,
+  common = {"objective": objective, "pack_row": make_pack_row(config), "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),
             "process_count": jax.process_count(),
             "worker_threads": config.data.worker_threads, "prefetch": config.data.prefetch}

@@ -9,6 +9,7 @@ from data_pipelines.tokenizer import Tokenizer
 from t5x_like import models
 from t5x_like.config import Config
 from t5x_like.export import bert as bert_export
+from t5x_like.export import t5 as t5_export
 
 
 def check_target(out_dir: str) -> None:
@@ -23,4 +24,7 @@ def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> s
   if config.model.family == "bert":
     return bert_export.export_bert(params, models.bert_config(config.model), out_dir,
                                    tokenizer.model_path, tokenizer.num_sentinels)
+  if config.model.family == "t5":
+    return t5_export.export_t5(params, models.t5_config(config.model), out_dir,
+                               tokenizer.model_path, tokenizer.num_sentinels)
   raise ValueError(f"no exporter for model.family {config.model.family!r}")

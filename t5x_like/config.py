@@ -32,7 +32,7 @@ def _choices(*values: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. Sizes follow the HF config names of the mirrored family."""
-  family: str = dataclasses.field(default="bert", metadata=_choices("bert"))
+  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5"))
   vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
   hidden_size: int = 768
   num_layers: int = 12
@@ -51,18 +51,34 @@ class ModelConfig:
                                        metadata=_choices("float32", "bfloat16"))
   remat: str = dataclasses.field(default="none", metadata=_choices("none", "full", "dots"))
   scan_layers: bool = False
+  # Encoder-decoder (T5) fields; names follow transformers.T5Config where they differ.
+  num_decoder_layers: int = 0  # 0 = num_layers
+  head_dim: int = 0  # T5 d_kv; 0 = hidden_size // num_heads
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  initializer_factor: float = 1.0
+  tie_word_embeddings: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Self-supervised objective and its noise parameters (OBJECTIVES.md)."""
-  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm"))
+  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm", "span_corruption"))
   mask_prob: float = 0.15
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
   whole_word: bool = False
   # Static number of positions the MLM head gathers per sequence; 0 derives it from seq_len.
   max_predictions: int = 0
+  # T5 span corruption: data.seq_len is the encoder input length; the raw block and the
+  # target length follow from random_spans_helper (512 -> 568 raw tokens, 114 targets).
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+  # Loss options T5X users expect: z_loss * logsumexp(logits)^2 per target token, and the
+  # normaliser of the summed loss: 0 = the number of target tokens in the global batch, > 0 a
+  # constant (T5X's loss_normalizing_factor, e.g. 233472 = 2048 x 114).
+  z_loss: float = 0.0
+  loss_normalizing_factor: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +86,16 @@ class DataConfig:
   """Where text comes from and how it is cut."""
   corpus: str = "bundled"  # bundled | bundled_ko | bundled_all | PATH | tfds:NAME[/CFG][:SPLIT]
   tokenizer: str = "bundled"  # bundled | PATH to a sentencepiece .model
-  seq_len: int = 128
+  seq_len: int = 128  # encoder input length (MLM: with [CLS] and [SEP])
+  # Decoder target length (encoder-decoder objectives); 0 = what the objective produces from a
+  # full block (span corruption: random_spans_helper, 114 for inputs of 512).
+  target_len: int = 0
+  # False: documents are concatenated (EOS between them) and cut into full blocks, so rows
+  # cross document boundaries (RoBERTa FULL-SENTENCES, T5's reduce_concat_tokens). True: each
+  # document (cut into chunks of at most a block) is its own example, several packed per
+  # row with segment ids and positions; attention never crosses documents and no compute is
+  # spent on padding beyond each row's tail.
+  pack_documents: bool = False
   text_field: str = "text"
   validation_fraction: float = 0.02
   cache_dir: str = ""  # "" = $XDG_CACHE_HOME/t5x_like/data
@@ -81,10 +106,11 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   """Optimiser and learning-rate schedule."""
-  name: str = dataclasses.field(default="adamw", metadata=_choices("adamw"))
+  name: str = dataclasses.field(default="adamw", metadata=_choices("adamw", "adafactor"))
   learning_rate: float = 1e-4
   schedule: str = dataclasses.field(default="linear",
-                                    metadata=_choices("linear", "cosine", "constant"))
+                                    metadata=_choices("linear", "cosine", "constant",
+                                                      "rsqrt"))
   warmup_steps: int = 10_000
   end_learning_rate_ratio: float = 0.0
   weight_decay: float = 0.01
@@ -93,6 +119,13 @@ class OptimConfig:
   eps: float = 1e-6
   grad_clip_norm: float = 1.0  # 0 disables clipping
   grad_accum_steps: int = 1
+  # Adafactor (T5X defaults): factored second moments for matrices whose two largest dims are
+  # >= min_dim_size_to_factor, decay rate 0.8, update clipping 1.0, update scaled by the
+  # parameter's RMS; b1 > 0 adds momentum. weight_decay applies as decoupled decay.
+  adafactor_decay_rate: float = 0.8
+  adafactor_clipping_threshold: float = 1.0
+  adafactor_multiply_by_parameter_scale: bool = True
+  adafactor_min_dim_size_to_factor: int = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,11 +356,23 @@ def validate(c: Config) -> None:
   _require(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 = the tokenizer's), got "
            f"{m.vocab_size}")
   for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
-              "max_position_embeddings", "type_vocab_size"):
+              "max_position_embeddings", "type_vocab_size", "relative_attention_num_buckets",
+              "relative_attention_max_distance"):
     _require(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
-  _require(m.hidden_size % m.num_heads == 0,
+  for key in ("num_decoder_layers", "head_dim"):
+    _require(getattr(m, key) >= 0, f"model.{key} must be >= 0 (0 = default), got "
+             f"{getattr(m, key)}")
+  _require(m.head_dim > 0 or m.hidden_size % m.num_heads == 0,
            f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads "
-           f"({m.num_heads})")
+           f"({m.num_heads}) unless model.head_dim is set")
+  _require(m.initializer_factor > 0,
+           f"model.initializer_factor must be > 0, got {m.initializer_factor}")
+  encoder_only = ("mlm",)
+  seq2seq = ("span_corruption",)
+  _require((m.family == "bert" and o.name in encoder_only) or
+           (m.family == "t5" and o.name in seq2seq),
+           f"objective.name {o.name!r} does not train model.family {m.family!r}; "
+           f"bert takes {', '.join(encoder_only)}, t5 takes {', '.join(seq2seq)}")
   for key in ("dropout_rate", "attention_dropout_rate"):
     _require(0.0 <= getattr(m, key) < 1.0, f"model.{key} must be in [0, 1), got "
              f"{getattr(m, key)}")
@@ -338,8 +383,16 @@ def validate(c: Config) -> None:
            f"<= 1, got {o.mask_token_frac} + {o.random_token_frac}")
   _require(o.max_predictions >= 0, f"objective.max_predictions must be >= 0 (0 = derive), got "
            f"{o.max_predictions}")
+  _require(0.0 < o.noise_density < 1.0,
+           f"objective.noise_density must be in (0, 1), got {o.noise_density}")
+  _require(o.mean_noise_span_length >= 1.0,
+           f"objective.mean_noise_span_length must be >= 1, got {o.mean_noise_span_length}")
+  _require(o.z_loss >= 0, f"objective.z_loss must be >= 0, got {o.z_loss}")
+  _require(o.loss_normalizing_factor >= 0, "objective.loss_normalizing_factor must be >= 0 "
+           f"(0 = number of target tokens), got {o.loss_normalizing_factor}")
   _require(d.seq_len >= 8, f"data.seq_len must be >= 8, got {d.seq_len}")
-  _require(d.seq_len <= m.max_position_embeddings,
+  _require(d.target_len >= 0, f"data.target_len must be >= 0 (0 = derived), got {d.target_len}")
+  _require(m.family != "bert" or d.seq_len <= m.max_position_embeddings,
            f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings "
            f"({m.max_position_embeddings})")
   _require(0.0 <= d.validation_fraction < 1.0,
@@ -353,6 +406,13 @@ def validate(c: Config) -> None:
   _require(0.0 <= opt.b1 < 1.0 and 0.0 <= opt.b2 < 1.0, "optim.b1 and optim.b2 must be in [0, 1)")
   _require(opt.eps > 0 and opt.weight_decay >= 0 and opt.grad_clip_norm >= 0,
            "optim.eps must be > 0; optim.weight_decay and optim.grad_clip_norm must be >= 0")
+  _require(0.0 < opt.adafactor_decay_rate <= 1.0,
+           f"optim.adafactor_decay_rate must be in (0, 1], got {opt.adafactor_decay_rate}")
+  _require(opt.adafactor_clipping_threshold >= 0 and opt.adafactor_min_dim_size_to_factor >= 1,
+           "optim.adafactor_clipping_threshold must be >= 0 (0 = off) and "
+           "optim.adafactor_min_dim_size_to_factor >= 1")
+  _require(opt.schedule != "rsqrt" or opt.warmup_steps >= 1,
+           "optim.schedule rsqrt needs optim.warmup_steps >= 1 (the constant phase)")
   _require(opt.grad_accum_steps >= 1,
            f"optim.grad_accum_steps must be >= 1, got {opt.grad_accum_steps}")
   for key in ("data", "fsdp", "tensor"):
@@ -376,7 +436,12 @@ def max_predictions(c: Config) -> int:
   if c.objective.max_predictions:
     return c.objective.max_predictions
   # Probabilistic rounding int(p*n + U) selects at most ceil(p*n) of n <= L-2 candidates.
-  return math.ceil(c.objective.mask_prob * (c.data.seq_len - 2))
+  bound = math.ceil(c.objective.mask_prob * (c.data.seq_len - 2))
+  if c.data.pack_documents:
+    # k packed segments: sum of ceil(p*n_k) <= p*(L - 2k) + k; rows rarely hold many short
+    # documents, so allow a few extra slots and report the rest as dropped_predictions.
+    bound += 8
+  return bound
 
 
 __all__ = [

@@ -35,9 +35,39 @@ def mlm_train_flops_per_step(config: Config) -> float:
   return 3.0 * forward
 
 
+def encoder_decoder_forward_flops(batch: int, inputs: int, targets: int, hidden: int,
+                                  inner: int, ffn: int, enc_layers: int, dec_layers: int,
+                                  vocab: int, gated: bool = True) -> float:
+  """Matmul FLOPs of a T5-style encoder-decoder forward pass with a full LM head.
+
+  inner = heads * head_dim (T5's d_kv need not divide d_model); a gated FFN has three
+  matrices. Cross attention projects k and v once per encoder token and decoder layer.
+  """
+  ffn_mats = 3 if gated else 2
+  attn_proj = 4 * hidden * inner  # q, k, v, o per token
+  enc_token = 2 * (attn_proj + ffn_mats * hidden * ffn) + 2 * 2 * inputs * inner
+  dec_token = (2 * (attn_proj + 2 * hidden * inner + ffn_mats * hidden * ffn) +
+               2 * 2 * targets * inner + 2 * 2 * inputs * inner)
+  cross_kv = 2 * 2 * hidden * inner * inputs  # per row and decoder layer
+  head = 2 * hidden * vocab * targets
+  return float(batch * (inputs * enc_layers * enc_token + targets * dec_layers * dec_token +
+                        dec_layers * cross_kv + head))
+
+
+def seq2seq_train_flops_per_step(config: Config) -> float:
+  """Training FLOPs of one optimizer step of a T5 encoder-decoder (3x forward)."""
+  m, d = config.model, config.data
+  inner = m.num_heads * (m.head_dim or m.hidden_size // m.num_heads)
+  return 3.0 * encoder_decoder_forward_flops(
+      config.train.batch_size, d.seq_len, d.target_len, m.hidden_size, inner,
+      m.intermediate_size, m.num_layers, m.num_decoder_layers or m.num_layers, m.vocab_size)
+
+
 def train_flops_per_step(config: Config) -> float:
   if config.objective.name == "mlm":
     return mlm_train_flops_per_step(config)
+  if config.objective.name == "span_corruption":
+    return seq2seq_train_flops_per_step(config)
   raise ValueError(f"no FLOP model for objective {config.objective.name!r}")
 
 

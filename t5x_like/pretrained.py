@@ -24,17 +24,31 @@ class Pretrained:
 
   def __post_init__(self):
     self.model = models.build(self.config.model)
-    self._apply = jax.jit(lambda p, b: self.model.apply(
-        {"params": p}, b["input_ids"], b.get("attention_mask"), b.get("token_type_ids"),
-        segment_ids=b.get("segment_ids"), positions=b.get("positions"), deterministic=True))
+    if self.config.model.family == "t5":
+      self._names = ("input_ids", "decoder_input_ids", "attention_mask",
+                     "decoder_attention_mask", "segment_ids", "decoder_segment_ids",
+                     "positions", "decoder_positions")
+      self._apply = jax.jit(lambda p, b: self.model.apply(
+          {"params": p}, b["input_ids"], b["decoder_input_ids"],
+          **{k: v for k, v in b.items() if k not in ("input_ids", "decoder_input_ids")},
+          deterministic=True))
+    else:
+      self._names = ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
+                     "positions")
+      self._apply = jax.jit(lambda p, b: self.model.apply(
+          {"params": p}, b["input_ids"], b.get("attention_mask"), b.get("token_type_ids"),
+          segment_ids=b.get("segment_ids"), positions=b.get("positions"), deterministic=True))
 
   def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """Full logits [B, L, V] (float32) for HF-named features (`input_ids`, ...)."""
-    if "input_ids" not in batch:
-      raise ValueError(f"batch needs input_ids; got {sorted(batch)}")
-    feed = {k: np.asarray(v, np.int32) for k, v in batch.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
-                     "positions")}
+    """Full logits (float32) for HF-named features: [B, L, V] for an encoder from
+    `input_ids` (...); [B, T, V] for an encoder-decoder from `input_ids` and
+    `decoder_input_ids` (teacher forcing)."""
+    required = ("input_ids", "decoder_input_ids") if self.config.model.family == "t5" else (
+        "input_ids",)
+    missing = [k for k in required if k not in batch]
+    if missing:
+      raise ValueError(f"batch needs {', '.join(missing)}; got {sorted(batch)}")
+    feed = {k: np.asarray(v, np.int32) for k, v in batch.items() if k in self._names}
     return np.asarray(self._apply(self.params, feed))
 
 

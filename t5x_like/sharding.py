@@ -42,6 +42,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("position", None),
     ("type", None),
+    ("relpos_buckets", None),  # T5's relative position bias table [buckets, heads]
 )
 
 BATCH_AXES = ("data", "fsdp")

@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from flax import linen as nn
 
 from t5x_like.config import ModelConfig
-from t5x_like.models import bert
+from t5x_like.models import bert, t5
 
-FAMILIES = ("bert",)
+FAMILIES = ("bert", "t5")
+_MODULES = {"bert": bert, "t5": t5}
+
+
+def _copy_fields(cls: type, cfg: ModelConfig) -> Any:
+  """The model-level config: the run config's model fields that `cls` declares."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  return cls(**{name: getattr(cfg, name) for name in names})
 
 
 def bert_config(cfg: ModelConfig) -> bert.BertConfig:
-  """The model-level config: the run config's model section, minus `family`."""
-  names = [f.name for f in dataclasses.fields(bert.BertConfig)]
-  return bert.BertConfig(**{name: getattr(cfg, name) for name in names})
+  return _copy_fields(bert.BertConfig, cfg)
+
+
+def t5_config(cfg: ModelConfig) -> t5.T5Config:
+  return _copy_fields(t5.T5Config, cfg)
 
 
 def build(cfg: ModelConfig) -> nn.Module:
   if cfg.family == "bert":
     return bert.BertForMaskedLM(bert_config(cfg))
+  if cfg.family == "t5":
+    return t5.T5ForConditionalGeneration(t5_config(cfg))
   raise ValueError(f"model.family {cfg.family!r} is not one of {FAMILIES}")
 
 
-def features(cfg: ModelConfig) -> tuple[str, ...]:
-  """The batch features the family consumes."""
-  return {"bert": bert.FEATURES}[cfg.family]
+def features(cfg: ModelConfig, packed: bool = False) -> tuple[str, ...]:
+  """The batch features the family consumes (plus segment ids / positions when packed)."""
+  module = _MODULES[cfg.family]
+  return module.FEATURES + (module.PACKED_FEATURES if packed else ())

@@ -6,7 +6,7 @@ step so gradient accumulation over micro-batches is exactly a larger batch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -19,15 +19,49 @@ from t5x_like.config import Config, max_predictions
 IGNORE = -100
 
 
+class Task(Protocol):
+  """What the step needs from an objective: init, the batch features, and the summed loss."""
+  model: nn.Module
+  features: tuple[str, ...]
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]: ...
+
+  def init(self, rng: jax.Array) -> Any: ...
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+def _token_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array, z_loss: float,
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Summed NLL (+ z-loss) over valid positions of float32 logits [..., V]."""
+  # A gather along the vocabulary, which is never sharded (sharding.RULES: act_vocab): a
+  # one-hot product here cost a full [..., V] pass forward and backward.
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  valid_f = valid.astype(jnp.float32)
+  nll = jnp.sum((lse - target_logit) * valid_f)
+  # "Correct" = the target's logit is the maximum (ties count as correct); cheaper than an
+  # argmax, which lowers to a slow variadic reduction on CPU.
+  best = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  aux = {"count": jnp.sum(valid), "correct": jnp.sum((target_logit >= best) & valid)}
+  if z_loss > 0:
+    # Mesh-TF / T5X z-loss: pushes log Z towards 0 so bf16 logits stay well scaled.
+    aux["z_loss"] = z_loss * jnp.sum(jnp.square(lse) * valid_f)
+    return nll + aux["z_loss"], aux
+  return nll, aux
+
+
 class MLMTask:
   """Masked LM on an encoder: logits only at the (at most P) selected positions."""
 
   def __init__(self, config: Config):
     self.config = config
     self.model = models.build(config.model)
-    self.features = models.features(config.model)
+    self.features = models.features(config.model, packed=config.data.pack_documents)
     self.num_predictions = max_predictions(config)
     self.seq_len = config.data.seq_len
+    self.z_loss = config.objective.z_loss
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     shape = (batch_size, self.seq_len)
@@ -65,23 +99,58 @@ class MLMTask:
         positions=batch.get("positions"), masked_positions=order_BP,
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
     logits_BPV = logits_BPV.astype(jnp.float32)
-    target_logit_BP = jnp.sum(logits_BPV * jax.nn.one_hot(targets_BP, logits_BPV.shape[-1]),
-                              axis=-1)
-    nll_BP = jax.nn.logsumexp(logits_BPV, axis=-1) - target_logit_BP
-    valid_f = valid_BP.astype(jnp.float32)
-    # "Correct" = the target's logit is the maximum (ties count as correct); cheaper than an
-    # argmax, which lowers to a slow variadic reduction on CPU.
-    best_BP = jax.lax.stop_gradient(jnp.max(logits_BPV, axis=-1))
-    correct = jnp.sum((target_logit_BP >= best_BP) & valid_BP)
-    aux = {"count": jnp.sum(valid_BP), "correct": correct,
-           # selected positions beyond the static P would silently escape the loss
-           "dropped": jnp.sum(selected_BL) - jnp.sum(valid_BP)}
-    return jnp.sum(nll_BP * valid_f), aux
+    loss_sum, aux = _token_losses(logits_BPV, targets_BP, valid_BP, self.z_loss)
+    # selected positions beyond the static P would silently escape the loss
+    aux["dropped"] = jnp.sum(selected_BL) - jnp.sum(valid_BP)
+    return loss_sum, aux
 
 
-def make_task(config: Config) -> MLMTask:
+class Seq2SeqTask:
+  """Encoder-decoder, teacher-forced: loss on every target token (`labels` != -100).
+
+  Batch: `input_ids` [B, L], `decoder_input_ids` [B, T] (labels shifted right, start = pad,
+  per segment when packed), `labels` [B, T]; packed rows add `segment_ids`, `positions`,
+  `decoder_segment_ids`, `decoder_positions`.
+  """
+
+  def __init__(self, config: Config):
+    self.config = config
+    self.model = models.build(config.model)
+    self.features = models.features(config.model, packed=config.data.pack_documents)
+    self.z_loss = config.objective.z_loss
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    # T5's parameters do not depend on the lengths: initialise on short rows.
+    enc, dec = (batch_size, 8), (batch_size, 4)
+    return {"input_ids": np.ones(enc, np.int32), "decoder_input_ids": np.zeros(dec, np.int32),
+            "labels": np.ones(dec, np.int32)}
+
+  def init(self, rng: jax.Array) -> Any:
+    batch = self.dummy_batch(1)
+    return self.model.init(rng, batch["input_ids"], batch["decoder_input_ids"])
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (summed NLL + z-loss, {count, correct, dropped, [z_loss]})."""
+    labels_BT = batch["labels"]
+    logits_BTV = self.model.apply(
+        {"params": params}, batch["input_ids"], batch["decoder_input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        segment_ids=batch.get("segment_ids"), decoder_segment_ids=batch.get("decoder_segment_ids"),
+        positions=batch.get("positions"), decoder_positions=batch.get("decoder_positions"),
+        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
+    valid_BT = labels_BT != IGNORE
+    loss_sum, aux = _token_losses(logits_BTV.astype(jnp.float32),
+                                  jnp.where(valid_BT, labels_BT, 0), valid_BT, self.z_loss)
+    aux["dropped"] = jnp.zeros((), jnp.int32)
+    return loss_sum, aux
+
+
+def make_task(config: Config) -> Task:
   if config.objective.name == "mlm":
     return MLMTask(config)
+  if config.objective.name == "span_corruption":
+    return Seq2SeqTask(config)
   raise ValueError(f"objective.name {config.objective.name!r} is not supported")
 
 

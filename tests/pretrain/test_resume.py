@@ -11,22 +11,28 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from t5x_like import load_pretrained
 from tests.pretrain.conftest import tiny_overrides
+from tests.pretrain.test_t5_cli import t5_overrides
 
 STEPS = 60
 EVERY = 10
 
 
-def _command(workdir: str, corpus: str, cache_dir: str) -> list[str]:
-  overrides = tiny_overrides(
-      corpus, cache_dir, **{"train.steps": STEPS, "checkpoint.every": EVERY,
-                            "checkpoint.keep": 10, "train.eval_steps": 0,
-                            "train.log_every": 5, "model.hidden_size": 64,
-                            "model.intermediate_size": 128, "model.num_layers": 2,
-                            "model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1})
-  return [sys.executable, "-m", "pretrain.cli", "train", "--config", "bert_tiny",
+def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str]:
+  common = {"train.steps": STEPS, "checkpoint.every": EVERY, "checkpoint.keep": 10,
+            "train.eval_steps": 0, "train.log_every": 5, "model.hidden_size": 64,
+            "model.intermediate_size": 128, "model.num_layers": 2, "model.dropout_rate": 0.1}
+  if preset == "t5_tiny":
+    # Packed documents, Adafactor, z-loss: the T5 path's state and data position resume too.
+    overrides = t5_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
+                                                              "data.pack_documents": "true"})
+  else:
+    overrides = tiny_overrides(corpus, cache_dir, **common,
+                               **{"model.attention_dropout_rate": 0.1})
+  return [sys.executable, "-m", "pretrain.cli", "train", "--config", preset,
           "--workdir", workdir, *overrides]
 
 
@@ -43,14 +49,15 @@ def _steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir):
+@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny"])
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset):
   straight = str(tmp_path / "straight")
-  done = subprocess.run(_command(straight, corpus, cache_dir), env=_env(), capture_output=True,
+  done = subprocess.run(_command(preset, straight, corpus, cache_dir), env=_env(), capture_output=True,
                         text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
 
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_command(killed, corpus, cache_dir), env=_env(),
+  proc = subprocess.Popen(_command(preset, killed, corpus, cache_dir), env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   while not _steps(killed) and proc.poll() is None and time.time() < deadline:
@@ -61,7 +68,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir):
   saved = _steps(killed)
   assert saved and max(saved) < STEPS, saved
 
-  resumed = subprocess.run(_command(killed, corpus, cache_dir), env=_env(), capture_output=True,
+  resumed = subprocess.run(_command(preset, killed, corpus, cache_dir), env=_env(), capture_output=True,
                            text=True, timeout=300, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"resumed from {os.path.join(killed, 'checkpoints')}/{max(saved)}" in resumed.stderr
