@@ -24,25 +24,14 @@ import safetensors.numpy
 
 from data_pipelines import vocab as vocab_lib
 from t5x_like.export import tokenizer as tokenizer_lib
+from t5x_like.export.common import MARKER_FILE, _f32, _replace_dir, _unbox, check_target
+from t5x_like.export.common import write_marker as _write_marker
 from t5x_like.models.bert import BertConfig
 
-MARKER_FILE = "t5x_like_export.json"
-_FORMAT = "t5x_like.export.bert"
+__all__ = ["MARKER_FILE", "bert_to_hf_state_dict", "check_target", "export_bert",
+           "hf_config_dict"]
 # Our activation names are HF's ACT2FN keys with the same meaning ("gelu" is the erf form).
 _HF_ACTIVATIONS = ("gelu", "gelu_new", "relu")
-
-
-def _f32(x: Any) -> np.ndarray:
-  # np.asarray gathers a (fully addressable) jax.Array; bf16 params are widened here.
-  return np.ascontiguousarray(np.asarray(x).astype(np.float32))
-
-
-def _unbox(params: Mapping[str, Any]) -> Mapping[str, Any]:
-  """Accepts {'params': tree} and flax-boxed (nn.Partitioned) leaves as well."""
-  import flax.core.meta  # local: keeps importing this module cheap for tokenizer-only users
-  if set(params) == {"params"}:
-    params = params["params"]
-  return flax.core.meta.unbox(params)
 
 
 def _layer_trees(encoder: Mapping[str, Any], config: BertConfig) -> list[Mapping[str, Any]]:
@@ -178,25 +167,6 @@ def hf_config_dict(config: BertConfig, pad_token_id: int = vocab_lib.PAD_ID,
   }
 
 
-def _is_previous_export(path: str) -> bool:
-  try:
-    with open(os.path.join(path, MARKER_FILE), encoding="utf-8") as f:
-      return json.load(f).get("format") == _FORMAT
-  except (OSError, ValueError, AttributeError):
-    return False
-
-
-def check_target(out_dir: str) -> None:
-  if not os.path.exists(out_dir):
-    return
-  if not os.path.isdir(out_dir):
-    raise FileExistsError(f"export target {out_dir!r} exists and is not a directory")
-  if os.listdir(out_dir) and not _is_previous_export(out_dir):
-    raise FileExistsError(
-        f"export target {out_dir!r} is not empty and is not a previous export (no "
-        f"{MARKER_FILE}); refusing to overwrite it. Pick a new or empty directory.")
-
-
 def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
                 tokenizer_model: str | None = None, num_sentinels: int = 0) -> str:
   """Writes a HuggingFace `BertForMaskedLM` folder, atomically.
@@ -245,29 +215,10 @@ def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
       tokenizer_lib.export_sentencepiece_tokenizer(
           tokenizer_model, num_sentinels, tmp, family="bert",
           model_max_length=config.max_position_embeddings)
-    with open(os.path.join(tmp, MARKER_FILE), "w", encoding="utf-8") as f:
-      json.dump({"format": _FORMAT, "version": 1, "num_sentinels": num_sentinels,
-                 "has_tokenizer": tokenizer_model is not None}, f, indent=2)
+    _write_marker(tmp, "bert", num_sentinels=num_sentinels,
+                  has_tokenizer=tokenizer_model is not None)
     _replace_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
-
-
-def _replace_dir(new: str, target: str) -> None:
-  """Moves `new` to `target`, replacing a previous export or an empty directory."""
-  if not os.path.exists(target):
-    os.rename(new, target)
-    return
-  check_target(target)  # re-check: it may have changed while we were writing
-  old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
-                         dir=os.path.dirname(target))
-  os.rmdir(old)  # only the unique name is wanted; rename needs it absent
-  os.rename(target, old)
-  try:
-    os.rename(new, target)
-  except BaseException:
-    os.rename(old, target)  # put the previous export back
-    raise
-  shutil.rmtree(old, ignore_errors=True)

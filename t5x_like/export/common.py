@@ -1,0 +1,81 @@
+"""Pieces every HF exporter shares: array conversion, the marker file, atomic replacement.
+
+Each export folder holds a small marker file naming the format (`t5x_like.export.<family>`),
+so a later export (of any family) may replace it but never an unrelated directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+MARKER_FILE = "t5x_like_export.json"
+_FORMAT_PREFIX = "t5x_like.export."
+
+
+def marker_format(family: str) -> str:
+  """The marker's `format` value for one family, e.g. `t5x_like.export.bert`."""
+  return _FORMAT_PREFIX + family
+
+
+def write_marker(out_dir: str, family: str, **fields: Any) -> None:
+  with open(os.path.join(out_dir, MARKER_FILE), "w", encoding="utf-8") as f:
+    json.dump({"format": marker_format(family), "version": 1, **fields}, f, indent=2)
+
+
+def _f32(x: Any) -> np.ndarray:
+  # np.asarray gathers a (fully addressable) jax.Array; bf16 params are widened here.
+  return np.ascontiguousarray(np.asarray(x).astype(np.float32))
+
+
+def _unbox(params: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Accepts {'params': tree} and flax-boxed (nn.Partitioned) leaves as well."""
+  import flax.core.meta  # local: keeps importing this module cheap for tokenizer-only users
+  if set(params) == {"params"}:
+    params = params["params"]
+  return flax.core.meta.unbox(params)
+
+
+def _is_previous_export(path: str) -> bool:
+  try:
+    with open(os.path.join(path, MARKER_FILE), encoding="utf-8") as f:
+      fmt = json.load(f).get("format")
+  except (OSError, ValueError, AttributeError):
+    return False
+  return isinstance(fmt, str) and fmt.startswith(_FORMAT_PREFIX)
+
+
+def check_target(out_dir: str) -> None:
+  """Raises FileExistsError unless out_dir is absent, empty, or one of our exports."""
+  if not os.path.exists(out_dir):
+    return
+  if not os.path.isdir(out_dir):
+    raise FileExistsError(f"export target {out_dir!r} exists and is not a directory")
+  if os.listdir(out_dir) and not _is_previous_export(out_dir):
+    raise FileExistsError(
+        f"export target {out_dir!r} is not empty and is not a previous export (no "
+        f"{MARKER_FILE}); refusing to overwrite it. Pick a new or empty directory.")
+
+
+def _replace_dir(new: str, target: str) -> None:
+  """Moves `new` to `target`, replacing a previous export or an empty directory."""
+  if not os.path.exists(target):
+    os.rename(new, target)
+    return
+  check_target(target)  # re-check: it may have changed while we were writing
+  old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                         dir=os.path.dirname(target))
+  os.rmdir(old)  # only the unique name is wanted; rename needs it absent
+  os.rename(target, old)
+  try:
+    os.rename(new, target)
+  except BaseException:
+    os.rename(old, target)  # put the previous export back
+    raise
+  shutil.rmtree(old, ignore_errors=True)
