@@ -237,3 +237,13 @@ def test_setup_shardings_use_the_factored_fix():
   # all shardings have the rank of their arrays (factored stats were unboxed)
   for a, s in zip(jax.tree_util.tree_leaves(abstract), jax.tree_util.tree_leaves(state_sh)):
     assert len(s.spec) <= a.ndim
+
+
+@pytest.mark.parametrize("preset,expected", [("t5_small", 76_961_152), ("t5_base", 247_577_856)])
+def test_presets_have_the_published_v1_1_sizes(preset, expected):
+  """With T5's 32128-id vocabulary the presets have exactly google/t5-v1_1-{small,base}'s
+  parameter counts (HF's num_parameters of T5ForConditionalGeneration, shared counted once)."""
+  config = config_lib.load_config(preset, ["model.vocab_size=32128", "data.target_len=114"])
+  task = tasks.make_task(config)
+  shapes = jax.eval_shape(task.init, jax.random.key(0))["params"]
+  assert tasks.param_count(shapes) == expected
