@@ -12,20 +12,14 @@ re-tied on load to `bert.embeddings.word_embeddings.weight` / `cls.predictions.b
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
 
 from data_pipelines import vocab as vocab_lib
-from t5x_like.export import tokenizer as tokenizer_lib
-from t5x_like.export.common import MARKER_FILE, _f32, _replace_dir, _unbox, check_target
-from t5x_like.export.common import write_marker as _write_marker
+from t5x_like.export.common import MARKER_FILE, _f32, _unbox, check_target, write_export
 from t5x_like.models.bert import BertConfig
 
 __all__ = ["MARKER_FILE", "bert_to_hf_state_dict", "check_target", "export_bert",
@@ -194,31 +188,5 @@ def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
   # Everything that can fail on bad input runs before touching the filesystem.
   state = bert_to_hf_state_dict(params, config)
   hf_config = hf_config_dict(config)
-  if tokenizer_model is not None:
-    import sentencepiece as spm
-    sp_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
-    if sp_size + num_sentinels != config.vocab_size:
-      raise ValueError(f"tokenizer has {sp_size} pieces + {num_sentinels} sentinels = "
-                       f"{sp_size + num_sentinels} ids, but config.vocab_size is "
-                       f"{config.vocab_size}")
-
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  # Same parent -> same filesystem, so the final renames are atomic.
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(hf_config, f, indent=2)
-    safetensors.numpy.save_file(state, os.path.join(tmp, "model.safetensors"),
-                                metadata={"format": "pt"})  # HF expects this metadata
-    if tokenizer_model is not None:
-      tokenizer_lib.export_sentencepiece_tokenizer(
-          tokenizer_model, num_sentinels, tmp, family="bert",
-          model_max_length=config.max_position_embeddings)
-    _write_marker(tmp, "bert", num_sentinels=num_sentinels,
-                  has_tokenizer=tokenizer_model is not None)
-    _replace_dir(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  return write_export(out_dir, "bert", state, hf_config, config.vocab_size, tokenizer_model,
+                      num_sentinels, model_max_length=config.max_position_embeddings)

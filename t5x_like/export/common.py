@@ -1,4 +1,4 @@
-"""Pieces every HF exporter shares: array conversion, the marker file, atomic replacement.
+"""Pieces every HF exporter shares: array conversion, the marker file, the atomic write.
 
 Each export folder holds a small marker file naming the format (`t5x_like.export.<family>`),
 so a later export (of any family) may replace it but never an unrelated directory.
@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+
+from t5x_like.export import tokenizer as tokenizer_lib
 
 MARKER_FILE = "t5x_like_export.json"
 _FORMAT_PREFIX = "t5x_like.export."
@@ -79,3 +82,46 @@ def _replace_dir(new: str, target: str) -> None:
     os.rename(old, target)  # put the previous export back
     raise
   shutil.rmtree(old, ignore_errors=True)
+
+
+def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
+                 hf_config: Mapping[str, Any], vocab_size: int, tokenizer_model: str | None,
+                 num_sentinels: int, model_max_length: int) -> str:
+  """Writes `config.json`, `model.safetensors`, tokenizer files and the marker, atomically.
+
+  Callers convert the weights and config first (everything that can fail on bad input runs
+  before this touches the filesystem). The folder is built in a temporary sibling directory
+  renamed into place only once complete, so a failed export leaves `out_dir` as it was.
+
+  Raises:
+    ValueError: the tokenizer's pieces + num_sentinels differ from vocab_size.
+    FileExistsError: out_dir became a non-empty directory that is not our export.
+  """
+  if tokenizer_model is not None:
+    import sentencepiece as spm
+    sp_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
+    if sp_size + num_sentinels != vocab_size:
+      raise ValueError(f"tokenizer has {sp_size} pieces + {num_sentinels} sentinels = "
+                       f"{sp_size + num_sentinels} ids, but config.vocab_size is "
+                       f"{vocab_size}")
+
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  # Same parent -> same filesystem, so the final renames are atomic.
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(hf_config, f, indent=2)
+    safetensors.numpy.save_file(dict(state), os.path.join(tmp, "model.safetensors"),
+                                metadata={"format": "pt"})  # HF expects this metadata
+    if tokenizer_model is not None:
+      tokenizer_lib.export_sentencepiece_tokenizer(
+          tokenizer_model, num_sentinels, tmp, family=family,
+          model_max_length=model_max_length)
+    write_marker(tmp, family, num_sentinels=num_sentinels,
+                 has_tokenizer=tokenizer_model is not None)
+    _replace_dir(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from t5x_like.export import bert as export_bert_lib
+from t5x_like.export import common as export_common
 from t5x_like.export import tokenizer as export_tok_lib
 from t5x_like.models.bert import BertConfig, BertForMaskedLM
 
@@ -344,7 +345,7 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(export_bert_lib.tokenizer_lib, "export_sentencepiece_tokenizer", boom)
+  monkeypatch.setattr(export_common.tokenizer_lib, "export_sentencepiece_tokenizer", boom)
   sp_path = _train_sp(tmp_path / "sp.model", "unigram", 400)
   sp_size = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
   config = dataclasses.replace(TINY, vocab_size=sp_size)

@@ -279,7 +279,7 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(export_t5_lib.safetensors.numpy, "save_file", boom)
+  monkeypatch.setattr(export_common.safetensors.numpy, "save_file", boom)
   with pytest.raises(RuntimeError, match="disk full"):
     export_t5_lib.export_t5(_random_params(TINY), TINY, str(tmp_path / "hf"))
   assert os.listdir(tmp_path) == []
