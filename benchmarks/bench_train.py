@@ -182,13 +182,9 @@ def timed(side: Side, first: int, count: int) -> None:
     side.losses.append(loss)
 
 
-def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
-                vocab: VocabInfo) -> dict[str, Any]:
-  """Measures one shape; returns its result row."""
-  config = shape_config(name, total_steps=warmup + steps + 1)
-  batches = make_batches(config, vocab, NUM_BATCHES, seed=0)
-  ours, compile_s = build_ours(config, batches)
-  hf = build_hf(config, batches)
+def run_interleaved(ours: Side, hf: Side, steps: int, warmup: int, rounds: int) -> None:
+  """`warmup` untimed steps per side, then `steps` timed steps per side in `rounds`
+  alternating blocks, so machine noise hits both sides alike."""
   for i in range(warmup):
     ours.run(i)
     hf.run(i)
@@ -198,6 +194,61 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
     timed(ours, done, count)
     timed(hf, done, count)
     done += count
+
+
+def add_side_stats(row: dict[str, Any], ours: Side, hf: Side, tokens: int,
+                   flops_per_step: float, peak: float) -> dict[str, Any]:
+  """Per-side median/min step time, tokens/s, MFU, first/last loss, and ours/HF ratio."""
+  for label, side in (("ours", ours), ("hf", hf)):
+    median = statistics.median(side.times)
+    row[f"{label}_median_s"] = median
+    row[f"{label}_min_s"] = min(side.times)
+    row[f"{label}_tokens_per_s"] = tokens / median
+    row[f"{label}_mfu"] = flops_per_step / median / peak
+    row[f"{label}_first_loss"] = side.losses[0]
+    row[f"{label}_last_loss"] = side.losses[-1]
+  row["ratio"] = row["ours_tokens_per_s"] / row["hf_tokens_per_s"]
+  return row
+
+
+def parse_args(argv: list[str] | None, description: str, shapes: dict[str, Any],
+               default_shapes: str) -> tuple[argparse.Namespace, list[str]]:
+  """The benchmarks' common command line; returns (args, the shape names asked for)."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--shapes", type=str, default=default_shapes,
+                      help=f"comma-separated, from {', '.join(shapes)}")
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
+  parser.add_argument("--rounds", type=int, default=4, help="interleaved ours/HF rounds")
+  parser.add_argument("--json", type=str, default=None, help="also write results here")
+  args = parser.parse_args(argv)
+  names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+  unknown = [s for s in names if s not in shapes]
+  if unknown:
+    parser.error(f"unknown shapes {unknown}; known: {', '.join(shapes)}")
+  if args.steps < args.rounds:
+    parser.error("--steps must be >= --rounds")
+  return args, names
+
+
+def measure_peaks() -> tuple[float, float, float]:
+  """(XLA, torch, max) f32 matmul FLOP/s, with torch on TORCH_THREADS threads."""
+  import torch
+
+  torch.set_num_threads(TORCH_THREADS)
+  xla_peak = flops.measured_matmul_peak("float32")
+  torch_peak = torch_matmul_peak()
+  return xla_peak, torch_peak, max(xla_peak, torch_peak)
+
+
+def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
+                vocab: VocabInfo) -> dict[str, Any]:
+  """Measures one shape; returns its result row."""
+  config = shape_config(name, total_steps=warmup + steps + 1)
+  batches = make_batches(config, vocab, NUM_BATCHES, seed=0)
+  ours, compile_s = build_ours(config, batches)
+  hf = build_hf(config, batches)
+  run_interleaved(ours, hf, steps, warmup, rounds)
 
   b, length = config.train.batch_size, config.data.seq_len
   tokens = b * length
@@ -210,40 +261,15 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
       "predicted_per_batch": float(np.mean([np.sum(x["labels"] != -100) for x in batches])),
       "dropout": config.model.dropout_rate, "steps": steps, "warmup": warmup,
       "rounds": rounds, "flops_per_step": flops_per_step, "ours_compile_s": compile_s}
-  for label, side in (("ours", ours), ("hf", hf)):
-    median = statistics.median(side.times)
-    row[f"{label}_median_s"] = median
-    row[f"{label}_min_s"] = min(side.times)
-    row[f"{label}_tokens_per_s"] = tokens / median
-    row[f"{label}_mfu"] = flops_per_step / median / peak
-    row[f"{label}_last_loss"] = side.losses[-1]
-  row["ratio"] = row["ours_tokens_per_s"] / row["hf_tokens_per_s"]
-  return row
+  return add_side_stats(row, ours, hf, tokens, flops_per_step, peak)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", type=str, default="bert_tiny,bert_small",
-                      help=f"comma-separated, from {', '.join(SHAPES)}")
-  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
-  parser.add_argument("--rounds", type=int, default=4, help="interleaved ours/HF rounds")
-  parser.add_argument("--json", type=str, default=None, help="also write results here")
-  args = parser.parse_args(argv)
-  shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-  unknown = [s for s in shapes if s not in SHAPES]
-  if unknown:
-    parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
-  if args.steps < args.rounds:
-    parser.error("--steps must be >= --rounds")
-
+  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "bert_tiny,bert_small")
   import torch
   import transformers
 
-  torch.set_num_threads(TORCH_THREADS)
-  xla_peak = flops.measured_matmul_peak("float32")
-  torch_peak = torch_matmul_peak()
-  peak = max(xla_peak, torch_peak)
+  xla_peak, torch_peak, peak = measure_peaks()
   vocab = VocabInfo.synthetic(8000)
   rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab) for s in shapes]
 

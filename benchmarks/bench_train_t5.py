@@ -26,16 +26,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import argparse
 import json
 import platform
-import statistics
 from typing import Any
 
 import jax
 import numpy as np
 
-from benchmarks.bench_train import TORCH_THREADS, Side, build_ours, timed, torch_matmul_peak
+from benchmarks.bench_train import (
+  TORCH_THREADS,
+  Side,
+  add_side_stats,
+  build_ours,
+  measure_peaks,
+  parse_args,
+  run_interleaved,
+)
 from data_pipelines.objectives import span_corruption
 from data_pipelines.vocab import VocabInfo
 from t5x_like import flops
@@ -136,15 +142,7 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
   batches = make_batches(config, vocab, NUM_BATCHES, seed=0)
   ours, compile_s = build_ours(config, batches)
   hf = build_hf(config, batches)
-  for i in range(warmup):
-    ours.run(i)
-    hf.run(i)
-  per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
-  done = warmup
-  for count in per_round:
-    timed(ours, done, count)
-    timed(hf, done, count)
-    done += count
+  run_interleaved(ours, hf, steps, warmup, rounds)
   m, d, b = config.model, config.data, config.train.batch_size
   tokens = b * (d.seq_len + d.target_len)
   flops_per_step = flops.train_flops_per_step(config)
@@ -155,44 +153,19 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
       "head_dim": m.head_dim, "intermediate_size": m.intermediate_size,
       "vocab_size": m.vocab_size, "steps": steps, "warmup": warmup, "rounds": rounds,
       "flops_per_step": flops_per_step, "ours_compile_s": compile_s}
-  for label, side in (("ours", ours), ("hf", hf)):
-    median = statistics.median(side.times)
-    row[f"{label}_median_s"] = median
-    row[f"{label}_tokens_per_s"] = tokens / median
-    row[f"{label}_mfu"] = flops_per_step / median / peak
-    row[f"{label}_first_loss"] = side.losses[0]
-    row[f"{label}_last_loss"] = side.losses[-1]
-  row["ratio"] = row["ours_tokens_per_s"] / row["hf_tokens_per_s"]
-  return row
+  return add_side_stats(row, ours, hf, tokens, flops_per_step, peak)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shapes", type=str, default="t5_small_bench",
-                      help=f"comma-separated, from {', '.join(SHAPES)}")
-  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
-  parser.add_argument("--rounds", type=int, default=4, help="interleaved ours/HF rounds")
-  parser.add_argument("--json", type=str, default=None, help="also write results here")
-  args = parser.parse_args(argv)
-  shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-  unknown = [s for s in shapes if s not in SHAPES]
-  if unknown:
-    parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
-  if args.steps < args.rounds:
-    parser.error("--steps must be >= --rounds")
-
+  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "t5_small_bench")
   import torch
   import transformers
 
-  torch.set_num_threads(TORCH_THREADS)
   # Adafactor's eps of 1e-30 drives second-moment statistics into float32 denormals, which
   # x86 handles in microcode (~100x slower) unless flushed to zero; XLA's CPU backend
   # flushes them, so torch does too here (it made HF's step 16 s instead of 0.7 s).
   torch.set_flush_denormal(True)
-  xla_peak = flops.measured_matmul_peak("float32")
-  torch_peak = torch_matmul_peak()
-  peak = max(xla_peak, torch_peak)
+  xla_peak, torch_peak, peak = measure_peaks()
   vocab = VocabInfo.synthetic(8000, num_sentinels=NUM_SENTINELS)
   rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab) for s in shapes]
 
