@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 
-# One core: thread pools are sized at import time, so this must precede numpy/torch imports.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS"):
-  os.environ[_var] = "1"
+from benchmarks import one_core  # first: sets one-thread BLAS/OpenMP before numpy is imported
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,7 +20,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -59,17 +56,6 @@ def hf_collator(vocab: VocabInfo, mlm_probability: float):
       tokenizer=tokenizer, mlm_probability=mlm_probability, return_tensors="np", seed=0)
 
 
-def time_median(fn: Callable[[], int], repeats: int) -> tuple[float, int]:
-  """Median wall seconds of `fn` over `repeats` runs (after one warm-up) and its last result."""
-  result = fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), result
-
-
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--length", type=int, default=512, help="sequence length L (with CLS/SEP)")
@@ -80,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--json", type=str, default=None, help="also write results here")
   args = parser.parse_args(argv)
 
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  one_core.pin_to_one_core()
   vocab = VocabInfo.synthetic(args.vocab_size)
   blocks = make_blocks(args.n, args.length, vocab, seed=0)
   rows = np.concatenate([np.full((args.n, 1), vocab.cls_id, np.int32), blocks,
@@ -128,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
   tokens = args.n * args.length
   results = []
   for name, fn in variants.items():
-    seconds, selected = time_median(fn, args.repeats)
+    times, selected = one_core.time_runs(fn, args.repeats)
+    seconds = statistics.median(times)
     results.append({"variant": name, "median_s": seconds, "tokens_per_s": tokens / seconds,
                     "us_per_record": 1e6 * seconds / args.n,
                     "selected_per_record": selected / args.n})

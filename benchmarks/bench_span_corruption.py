@@ -16,18 +16,16 @@ from __future__ import annotations
 import os
 import sys
 
-# One core: thread pools are sized at import time, so this must precede the numpy import.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS"):
-  os.environ[_var] = "1"
 # `python benchmarks/bench_span_corruption.py` puts benchmarks/ first on the path, not the root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import one_core  # first: sets one-thread BLAS/OpenMP before numpy is imported
+
+# isort: split
 import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -68,17 +66,6 @@ def check_naive(blocks: np.ndarray, params: sc.SpanCorruptionParams, vocab: Voca
       np.testing.assert_array_equal(ours[key], ref[key])
 
 
-def time_median(fn: Callable[[], int], repeats: int) -> tuple[list[float], int]:
-  """Wall seconds of `fn` for each of `repeats` runs after one warm-up run, and its result."""
-  result = fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    times.append(time.perf_counter() - start)
-  return times, result
-
-
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--inputs-length", type=int, default=512,
@@ -92,8 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--json", type=str, default=None, help="also write results here")
   args = parser.parse_args(argv)
 
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  one_core.pin_to_one_core()
   params = sc.SpanCorruptionParams(args.noise_density, args.mean_noise_span_length)
   tokens_length, targets_length = sc.random_spans_helper(
       args.inputs_length, params.noise_density, params.mean_noise_span_length)
@@ -129,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
   raw_tokens = args.n * tokens_length
   results = []
   for name, fn in variants.items():
-    times, out_tokens = time_median(fn, args.repeats)
+    times, out_tokens = one_core.time_runs(fn, args.repeats)
     assert out_tokens == args.n * (inputs_length + targets_length)
     median = statistics.median(times)
     results.append({"variant": name, "median_s": median, "min_s": min(times),
