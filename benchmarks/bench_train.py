@@ -241,6 +241,22 @@ def measure_peaks() -> tuple[float, float, float]:
   return xla_peak, torch_peak, max(xla_peak, torch_peak)
 
 
+def write_report(path: str | None, xla_peak: float, torch_peak: float,
+                 rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The run's versions, peaks and rows; also written to `path` as JSON when given."""
+  import torch
+  import transformers
+
+  report = {"cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "torch_threads": TORCH_THREADS,
+            "xla_matmul_peak": xla_peak, "torch_matmul_peak": torch_peak,
+            "peak": max(xla_peak, torch_peak), "results": rows}
+  if path:
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
 def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
                 vocab: VocabInfo) -> dict[str, Any]:
   """Measures one shape; returns its result row."""
@@ -289,14 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{100 * r['ours_mfu']:.1f}% | {100 * r['hf_mfu']:.1f}% | "
           f"{1e3 * r['ours_median_s']:.1f} | {1e3 * r['hf_median_s']:.1f} | "
           f"{r['ours_compile_s']:.1f} |")
-  report = {"cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": TORCH_THREADS,
-            "xla_matmul_peak": xla_peak, "torch_matmul_peak": torch_peak, "peak": peak,
-            "results": rows}
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=2)
-  return report
+  return write_report(args.json, xla_peak, torch_peak, rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import json
 import platform
 from typing import Any
 
@@ -41,6 +40,7 @@ from benchmarks.bench_train import (
   measure_peaks,
   parse_args,
   run_interleaved,
+  write_report,
 )
 from data_pipelines.objectives import span_corruption
 from data_pipelines.vocab import VocabInfo
@@ -187,14 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{1e3 * r['ours_median_s']:.1f} | {1e3 * r['hf_median_s']:.1f} | "
           f"{r['ours_compile_s']:.1f} | {r['ours_first_loss']:.2f}→{r['ours_last_loss']:.2f} / "
           f"{r['hf_first_loss']:.2f}→{r['hf_last_loss']:.2f} |")
-  report = {"cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": TORCH_THREADS,
-            "xla_matmul_peak": xla_peak, "torch_matmul_peak": torch_peak, "peak": peak,
-            "results": rows}
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=2)
-  return report
+  return write_report(args.json, xla_peak, torch_peak, rows)
 
 
 if __name__ == "__main__":
