@@ -93,13 +93,6 @@ def pack_spec(config: Config) -> packing.PackSpec | None:
       capacity=(d.seq_len, d.target_len))
 
 
-def _shift_right(labels: np.ndarray) -> np.ndarray:
-  """Decoder inputs of one unpacked example: the start id (pad, 0) then labels[:-1]."""
-  out = np.zeros_like(labels)
-  out[1:] = np.where(labels[:-1] == mlm.IGNORE_INDEX, 0, labels[:-1])
-  return out
-
-
 def make_objective(config: Config, tokenizer: Tokenizer,
                    ) -> Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]:
   """(raw block, generator) -> one example; fixed-shape rows unless documents are packed."""
@@ -124,7 +117,11 @@ def make_objective(config: Config, tokenizer: Tokenizer,
                        f"expected {d.seq_len} / <= {d.target_len}")
     labels = np.full(d.target_len, mlm.IGNORE_INDEX, np.int32)
     labels[: len(ex["labels"])] = ex["labels"]
-    return {"input_ids": ex["input_ids"], "decoder_input_ids": _shift_right(labels),
+    # One segment; the target padding (if any) gets decoder input 0 and is not scored.
+    real = labels != mlm.IGNORE_INDEX
+    decoder_input_ids = packing.shift_right_per_segment(np.where(real, labels, 0),
+                                                        real.astype(np.int32))
+    return {"input_ids": ex["input_ids"], "decoder_input_ids": decoder_input_ids,
             "labels": labels}
   return full_block
 
