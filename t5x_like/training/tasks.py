@@ -75,10 +75,6 @@ class MLMTask:
                            batch["token_type_ids"],
                            masked_positions=np.zeros((1, self.num_predictions), np.int32))
 
-  def count(self, batch: dict[str, jax.Array]) -> jax.Array:
-    """Number of predicted tokens in the batch (the loss normaliser)."""
-    return jnp.sum(batch["labels"] != IGNORE)
-
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (summed NLL, {count, correct, dropped}) for one (micro-)batch."""
