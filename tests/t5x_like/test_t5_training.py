@@ -178,11 +178,14 @@ def test_packed_rows_train_and_isolate_segments():
                                 "decoder_positions"}
   vocab = VocabInfo.synthetic(config.model.vocab_size, num_sentinels=NUM_SENTINELS)
   sc = span_corruption.SpanCorruptionParams()
-  rng = np.random.default_rng(5)
+
+  def random_block(n, seed):
+    return np.random.default_rng(seed + 100).integers(6, 100, n)
 
   def row(second_seed):
-    first = span_corruption.make_example(rng_block(11, 0), np.random.default_rng(0), sc, vocab)
-    second = span_corruption.make_example(rng_block(9, second_seed),
+    first = span_corruption.make_example(random_block(11, 0), np.random.default_rng(0), sc,
+                                         vocab)
+    second = span_corruption.make_example(random_block(9, second_seed),
                                           np.random.default_rng(second_seed), sc, vocab)
     packed = packing.pack_one([first, second], {"input_ids": config.data.seq_len,
                                                 "labels": config.data.target_len},
@@ -192,10 +195,6 @@ def test_packed_rows_train_and_isolate_segments():
         targets, packed["decoder_segment_ids"])
     return {k: v[None] for k, v in packed.items()}
 
-  def rng_block(n, seed):
-    return np.random.default_rng(seed + 100).integers(6, 100, n)
-
-  del rng
   params = task.init(jax.random.key(0))["params"]
   a, b = row(1), row(2)
   assert not np.array_equal(a["input_ids"], b["input_ids"])
