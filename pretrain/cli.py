@@ -168,9 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.fn(args)
   except _user_errors() as e:
     from t5x_like import checkpointing
-    print(f"error: {e}", file=sys.stderr)
     global _EXIT_AT_ONCE
     _EXIT_AT_ONCE = isinstance(e, checkpointing.CheckpointError)
+    if _EXIT_AT_ONCE and sys.stderr is sys.__stderr__ and sys.stderr is not None:
+      # After a failed restore, tensorstore threads print "Event loop is closed" tracebacks
+      # straight to fd 2, possibly stopping mid-line. One write that starts with a newline
+      # puts the error on a line of its own whatever they wrote before it.
+      sys.stderr.flush()
+      os.write(sys.stderr.fileno(), f"\nerror: {e}\n".encode("utf-8", "backslashreplace"))
+    else:
+      print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
