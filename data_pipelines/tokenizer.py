@@ -162,7 +162,8 @@ class Tokenizer:
     # Byte pieces continue whatever character they encode; they never open a word themselves.
     word_start[: self.sp_vocab_size] &= ~is_byte
     return vocab.VocabInfo(vocab_size=self.vocab_size, is_special=is_special,
-                           word_start=word_start, sentinel_ids=self.sentinel_ids)
+                           word_start=word_start, sentinel_ids=self.sentinel_ids,
+                           sentence_end=self.sentence_end)
 
   @property
   def sentence_end(self) -> np.ndarray:

@@ -33,6 +33,9 @@ class VocabInfo:
       prefix). Specials count as word starts; a piece following a special also starts a
       word, which objectives derive positionally.
     sentinel_ids: int32[num_sentinels], `<extra_id_0>` first, i.e. vocab_size-1, -2, ...
+    sentence_end: bool[vocab_size] or None; True for pieces that end a sentence (`.`, `?`,
+      ...; never a special). BART's sentence permutation splits at these and at EOS; None
+      means the vocabulary marks none, so only EOS ends a sentence.
   """
 
   vocab_size: int
@@ -45,6 +48,7 @@ class VocabInfo:
   bos_id: int = BOS_ID
   sep_id: int = SEP_ID
   mask_id: int = MASK_ID
+  sentence_end: np.ndarray | None = None
 
   @property
   def cls_id(self) -> int:
@@ -57,8 +61,13 @@ class VocabInfo:
 
   @classmethod
   def synthetic(cls, vocab_size: int, num_sentinels: int = 0,
-                word_start_every: int = 3, seed: int = 0) -> VocabInfo:
-    """A made-up vocabulary for tests: fixed specials, sentinels on top, random word starts."""
+                word_start_every: int = 3, seed: int = 0,
+                sentence_end_every: int = 0) -> VocabInfo:
+    """A made-up vocabulary for tests: fixed specials, sentinels on top, random word starts.
+
+    With `sentence_end_every` = n > 0, about 1/n of the non-special ids end a sentence (drawn
+    after the word starts, so those do not depend on n); with 0, `sentence_end` is None.
+    """
     rng = np.random.default_rng(seed)
     is_special = np.zeros(vocab_size, bool)
     is_special[: len(SPECIAL_PIECES)] = True
@@ -66,5 +75,9 @@ class VocabInfo:
     is_special[sentinel_ids] = True
     word_start = rng.random(vocab_size) < 1.0 / word_start_every
     word_start[is_special] = True
+    sentence_end = None
+    if sentence_end_every > 0:
+      sentence_end = rng.random(vocab_size) < 1.0 / sentence_end_every
+      sentence_end[is_special] = False
     return cls(vocab_size=vocab_size, is_special=is_special, word_start=word_start,
-               sentinel_ids=sentinel_ids)
+               sentinel_ids=sentinel_ids, sentence_end=sentence_end)
