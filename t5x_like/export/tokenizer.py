@@ -35,7 +35,7 @@ _UNIGRAM, _BPE = 1, 2
 _SPACE = "\u2581"  # "▁", SentencePiece's whitespace symbol
 
 # Special tokens per model family: which of our pieces play CLS/SEP/... for HF.
-_FAMILIES = ("bert", "t5")
+_FAMILIES = ("bert", "t5", "bart")
 
 
 def sentinel_token(i: int) -> str:
@@ -144,6 +144,9 @@ def _post_processor(family: str, ids: dict[str, int]) -> processors.TemplateProc
   if family == "bert":
     single, pair = "<s> $A:0 <sep>:0", "<s>:0 $A:0 <sep>:0 $B:1 <sep>:1"
     used = ("<s>", "<sep>")
+  elif family == "bart":  # as BartTokenizer (RoBERTa's template): <s> A </s> </s> B </s>
+    single, pair = "<s>:0 $A:0 </s>:0", "<s>:0 $A:0 </s>:0 </s>:1 $B:1 </s>:1"
+    used = ("<s>", "</s>")
   else:  # t5: eos after each sequence, no CLS
     single, pair = "$A:0 </s>:0", "$A:0 </s>:0 $B:1 </s>:1"
     used = ("</s>",)
@@ -158,7 +161,8 @@ def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
   Args:
     sp_model_path: a SentencePiece unigram or BPE model following data_pipelines/vocab.py.
     num_sentinels: `<extra_id_*>` tokens appended above the sp pieces.
-    family: "bert" (`<s> A <sep>`) or "t5" (`A </s>`) special-token template.
+    family: "bert" (`<s> A <sep>`), "t5" (`A </s>`) or "bart" (`<s> A </s>`) special-token
+      template.
 
   Returns:
     The tokenizer; `get_vocab_size()` is the sp piece count + num_sentinels.
@@ -215,6 +219,8 @@ def _tokenizer_config(family: str, num_sentinels: int, model_max_length: int) ->
               "bos_token": "<s>", "mask_token": "<mask>"}
   if family == "bert":
     specials.update(cls_token="<s>", sep_token="<sep>")
+  elif family == "bart":  # BartTokenizer's roles: cls = bos, sep = eos
+    specials.update(cls_token="<s>", sep_token="</s>")
   sentinels = [sentinel_token(i) for i in range(num_sentinels)]
   return dict(specials, tokenizer_class="PreTrainedTokenizerFast",
               model_max_length=model_max_length, clean_up_tokenization_spaces=False,
@@ -233,7 +239,7 @@ def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_d
     sp_model_path: the trained SentencePiece model.
     num_sentinels: sentinels appended above the sp pieces (`<extra_id_0>` = last id).
     out_dir: existing directory to write into (files of the same name are replaced).
-    family: "bert" or "t5"; picks the special-token template.
+    family: "bert", "t5" or "bart"; picks the special-token template.
     model_max_length: recorded in tokenizer_config.json (the model's max positions).
   """
   tok = build_fast_tokenizer(sp_model_path, num_sentinels, family)
