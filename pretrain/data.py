@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from data_pipelines import packing, pipeline, prepare
-from data_pipelines.objectives import mlm, span_corruption
+from data_pipelines import vocab as vocab_lib
+from data_pipelines.objectives import denoising, mlm, span_corruption
 from data_pipelines.tokenizer import Tokenizer, load_tokenizer
 from t5x_like.config import Config, ConfigError, max_predictions, replace
 from t5x_like.training.loop import DataHooks
@@ -45,6 +47,28 @@ def span_params(config: Config) -> span_corruption.SpanCorruptionParams:
                                               mean_noise_span_length=o.mean_noise_span_length)
 
 
+def denoising_params(config: Config) -> denoising.DenoisingParams:
+  o = config.objective
+  return denoising.DenoisingParams(
+      text_infilling=o.text_infilling, token_masking=o.token_masking,
+      token_deletion=o.token_deletion, permute_sentences=o.permute_sentences, rotate=o.rotate,
+      insert=o.insert, random_ratio=o.random_ratio, poisson_lambda=o.poisson_lambda)
+
+
+def _denoising_block(config: Config) -> int:
+  """Raw tokens per block for BART: the most whose noised source (<s> block </s> plus the
+  insertion noise) always fits in data.seq_len."""
+  p = denoising_params(config)
+  raw = config.data.seq_len - 2
+  while raw > 0 and denoising.max_source_length(raw + 2, p) > config.data.seq_len:
+    raw -= 1
+  if raw < denoising.min_block_length(p):
+    raise ConfigError(f"data.seq_len ({config.data.seq_len}) is too short for the denoising "
+                      f"noise: it leaves {raw} raw tokens per block, the noise needs >= "
+                      f"{denoising.min_block_length(p)}")
+  return raw
+
+
 def _span_helper(config: Config) -> tuple[int, int]:
   """(raw block tokens, targets) for span corruption with encoder inputs of data.seq_len."""
   p = span_params(config)
@@ -54,11 +78,14 @@ def _span_helper(config: Config) -> tuple[int, int]:
 
 def block_length(config: Config) -> int:
   """Raw tokens per block for the objective: MLM adds [CLS] and [SEP]; span corruption
-  cuts the expanded length that corrupts to exactly data.seq_len inputs (512 -> 568)."""
+  cuts the expanded length that corrupts to exactly data.seq_len inputs (512 -> 568);
+  denoising adds <s> and </s> (and leaves room for inserted tokens)."""
   if config.objective.name == "mlm":
     return config.data.seq_len - 2
   if config.objective.name == "span_corruption":
     return _span_helper(config)[0]
+  if config.objective.name == "denoising":
+    return _denoising_block(config)
   raise ConfigError(f"objective.name {config.objective.name!r} has no data pipeline")
 
 
@@ -69,12 +96,15 @@ def resolve_lengths(config: Config) -> Config:
       raise ConfigError(f"data.target_len ({config.data.target_len}) applies only to "
                         f"encoder-decoder objectives; objective.name is mlm")
     return config
-  targets = _span_helper(config)[1]
+  if config.objective.name == "denoising":
+    targets, what = _denoising_block(config) + 2, "clean <s> block </s> targets denoising"
+  else:
+    targets, what = _span_helper(config)[1], "targets span corruption"
   if config.data.target_len == 0:
     return replace(config, data={"target_len": targets})
   if config.data.target_len < targets:
     raise ConfigError(f"data.target_len ({config.data.target_len}) is shorter than the "
-                      f"{targets} targets span corruption makes from inputs of "
+                      f"{targets} {what} makes from inputs of "
                       f"{config.data.seq_len}; set it to 0 (derive) or >= {targets}")
   return config
 
@@ -86,6 +116,13 @@ def pack_spec(config: Config) -> packing.PackSpec | None:
   d = config.data
   if config.objective.name == "mlm":
     return packing.PackSpec(key="mlm", lengths=lambda r: (r + 2,), capacity=(d.seq_len,))
+  if config.objective.name == "denoising":
+    p = denoising_params(config)
+    # Sources have random lengths: a chunk is budgeted at its largest possible source.
+    return packing.PackSpec(
+        key=f"denoising({p.insert!r})",
+        lengths=lambda r: (denoising.max_source_length(r + 2, p), r + 2),
+        capacity=(d.seq_len, d.target_len), min_length=max(2, denoising.min_block_length(p)))
   p = span_params(config)
   return packing.PackSpec(
       key=f"span_corruption({p.noise_density!r},{p.mean_noise_span_length!r})",
@@ -103,6 +140,14 @@ def make_objective(config: Config, tokenizer: Tokenizer,
                            mask_token_frac=o.mask_token_frac,
                            random_token_frac=o.random_token_frac, whole_word=o.whole_word)
     return lambda block, rng: mlm.make_example(block, rng, params, vocab)
+  if o.name == "denoising":
+    bart_params = denoising_params(config)
+    make = lambda block, rng: denoising.make_example(block, rng, bart_params, vocab)
+    if d.pack_documents:
+      return make
+    # One block per row, still a (one-segment) packed row: the source length is random.
+    pack_row = make_pack_row(config)
+    return lambda block, rng: pack_row([make(block, rng)])
   params = span_params(config)
   if d.pack_documents:
     return lambda block, rng: span_corruption.make_example(block, rng, params, vocab)
@@ -128,8 +173,10 @@ def make_objective(config: Config, tokenizer: Tokenizer,
 
 def make_pack_row(config: Config,
                   ) -> Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None:
-  """Packed documents: the examples of one prepared row -> the row's fixed-shape features."""
-  if not config.data.pack_documents:
+  """The examples of one prepared row -> the row's fixed-shape features: packed documents,
+  and every BART row (one block still makes a one-segment row: its source length is random).
+  """
+  if not config.data.pack_documents and config.objective.name != "denoising":
     return None
   d = config.data
   if config.objective.name == "mlm":
@@ -142,8 +189,11 @@ def make_pack_row(config: Config,
                            groups={"input_ids": "", "labels": "decoder_"})
     targets = np.where(row["labels"] == mlm.IGNORE_INDEX, 0, row["labels"])
     row["decoder_input_ids"] = packing.shift_right_per_segment(targets,
-                                                               row["decoder_segment_ids"])
+                                                               row["decoder_segment_ids"],
+                                                               start_id)
     return row
+  # fairseq / HF BART start the decoder with </s>; T5 with pad.
+  start_id = vocab_lib.EOS_ID if config.objective.name == "denoising" else vocab_lib.PAD_ID
   return seq2seq_row
 
 
@@ -174,6 +224,31 @@ def check_sentinels(config: Config, tokenizer: Tokenizer) -> None:
                       f"pretrain tokenizer train --num-sentinels {spans})")
 
 
+def sentence_boundary_report(config: Config, tokenizer: Tokenizer, manifest: prepare.Manifest,
+                             max_blocks: int = 500) -> str | None:
+  """A warning when sentence permutation is on but most blocks hold a single sentence.
+
+  Sentence ends come from the tokenizer (pieces ending in . ! ? 。 ？ ！, and </s>); a corpus
+  without them (e.g. one document per line without punctuation) trains, but permutation then
+  leaves those blocks unchanged. Returns None when there is nothing to say.
+  """
+  if config.objective.name != "denoising" or config.objective.permute_sentences == 0:
+    return None
+  vocab = tokenizer.vocab_info()
+  n = pipeline.num_records(manifest.directory, "train")
+  picks = np.unique(np.linspace(0, n - 1, min(n, max_blocks)).astype(np.int64))
+  counts = [denoising.count_sentences(segment, vocab)
+            for i in picks for segment in pipeline.read_segments(manifest.directory, "train",
+                                                                 int(i))]
+  single = sum(c < 2 for c in counts)
+  if single * 2 <= len(counts):
+    return None
+  return (f"warning: objective.permute_sentences={config.objective.permute_sentences} but "
+          f"{single} of {len(counts)} sampled blocks hold fewer than 2 sentences (no sentence "
+          f"end among the tokenizer's pieces ending in . ! ? 。 ？ ！); those blocks are not "
+          f"permuted. Set objective.permute_sentences=0 to silence this.")
+
+
 @dataclasses.dataclass
 class RunData:
   config: Config  # with model.vocab_size resolved
@@ -199,8 +274,14 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
 def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
   """Everything the loop needs from the data side, for this process's rows."""
   config, tokenizer, manifest = prepare_for(config, tokenizer)
+  warning = sentence_boundary_report(config, tokenizer, manifest)
+  if warning and jax.process_index() == 0:
+    print(warning, file=sys.stderr)
   objective = make_objective(config, tokenizer)
-  common = {"objective": objective, "pack_row": make_pack_row(config), "global_batch_size": config.train.batch_size,
+  # Blocks mode: the objective builds whole rows itself (BART's wraps make_pack_row).
+  pack_row = make_pack_row(config) if config.data.pack_documents else None
+  common = {"objective": objective, "pack_row": pack_row,
+            "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),
             "process_count": jax.process_count(),
             "worker_threads": config.data.worker_threads, "prefetch": config.data.prefetch}

@@ -8,6 +8,7 @@ from typing import Any
 from data_pipelines.tokenizer import Tokenizer
 from t5x_like import models
 from t5x_like.config import Config
+from t5x_like.export import bart as bart_export
 from t5x_like.export import bert as bert_export
 from t5x_like.export import t5 as t5_export
 
@@ -27,4 +28,7 @@ def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> s
   if config.model.family == "t5":
     return t5_export.export_t5(params, models.t5_config(config.model), out_dir,
                                tokenizer.model_path, tokenizer.num_sentinels)
+  if config.model.family == "bart":
+    return bart_export.export_bart(params, models.bart_config(config.model), out_dir,
+                                   tokenizer.model_path, tokenizer.num_sentinels)
   raise ValueError(f"no exporter for model.family {config.model.family!r}")

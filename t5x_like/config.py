@@ -32,7 +32,7 @@ def _choices(*values: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. Sizes follow the HF config names of the mirrored family."""
-  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5"))
+  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5", "bart"))
   vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
   hidden_size: int = 768
   num_layers: int = 12
@@ -58,12 +58,15 @@ class ModelConfig:
   relative_attention_max_distance: int = 128
   initializer_factor: float = 1.0
   tie_word_embeddings: bool = False
+  # BART: token embeddings scaled by sqrt(hidden_size) (transformers.BartConfig name).
+  scale_embedding: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Self-supervised objective and its noise parameters (OBJECTIVES.md)."""
-  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm", "span_corruption"))
+  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm", "span_corruption",
+                                                                 "denoising"))
   mask_prob: float = 0.15
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
@@ -74,6 +77,19 @@ class ObjectiveConfig:
   # target length follow from random_spans_helper (512 -> 568 raw tokens, 114 targets).
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
+  # BART denoising (fairseq semantics, applied in this order): sentence permutation, text
+  # infilling (Poisson spans of whole words, one <mask> each), token masking, token deletion,
+  # insertion, rotation. Each is a ratio in [0, 1]; 0 turns the noise off. data.seq_len is the
+  # encoder (source) length; the target is the clean block with <s> and </s>. The default mix
+  # is the BART paper's best: text infilling 0.3 (lambda 3) + sentence permutation 1.0.
+  text_infilling: float = 0.3  # fraction of word starts masked (fairseq --mask)
+  token_masking: float = 0.0  # fraction of tokens replaced by <mask>
+  token_deletion: float = 0.0  # fraction of tokens deleted
+  permute_sentences: float = 1.0  # fraction of sentences shuffled
+  rotate: float = 0.0  # probability of rotating the document
+  insert: float = 0.0  # inserted tokens, as a fraction of the source length
+  random_ratio: float = 0.1  # masks / inserts that get a random token instead (--mask-random)
+  poisson_lambda: float = 3.0  # mean span length of text infilling
   # Loss options T5X users expect: z_loss * logsumexp(logits)^2 per target token, and the
   # normaliser of the summed loss: 0 = the number of target tokens in the global batch, > 0 a
   # constant (T5X's loss_normalizing_factor, e.g. 233472 = 2048 x 114).
@@ -367,12 +383,10 @@ def validate(c: Config) -> None:
            f"({m.num_heads}) unless model.head_dim is set")
   _require(m.initializer_factor > 0,
            f"model.initializer_factor must be > 0, got {m.initializer_factor}")
-  encoder_only = ("mlm",)
-  seq2seq = ("span_corruption",)
-  _require((m.family == "bert" and o.name in encoder_only) or
-           (m.family == "t5" and o.name in seq2seq),
-           f"objective.name {o.name!r} does not train model.family {m.family!r}; "
-           f"bert takes {', '.join(encoder_only)}, t5 takes {', '.join(seq2seq)}")
+  takes = {"bert": ("mlm",), "t5": ("span_corruption",), "bart": ("denoising",)}
+  _require(o.name in takes[m.family],
+           f"objective.name {o.name!r} does not train model.family {m.family!r}; " +
+           ", ".join(f"{f} takes {' or '.join(names)}" for f, names in takes.items()))
   for key in ("dropout_rate", "attention_dropout_rate"):
     _require(0.0 <= getattr(m, key) < 1.0, f"model.{key} must be in [0, 1), got "
              f"{getattr(m, key)}")
@@ -387,14 +401,24 @@ def validate(c: Config) -> None:
            f"objective.noise_density must be in (0, 1), got {o.noise_density}")
   _require(o.mean_noise_span_length >= 1.0,
            f"objective.mean_noise_span_length must be >= 1, got {o.mean_noise_span_length}")
+  for key in ("text_infilling", "token_masking", "token_deletion", "permute_sentences",
+              "rotate", "insert", "random_ratio"):
+    value = getattr(o, key)
+    _require(0.0 <= value <= 1.0, f"objective.{key} must be in [0, 1], got {value}")
+  # >= 0.01, as denoising.DenoisingParams: below it nearly every span is empty and filling
+  # the masking budget takes ~budget/lambda draws.
+  _require(o.poisson_lambda >= 0.01 and math.isfinite(o.poisson_lambda),
+           f"objective.poisson_lambda must be >= 0.01, got {o.poisson_lambda} (the mean "
+           f"span length of text infilling)")
   _require(o.z_loss >= 0, f"objective.z_loss must be >= 0, got {o.z_loss}")
   _require(o.loss_normalizing_factor >= 0, "objective.loss_normalizing_factor must be >= 0 "
            f"(0 = number of target tokens), got {o.loss_normalizing_factor}")
   _require(d.seq_len >= 8, f"data.seq_len must be >= 8, got {d.seq_len}")
   _require(d.target_len >= 0, f"data.target_len must be >= 0 (0 = derived), got {d.target_len}")
-  _require(m.family != "bert" or d.seq_len <= m.max_position_embeddings,
-           f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings "
-           f"({m.max_position_embeddings})")
+  for key in ("seq_len", "target_len"):  # T5's relative positions have no table to exceed
+    _require(m.family == "t5" or getattr(d, key) <= m.max_position_embeddings,
+             f"data.{key} ({getattr(d, key)}) exceeds model.max_position_embeddings "
+             f"({m.max_position_embeddings})")
   _require(0.0 <= d.validation_fraction < 1.0,
            f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
   _require(d.worker_threads >= 0 and d.prefetch >= 0,

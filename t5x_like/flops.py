@@ -55,18 +55,21 @@ def encoder_decoder_forward_flops(batch: int, inputs: int, targets: int, hidden:
 
 
 def seq2seq_train_flops_per_step(config: Config) -> float:
-  """Training FLOPs of one optimizer step of a T5 encoder-decoder (3x forward)."""
+  """Training FLOPs of one optimizer step of an encoder-decoder (3x forward) on full rows:
+  T5 (gated FFN, head_dim) or BART (two-matrix FFN, hidden_size split over the heads)."""
   m, d = config.model, config.data
-  inner = m.num_heads * (m.head_dim or m.hidden_size // m.num_heads)
+  t5 = m.family == "t5"
+  inner = m.num_heads * (m.head_dim or m.hidden_size // m.num_heads) if t5 else m.hidden_size
   return 3.0 * encoder_decoder_forward_flops(
       config.train.batch_size, d.seq_len, d.target_len, m.hidden_size, inner,
-      m.intermediate_size, m.num_layers, m.num_decoder_layers or m.num_layers, m.vocab_size)
+      m.intermediate_size, m.num_layers, m.num_decoder_layers or m.num_layers, m.vocab_size,
+      gated=t5)
 
 
 def train_flops_per_step(config: Config) -> float:
   if config.objective.name == "mlm":
     return mlm_train_flops_per_step(config)
-  if config.objective.name == "span_corruption":
+  if config.objective.name in ("span_corruption", "denoising"):
     return seq2seq_train_flops_per_step(config)
   raise ValueError(f"no FLOP model for objective {config.objective.name!r}")
 

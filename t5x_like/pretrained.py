@@ -24,7 +24,7 @@ class Pretrained:
 
   def __post_init__(self):
     self.model = models.build(self.config.model)
-    if self.config.model.family == "t5":
+    if models.is_encoder_decoder(self.config.model):
       self._names = ("input_ids", "decoder_input_ids", "attention_mask",
                      "decoder_attention_mask", "segment_ids", "decoder_segment_ids",
                      "positions", "decoder_positions")
@@ -43,8 +43,8 @@ class Pretrained:
     """Full logits (float32) for HF-named features: [B, L, V] for an encoder from
     `input_ids` (...); [B, T, V] for an encoder-decoder from `input_ids` and
     `decoder_input_ids` (teacher forcing)."""
-    required = ("input_ids", "decoder_input_ids") if self.config.model.family == "t5" else (
-        "input_ids",)
+    required = (("input_ids", "decoder_input_ids")
+                if models.is_encoder_decoder(self.config.model) else ("input_ids",))
     missing = [k for k in required if k not in batch]
     if missing:
       raise ValueError(f"batch needs {', '.join(missing)}; got {sorted(batch)}")

@@ -8,10 +8,13 @@ from typing import Any
 from flax import linen as nn
 
 from t5x_like.config import ModelConfig
-from t5x_like.models import bert, t5
+from t5x_like.models import bart, bert, t5
 
-FAMILIES = ("bert", "t5")
-_MODULES = {"bert": bert, "t5": t5}
+FAMILIES = ("bert", "t5", "bart")
+_MODULES = {"bert": bert, "t5": t5, "bart": bart}
+# Families whose rows always carry segment ids and positions: BART's sources have random
+# lengths, so even one block per row is a packed row (one segment, padded tail).
+_ALWAYS_PACKED = ("bart",)
 
 
 def _copy_fields(cls: type, cfg: ModelConfig) -> Any:
@@ -28,15 +31,26 @@ def t5_config(cfg: ModelConfig) -> t5.T5Config:
   return _copy_fields(t5.T5Config, cfg)
 
 
+def bart_config(cfg: ModelConfig) -> bart.BartConfig:
+  return _copy_fields(bart.BartConfig, cfg)
+
+
 def build(cfg: ModelConfig) -> nn.Module:
   if cfg.family == "bert":
     return bert.BertForMaskedLM(bert_config(cfg))
   if cfg.family == "t5":
     return t5.T5ForConditionalGeneration(t5_config(cfg))
+  if cfg.family == "bart":
+    return bart.BartForConditionalGeneration(bart_config(cfg))
   raise ValueError(f"model.family {cfg.family!r} is not one of {FAMILIES}")
 
 
 def features(cfg: ModelConfig, packed: bool = False) -> tuple[str, ...]:
   """The batch features the family consumes (plus segment ids / positions when packed)."""
   module = _MODULES[cfg.family]
+  packed = packed or cfg.family in _ALWAYS_PACKED
   return module.FEATURES + (module.PACKED_FEATURES if packed else ())
+
+
+def is_encoder_decoder(cfg: ModelConfig) -> bool:
+  return cfg.family in ("t5", "bart")

@@ -61,7 +61,7 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
   old, new = to_dict(saved.model), to_dict(config.model)
   shape_keys = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
                 "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                "scan_layers")
+                "num_decoder_layers", "head_dim", "scan_layers")
   diffs = [f"model.{k} {old[k]} -> {new[k]}" for k in shape_keys if old[k] != new[k]]
   if diffs:
     raise ConfigError(f"workdir {workdir} holds a run with a different model shape "

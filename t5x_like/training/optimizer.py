@@ -10,8 +10,9 @@ import optax
 
 from t5x_like.config import OptimConfig
 
-# BERT convention: no weight decay on biases and LayerNorm parameters.
-_NO_DECAY = ("bias", "scale")
+# BERT convention: no weight decay on biases and LayerNorm parameters (HF Trainer's rule,
+# which also spares BART's final_logits_bias).
+_NO_DECAY = ("bias", "scale", "final_logits_bias")
 
 
 def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:

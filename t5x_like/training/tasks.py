@@ -104,9 +104,9 @@ class MLMTask:
 class Seq2SeqTask:
   """Encoder-decoder, teacher-forced: loss on every target token (`labels` != -100).
 
-  Batch: `input_ids` [B, L], `decoder_input_ids` [B, T] (labels shifted right, start = pad,
-  per segment when packed), `labels` [B, T]; packed rows add `segment_ids`, `positions`,
-  `decoder_segment_ids`, `decoder_positions`.
+  Batch: `input_ids` [B, L], `decoder_input_ids` [B, T] (labels shifted right per segment,
+  starting with the family's decoder start id: T5 pad, BART </s>), `labels` [B, T]; packed
+  rows add `segment_ids`, `positions`, `decoder_segment_ids`, `decoder_positions`.
   """
 
   def __init__(self, config: Config):
@@ -116,7 +116,8 @@ class Seq2SeqTask:
     self.z_loss = config.objective.z_loss
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-    # T5's parameters do not depend on the lengths: initialise on short rows.
+    # Parameter shapes do not depend on the lengths (BART's position tables are sized by
+    # max_position_embeddings): initialise on short rows.
     enc, dec = (batch_size, 8), (batch_size, 4)
     return {"input_ids": np.ones(enc, np.int32), "decoder_input_ids": np.zeros(dec, np.int32),
             "labels": np.ones(dec, np.int32)}
@@ -145,7 +146,7 @@ class Seq2SeqTask:
 def make_task(config: Config) -> Task:
   if config.objective.name == "mlm":
     return MLMTask(config)
-  if config.objective.name == "span_corruption":
+  if config.objective.name in ("span_corruption", "denoising"):
     return Seq2SeqTask(config)
   raise ValueError(f"objective.name {config.objective.name!r} is not supported")
 

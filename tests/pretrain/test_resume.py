@@ -15,6 +15,7 @@ import pytest
 
 from t5x_like import load_pretrained
 from tests.pretrain.conftest import tiny_overrides
+from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
 
 STEPS = 60
@@ -29,6 +30,11 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
     # Packed documents, Adafactor, z-loss: the T5 path's state and data position resume too.
     overrides = t5_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
                                                               "data.pack_documents": "true"})
+  elif preset == "bart_tiny":
+    # Random source lengths, text infilling + sentence permutation with dropout on: the
+    # objective's generator position and the dropout stream resume too.
+    overrides = bart_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
+                                                                "model.attention_dropout_rate": 0.1})
   else:
     overrides = tiny_overrides(corpus, cache_dir, **common,
                                **{"model.attention_dropout_rate": 0.1})
@@ -49,7 +55,7 @@ def _steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny"])
+@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny"])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset):
   straight = str(tmp_path / "straight")
   done = subprocess.run(_command(preset, straight, corpus, cache_dir), env=_env(), capture_output=True,
