@@ -35,6 +35,37 @@ def _time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+@jax.jit
+def _xla_products(x, w, dy):
+  return x @ w, dy @ w.T, x.T @ dy
+
+
+def measure(tokens: int, d_in: int, d_out: int, repeats: int) -> tuple[float, float]:
+  """(XLA, torch) GFLOP/s of y = x @ w, dx = dy @ w^T, dw = x^T @ dy; 3 interleaved rounds."""
+  import torch
+
+  rng = np.random.default_rng(0)
+  x, w, dy = (rng.standard_normal(s).astype(np.float32)
+              for s in ((tokens, d_in), (d_in, d_out), (tokens, d_out)))
+  jx, jw, jdy = (jnp.asarray(a) for a in (x, w, dy))
+  tx, tw, tdy = (torch.from_numpy(a) for a in (x, w, dy))
+
+  def run_xla():
+    jax.block_until_ready(_xla_products(jx, jw, jdy))
+
+  def run_torch():
+    return tx @ tw, tdy @ tw.T, tx.T @ tdy
+
+  run_xla()
+  run_torch()
+  xla_s, torch_s = [], []
+  for _ in range(3):
+    xla_s.append(_time(run_xla, repeats))
+    torch_s.append(_time(run_torch, repeats))
+  flop = 3 * 2.0 * tokens * d_in * d_out
+  return flop / statistics.median(xla_s) / 1e9, flop / statistics.median(torch_s) / 1e9
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=30)
@@ -45,22 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
   print("| tokens × d_in → d_out | XLA GFLOP/s | torch GFLOP/s | XLA/torch |")
   print("|---|---:|---:|---:|")
   for t, i, o in SHAPES:
-    rng = np.random.default_rng(0)
-    x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in ((t, i), (i, o), (t, o)))
-    jx, jw, jdy = (jnp.asarray(a) for a in (x, w, dy))
-    fwd_bwd = jax.jit(lambda a, b, g: (a @ b, g @ b.T, a.T @ g))
-    jax.block_until_ready(fwd_bwd(jx, jw, jdy))
-    tx, tw, tdy = (torch.from_numpy(a) for a in (x, w, dy))
-
-    def torch_fn():
-      return tx @ tw, tdy @ tw.T, tx.T @ tdy
-    torch_fn()
-    xla_s, torch_s = [], []
-    for _ in range(3):  # interleaved rounds
-      xla_s.append(_time(lambda: jax.block_until_ready(fwd_bwd(jx, jw, jdy)), args.repeats))
-      torch_s.append(_time(torch_fn, args.repeats))
-    flop = 3 * 2.0 * t * i * o
-    xla, tor = flop / statistics.median(xla_s) / 1e9, flop / statistics.median(torch_s) / 1e9
+    xla, tor = measure(t, i, o, args.repeats)
     rows.append({"tokens": t, "d_in": i, "d_out": o, "xla_gflops": xla, "torch_gflops": tor})
     print(f"| {t} × {i} → {o} | {xla:.1f} | {tor:.1f} | {xla / tor:.2f} |")
   return rows
