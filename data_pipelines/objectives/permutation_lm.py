@@ -1,0 +1,304 @@
+"""XLNet permutation-LM objective (OBJECTIVES.md §4) as pure NumPy, with the original semantics.
+
+Follows zihangdai/xlnet `data_utils.py`: `_sample_mask` picks the predicted tokens, `_local_perm`
+draws the factorization order and builds `perm_mask`, `get_dataset` the `target_mapping`. The
+content stream keeps the real tokens (HF's collator replaces them with <mask>; the original does
+not). Outputs have the shapes HF `XLNetLMHeadModel` takes, one row without the batch axis.
+
+Layout. A row of L = len(block) + 3 tokens is `A <sep> B <sep> <cls>` with A = block[:a] and
+B = block[a:]. The original cuts A and B at a random sentence boundary and with probability 0.5
+takes B from another document (for its dropped next-sentence loss); here `a` is uniform among
+the word starts of block[1:] (uniform over 1..len - 1 if there are none), so both segments are
+non-empty and no word is split. `token_type_ids` are XLNet's SEG_ID_A / B / CLS: 0 for A and its
+<sep>, 1 for B and its <sep>, 2 for <cls>. There is no memory part (`reuse_len` = 0) and no
+length has to be even (the original's two halves with num_predict split in two come from
+memory, which pretraining blocks here do not use).
+
+Prediction (`_sample_mask`). Candidates are the non-special tokens of the block. A word starts
+at a candidate whose piece is a word start (`vocab.word_start`), at a candidate after a
+non-candidate, and at position 0. Spans are walked left to right: n in [1, max_span] with
+p ∝ 1/n, cut to the tokens still to choose; a context of c = floor(n * mask_alpha / mask_beta)
+tokens, l uniform in [0, c); the span starts at the first word start at or after cur + l and
+the walk resumes at its end + (c - l), so spans never touch. The span covers n tokens — what the
+original's n-gram loop actually does (it tests the start piece instead of the end piece, so it
+counts tokens, not words) — and stops early at a special (never selected). The walk ends when no
+word start is left. Then single candidates, uniform without replacement, top the selection up to
+exactly num_predict (the original's randint loop, in one draw).
+
+Order (`_local_perm`). One random permutation σ of the offsets 0..perm_size-1, shared by every
+perm_size block: rank(p) = p - p mod S + σ(p mod S), so blocks come in order. Three kinds of
+position:
+- targets (predicted): keep their rank; a target sees the context, the targets and functional
+  tokens earlier in the order, never itself.
+- functional (the two <sep> and the <cls>, by position): as in the original they keep their
+  rank and are not predicted; each sees the context, itself and the targets / functional
+  tokens earlier in the order, and is seen only by targets / functional tokens later in it.
+- context (everything else, specials inside the block included): rank -1, seen by everyone,
+  sees no target or functional token (a context token seeing an ordered one would leak a
+  target into the targets before it through a later layer).
+So `perm_mask[i, j] = 1` (i cannot attend to j) iff j is a target or functional and
+rank(j) >= rank(i) + [i is not a target]; one broadcast comparison builds it. diag(perm_mask) is
+1 exactly at the targets, context columns are all 0, and "i sees j" is a strict total order on
+the targets.
+
+Every draw comes from the record's generator in a fixed order (split point, span draws, top-up,
+permutation), so the output is a function of (block, generator state). The span walk loops once
+per span (~30 for L = 512), never per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from data_pipelines.errors import DataError
+from data_pipelines.vocab import VocabInfo
+
+# XLNet's segment ids (SEG_ID_A, SEG_ID_B, SEG_ID_CLS in data_utils.py).
+SEG_ID_A = 0
+SEG_ID_B = 1
+SEG_ID_CLS = 2
+IGNORE_LABEL = -100
+_EXTRA = 3  # <sep>, <sep>, <cls>
+_MIN_BLOCK = 2  # A and B non-empty
+
+
+@dataclasses.dataclass(frozen=True)
+class PermutationLMParams:
+  """XLNet permutation-LM hyper-parameters (original flag in brackets).
+
+  Attributes:
+    num_predict: predicted tokens per row [--num_predict]; 0 means L/6 rounded half up (the
+      paper's K = 6: 85 for L = 512).
+    perm_size: length of the blocks sharing one permutation [--perm_size]; 0 means L (one
+      block); must divide L.
+    max_span: longest span in tokens [max_gram]; n in [1, max_span] with p ∝ 1/n.
+    mask_alpha, mask_beta: a span of n tokens gets a context of floor(n * alpha / beta) tokens
+      [--mask_alpha, --mask_beta]; alpha / beta must be >= 1.
+    bidirectional: XLNet's bi_data (half of each batch reversed); a batch-level option that
+      the pipeline would implement, not yet supported (must be False).
+  """
+
+  num_predict: int = 0
+  perm_size: int = 0
+  max_span: int = 5
+  mask_alpha: float = 6.0
+  mask_beta: float = 1.0
+  bidirectional: bool = False
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    """Raises DataError with a one-line reason naming the field and its value."""
+    for name in ("num_predict", "perm_size", "max_span"):
+      value = getattr(self, name)
+      minimum = 1 if name == "max_span" else 0
+      if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+              and value >= minimum):
+        raise DataError(f"PermutationLMParams.{name} must be an integer >= {minimum}, "
+                        f"got {value!r}")
+    for name in ("mask_alpha", "mask_beta"):
+      value = getattr(self, name)
+      # `not (in range)` so that NaN is rejected too.
+      if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and math.isfinite(value) and value > 0):
+        raise DataError(f"PermutationLMParams.{name} must be a finite number > 0, "
+                        f"got {value!r}")
+    if math.floor(self.mask_alpha / self.mask_beta) < 1:
+      raise DataError(f"PermutationLMParams.mask_alpha / mask_beta must be >= 1 (a one-token "
+                      f"span needs a context), got {self.mask_alpha!r} / {self.mask_beta!r}")
+    if not isinstance(self.bidirectional, bool):
+      raise DataError(f"PermutationLMParams.bidirectional must be a bool, "
+                      f"got {self.bidirectional!r}")
+    if self.bidirectional:
+      raise DataError("PermutationLMParams.bidirectional=True is not supported yet (XLNet's "
+                      "bi_data reverses half of each batch, a pipeline-level option)")
+
+
+def row_length(block_length: int) -> int:
+  """L for a raw block of `block_length` tokens: the block plus <sep>, <sep>, <cls>."""
+  return operator.index(block_length) + _EXTRA
+
+
+def num_predict_for(length: int, params: PermutationLMParams) -> int:
+  """P, the predicted tokens of a row of `length` tokens (L/6 rounded half up if unset)."""
+  return params.num_predict or math.floor(operator.index(length) / 6 + 0.5)
+
+
+@functools.lru_cache(maxsize=16)
+def _span_cdf(max_span: int) -> np.ndarray:
+  """CDF of n - 1 over n = 1..max_span with p ∝ 1/n."""
+  pmf = 1.0 / np.arange(1, max_span + 1)
+  cdf = np.cumsum(pmf / pmf.sum())
+  cdf[-1] = 1.0
+  return cdf
+
+
+def layout(block: np.ndarray, a: int, vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray]:
+  """`block[:a] <sep> block[a:] <sep> <cls>` and its segment ids (int32[L] each)."""
+  n = block.size
+  row = np.empty(n + _EXTRA, np.int32)
+  row[:a] = block[:a]
+  row[a] = vocab.sep_id
+  row[a + 1:n + 1] = block[a:]
+  row[n + 1] = vocab.sep_id
+  row[n + 2] = vocab.cls_id
+  seg = np.full(n + _EXTRA, SEG_ID_B, np.int32)
+  seg[:a + 1] = SEG_ID_A
+  seg[-1] = SEG_ID_CLS
+  return row, seg
+
+
+def _candidates(row: np.ndarray, vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray]:
+  """(bool[L] selectable, bool[L] word start) of a row: non-special ids; starts per the docs."""
+  cand = ~np.asarray(vocab.is_special, bool)[row]
+  starts = cand & np.asarray(vocab.word_start, bool)[row]
+  starts[1:] |= cand[1:] & ~cand[:-1]
+  starts[0] = cand[0]
+  return cand, starts
+
+
+def sample_spans(cand: np.ndarray, word_start: np.ndarray, rng: np.random.Generator,
+                 params: PermutationLMParams, goal: int) -> tuple[np.ndarray, np.ndarray]:
+  """The span walk of `_sample_mask` (see module docstring) over one row.
+
+  Args:
+    cand: bool[L] selectable positions.
+    word_start: bool[L] positions a span may start at (a subset of cand).
+    goal: the number of tokens to select; the walk stops once reached.
+
+  Returns:
+    (int64[m] span starts ascending, int64[m] span lengths >= 1), covering <= goal tokens.
+  """
+  length = cand.size
+  pos = np.arange(length + 1)
+  # nxt[p]: first word start >= p (L if none); stop[p]: first non-candidate >= p (L if none).
+  nxt = np.where(np.append(word_start, True), pos, length)
+  nxt = np.minimum.accumulate(nxt[::-1])[::-1].tolist()
+  stop = np.where(np.append(~cand, True), pos, length)
+  stop = np.minimum.accumulate(stop[::-1])[::-1].tolist()
+  cdf = _span_cdf(params.max_span)
+  ratio = params.mask_alpha / params.mask_beta
+  mean_window = (ratio + 1.0) * float(np.dot(np.arange(1, cdf.size + 1), np.diff(cdf, prepend=0)))
+  chunk = int(length / mean_window * 1.5) + 8
+  starts, lengths = [], []
+  got = cur = k = 0
+  draws_n = draws_u = []
+  while got < goal and cur < length:
+    if k == len(draws_n):
+      u = rng.random((2, chunk))
+      draws_n = (cdf.searchsorted(u[0], side="right") + 1).tolist()
+      draws_u = u[1].tolist()
+      k = 0
+    n = min(draws_n[k], goal - got)
+    ctx = math.floor(n * ratio)
+    left = int(draws_u[k] * ctx)
+    k += 1
+    if cur + left >= length:
+      break
+    beg = nxt[cur + left]
+    if beg >= length:
+      break
+    end = min(beg + n, stop[beg])
+    starts.append(beg)
+    lengths.append(end - beg)
+    got += end - beg
+    cur = end + ctx - left
+  return np.array(starts, np.int64), np.array(lengths, np.int64)
+
+
+def select_targets(row: np.ndarray, rng: np.random.Generator, params: PermutationLMParams,
+                   vocab: VocabInfo, goal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Exactly `goal` predicted positions of a row: spans, then single-token top-up.
+
+  Returns:
+    (bool[L] the targets, int64[m] span starts, int64[m] span lengths).
+
+  Raises:
+    DataError: if the row has fewer than `goal` selectable (non-special) tokens.
+  """
+  cand, word_start = _candidates(row, vocab)
+  num_cand = int(np.count_nonzero(cand))
+  if num_cand < goal:
+    raise DataError(f"num_predict {goal} exceeds the {num_cand} non-special tokens of the row "
+                    f"(length {row.size}); lower num_predict or drop the block")
+  starts, lengths = sample_spans(cand, word_start, rng, params, goal)
+  edges = np.zeros(row.size + 1, np.int32)
+  np.add.at(edges, starts, 1)
+  np.add.at(edges, starts + lengths, -1)
+  target = edges.cumsum()[:-1] > 0
+  need = goal - int(lengths.sum())
+  if need > 0:
+    free = np.flatnonzero(cand & ~target)
+    target[rng.choice(free, need, replace=False)] = True
+  return target, starts, lengths
+
+
+def make_example(block: np.ndarray, rng: np.random.Generator, params: PermutationLMParams,
+                 vocab: VocabInfo) -> dict[str, np.ndarray]:
+  """One XLNet permutation-LM row from a raw block (see the module docstring).
+
+  Args:
+    block: int[B] token ids, B >= 2; may hold EOS between documents (never predicted).
+    rng: the record's generator; the output is a function of (block, generator state).
+    params: objective parameters.
+    vocab: the vocabulary (`sep_id`, `cls_id`, `is_special`, `word_start`).
+
+  Returns:
+    With L = B + 3 and P = num_predict_for(L, params):
+    `input_ids` int32[L] the real tokens `A <sep> B <sep> <cls>` (not masked);
+    `token_type_ids` int32[L] 0 / 1 / 2 for A / B / <cls>;
+    `perm_mask` float32[L, L], 1 where i cannot attend to j;
+    `target_mapping` float32[P, L] one-hot rows, targets in ascending position;
+    `labels` int32[P] the target tokens in target_mapping order.
+
+  Raises:
+    DataError: block not 1-D integer or shorter than 2; perm_size not dividing L;
+      num_predict >= L or above the row's non-special tokens.
+  """
+  block = np.asarray(block)
+  if block.ndim != 1 or block.dtype.kind not in "iu":
+    raise DataError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
+  if block.size < _MIN_BLOCK:
+    raise DataError(f"block too short for permutation LM: {block.size} tokens, "
+                    f"need >= {_MIN_BLOCK}")
+  length = row_length(block.size)
+  perm_size = params.perm_size or length
+  if length % perm_size:
+    raise DataError(f"perm_size {perm_size} must divide the row length {length} "
+                    f"(block of {block.size} + 3)")
+  goal = num_predict_for(length, params)
+  if goal >= length:
+    raise DataError(f"num_predict {goal} must be < the row length {length}")
+
+  # Split point: uniform among the word starts of block[1:] (any point if there are none).
+  _, block_starts = _candidates(block, vocab)
+  cuts = np.flatnonzero(block_starts[1:]) + 1
+  if cuts.size:
+    a = int(cuts[int(rng.random() * cuts.size)])
+  else:
+    a = 1 + int(rng.random() * (block.size - 1))
+  row, seg = layout(block, a, vocab)
+  target, _, _ = select_targets(row, rng, params, vocab, goal)
+
+  sigma = rng.permutation(perm_size)
+  rank = np.arange(length) - np.tile(np.arange(perm_size), length // perm_size)
+  rank += np.tile(sigma, length // perm_size)
+  ordered = target.copy()
+  ordered[[a, length - 2, length - 1]] = True
+  rank[~ordered] = -1
+  # A row sees its column iff column rank < row threshold; targets exclude themselves.
+  threshold = rank + ~target
+  perm_mask = (threshold[:, None] <= rank[None, :]).astype(np.float32)
+
+  positions = np.flatnonzero(target)
+  target_mapping = np.zeros((goal, length), np.float32)
+  target_mapping[np.arange(goal), positions] = 1.0
+  return {"input_ids": row, "token_type_ids": seg, "perm_mask": perm_mask,
+          "target_mapping": target_mapping, "labels": row[positions]}
