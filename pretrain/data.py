@@ -16,7 +16,7 @@ import numpy as np
 
 from data_pipelines import packing, pipeline, prepare
 from data_pipelines import vocab as vocab_lib
-from data_pipelines.objectives import denoising, mlm, span_corruption
+from data_pipelines.objectives import denoising, mlm, permutation_lm, span_corruption
 from data_pipelines.tokenizer import Tokenizer, load_tokenizer
 from t5x_like.config import Config, ConfigError, max_predictions, replace
 from t5x_like.training.loop import DataHooks
@@ -55,6 +55,13 @@ def denoising_params(config: Config) -> denoising.DenoisingParams:
       insert=o.insert, random_ratio=o.random_ratio, poisson_lambda=o.poisson_lambda)
 
 
+def permutation_params(config: Config) -> permutation_lm.PermutationLMParams:
+  o = config.objective
+  return permutation_lm.PermutationLMParams(
+      num_predict=o.num_predict, perm_size=o.perm_size, max_span=o.max_span,
+      mask_alpha=o.mask_alpha, mask_beta=o.mask_beta)
+
+
 def _denoising_block(config: Config) -> int:
   """Raw tokens per block for BART: the most whose noised source (<s> block </s> plus the
   insertion noise) always fits in data.seq_len."""
@@ -86,15 +93,18 @@ def block_length(config: Config) -> int:
     return _span_helper(config)[0]
   if config.objective.name == "denoising":
     return _denoising_block(config)
+  if config.objective.name == "permutation_lm":
+    return config.data.seq_len - 3  # A <sep> B <sep> <cls>
   raise ConfigError(f"objective.name {config.objective.name!r} has no data pipeline")
 
 
 def resolve_lengths(config: Config) -> Config:
   """Fills data.target_len from the objective, or refuses one too short for it."""
-  if config.objective.name == "mlm":
+  if config.objective.name in ("mlm", "permutation_lm"):
     if config.data.target_len:
       raise ConfigError(f"data.target_len ({config.data.target_len}) applies only to "
-                        f"encoder-decoder objectives; objective.name is mlm")
+                        f"encoder-decoder objectives; objective.name is "
+                        f"{config.objective.name}")
     return config
   if config.objective.name == "denoising":
     targets, what = _denoising_block(config) + 2, "clean <s> block </s> targets denoising"
@@ -140,6 +150,9 @@ def make_objective(config: Config, tokenizer: Tokenizer,
                            mask_token_frac=o.mask_token_frac,
                            random_token_frac=o.random_token_frac, whole_word=o.whole_word)
     return lambda block, rng: mlm.make_example(block, rng, params, vocab)
+  if o.name == "permutation_lm":
+    xl_params = permutation_params(config)
+    return lambda block, rng: permutation_lm.make_example(block, rng, xl_params, vocab)
   if o.name == "denoising":
     bart_params = denoising_params(config)
     make = lambda block, rng: denoising.make_example(block, rng, bart_params, vocab)

@@ -11,6 +11,7 @@ from t5x_like.config import Config
 from t5x_like.export import bart as bart_export
 from t5x_like.export import bert as bert_export
 from t5x_like.export import t5 as t5_export
+from t5x_like.export import xlnet as xlnet_export
 
 
 def check_target(out_dir: str) -> None:
@@ -31,4 +32,7 @@ def export(config: Config, params: Any, tokenizer: Tokenizer, out_dir: str) -> s
   if config.model.family == "bart":
     return bart_export.export_bart(params, models.bart_config(config.model), out_dir,
                                    tokenizer.model_path, tokenizer.num_sentinels)
+  if config.model.family == "xlnet":
+    return xlnet_export.export_xlnet(params, models.xlnet_config(config.model), out_dir,
+                                     tokenizer.model_path, tokenizer.num_sentinels)
   raise ValueError(f"no exporter for model.family {config.model.family!r}")

@@ -32,7 +32,8 @@ def _choices(*values: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. Sizes follow the HF config names of the mirrored family."""
-  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5", "bart"))
+  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5", "bart",
+                                                                       "xlnet"))
   vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
   hidden_size: int = 768
   num_layers: int = 12
@@ -60,13 +61,15 @@ class ModelConfig:
   tie_word_embeddings: bool = False
   # BART: token embeddings scaled by sqrt(hidden_size) (transformers.BartConfig name).
   scale_embedding: bool = False
+  # XLNet: relative distances clipped to [-clamp_len, clamp_len] when > 0 (-1 = no clipping).
+  clamp_len: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Self-supervised objective and its noise parameters (OBJECTIVES.md)."""
-  name: str = dataclasses.field(default="mlm", metadata=_choices("mlm", "span_corruption",
-                                                                 "denoising"))
+  name: str = dataclasses.field(default="mlm", metadata=_choices(
+      "mlm", "span_corruption", "denoising", "permutation_lm"))
   mask_prob: float = 0.15
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
@@ -90,6 +93,14 @@ class ObjectiveConfig:
   insert: float = 0.0  # inserted tokens, as a fraction of the source length
   random_ratio: float = 0.1  # masks / inserts that get a random token instead (--mask-random)
   poisson_lambda: float = 3.0  # mean span length of text infilling
+  # XLNet permutation LM (original semantics): rows `A <sep> B <sep> <cls>` of data.seq_len
+  # tokens; num_predict targets chosen as spans of 1..max_span tokens (p ~ 1/n) with a context
+  # of n * mask_alpha / mask_beta; one factorisation order per perm_size block.
+  num_predict: int = 0  # 0 = round(seq_len / 6), the paper's K = 6 (85 of 512)
+  perm_size: int = 0  # 0 = seq_len; must divide seq_len
+  max_span: int = 5
+  mask_alpha: float = 6.0
+  mask_beta: float = 1.0
   # Loss options T5X users expect: z_loss * logsumexp(logits)^2 per target token, and the
   # normaliser of the summed loss: 0 = the number of target tokens in the global batch, > 0 a
   # constant (T5X's loss_normalizing_factor, e.g. 233472 = 2048 x 114).
@@ -383,7 +394,8 @@ def validate(c: Config) -> None:
            f"({m.num_heads}) unless model.head_dim is set")
   _require(m.initializer_factor > 0,
            f"model.initializer_factor must be > 0, got {m.initializer_factor}")
-  takes = {"bert": ("mlm",), "t5": ("span_corruption",), "bart": ("denoising",)}
+  takes = {"bert": ("mlm",), "t5": ("span_corruption",), "bart": ("denoising",),
+           "xlnet": ("permutation_lm",)}
   _require(o.name in takes[m.family],
            f"objective.name {o.name!r} does not train model.family {m.family!r}; " +
            ", ".join(f"{f} takes {' or '.join(names)}" for f, names in takes.items()))
@@ -410,13 +422,30 @@ def validate(c: Config) -> None:
   _require(o.poisson_lambda >= 0.01 and math.isfinite(o.poisson_lambda),
            f"objective.poisson_lambda must be >= 0.01, got {o.poisson_lambda} (the mean "
            f"span length of text infilling)")
+  _require(0 <= o.num_predict < d.seq_len - 3,
+           f"objective.num_predict must be in [0, data.seq_len - 3) = [0, {d.seq_len - 3}) "
+           f"(0 = seq_len / 6), got {o.num_predict}")
+  _require(o.perm_size >= 0 and (o.perm_size == 0 or d.seq_len % o.perm_size == 0),
+           f"objective.perm_size ({o.perm_size}) must divide data.seq_len ({d.seq_len}) "
+           f"(0 = seq_len)")
+  _require(o.max_span >= 1, f"objective.max_span must be >= 1, got {o.max_span}")
+  _require(o.mask_alpha > 0 and o.mask_beta > 0 and o.mask_alpha >= o.mask_beta,
+           f"objective.mask_alpha / mask_beta must be >= 1 with both > 0, got "
+           f"{o.mask_alpha} / {o.mask_beta}")
+  # XLNet rows are concatenated blocks, as XLNet's own pretraining data: there is no padding
+  # to reclaim, and a row's A <sep> B <sep> <cls> layout and single factorisation order span
+  # the whole row.
+  _require(not (o.name == "permutation_lm" and d.pack_documents),
+           "data.pack_documents is not supported for objective.name permutation_lm: XLNet "
+           "rows are full concatenated blocks (no padding to reclaim) laid out as "
+           "A <sep> B <sep> <cls>; set data.pack_documents=false")
   _require(o.z_loss >= 0, f"objective.z_loss must be >= 0, got {o.z_loss}")
   _require(o.loss_normalizing_factor >= 0, "objective.loss_normalizing_factor must be >= 0 "
            f"(0 = number of target tokens), got {o.loss_normalizing_factor}")
   _require(d.seq_len >= 8, f"data.seq_len must be >= 8, got {d.seq_len}")
   _require(d.target_len >= 0, f"data.target_len must be >= 0 (0 = derived), got {d.target_len}")
-  for key in ("seq_len", "target_len"):  # T5's relative positions have no table to exceed
-    _require(m.family == "t5" or getattr(d, key) <= m.max_position_embeddings,
+  for key in ("seq_len", "target_len"):  # relative positions (T5, XLNet): no table to exceed
+    _require(m.family in ("t5", "xlnet") or getattr(d, key) <= m.max_position_embeddings,
              f"data.{key} ({getattr(d, key)}) exceeds model.max_position_embeddings "
              f"({m.max_position_embeddings})")
   _require(0.0 <= d.validation_fraction < 1.0,

@@ -8,6 +8,7 @@ context, and the output head at the positions that are actually scored. Backward
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 
@@ -66,11 +67,41 @@ def seq2seq_train_flops_per_step(config: Config) -> float:
       gated=t5)
 
 
+def xlnet_forward_flops(batch: int, length: int, predict: int, hidden: int, ffn: int,
+                        layers: int, vocab: int) -> float:
+  """Matmul FLOPs of XLNet's two-stream forward pass (attn_type "bi", no memory).
+
+  Per layer: the content stream as an encoder (q, k, v, o, FFN; content and position scores
+  over L keys / 2L distances, context) except in the last layer, where only its k and v feed
+  the query stream; the query stream on its P rows (q, o, FFN, scores, context); the r
+  projection of the 2L sinusoids once per layer (shared by the batch). The tied head runs on
+  the P targets only.
+  """
+  d = hidden
+  attend = 2 * 2 * length * d + 2 * 2 * (2 * length) * d  # content/context + position scores
+  content = length * (2 * (4 * d * d + 2 * d * ffn) + attend)
+  content_last = length * 2 * 2 * d * d  # k and v only
+  query = predict * (2 * (2 * d * d + 2 * d * ffn) + attend)
+  per_row = (layers - 1) * content + content_last + layers * query + 2 * d * vocab * predict
+  return float(batch * per_row + layers * 2 * (2 * length) * d * d)
+
+
+def xlnet_train_flops_per_step(config: Config) -> float:
+  """Training FLOPs of one optimizer step of XLNet (3x forward); P as the objective's
+  (`permutation_lm.num_predict_for`: L/6 rounded half up unless set)."""
+  m, d = config.model, config.data
+  predict = config.objective.num_predict or math.floor(d.seq_len / 6 + 0.5)
+  return 3.0 * xlnet_forward_flops(config.train.batch_size, d.seq_len, predict, m.hidden_size,
+                                   m.intermediate_size, m.num_layers, m.vocab_size)
+
+
 def train_flops_per_step(config: Config) -> float:
   if config.objective.name == "mlm":
     return mlm_train_flops_per_step(config)
   if config.objective.name in ("span_corruption", "denoising"):
     return seq2seq_train_flops_per_step(config)
+  if config.objective.name == "permutation_lm":
+    return xlnet_train_flops_per_step(config)
   raise ValueError(f"no FLOP model for objective {config.objective.name!r}")
 
 

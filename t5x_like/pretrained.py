@@ -32,6 +32,12 @@ class Pretrained:
           {"params": p}, b["input_ids"], b["decoder_input_ids"],
           **{k: v for k, v in b.items() if k not in ("input_ids", "decoder_input_ids")},
           deterministic=True))
+    elif self.config.model.family == "xlnet":
+      self._names = ("input_ids", "token_type_ids", "perm_mask", "target_mapping",
+                     "attention_mask")
+      self._apply = jax.jit(lambda p, b: self.model.apply(
+          {"params": p}, b["input_ids"], b.get("token_type_ids"), b.get("perm_mask"),
+          b.get("target_mapping"), b.get("attention_mask"), deterministic=True))
     else:
       self._names = ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
                      "positions")
@@ -42,13 +48,16 @@ class Pretrained:
   def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
     """Full logits (float32) for HF-named features: [B, L, V] for an encoder from
     `input_ids` (...); [B, T, V] for an encoder-decoder from `input_ids` and
-    `decoder_input_ids` (teacher forcing)."""
+    `decoder_input_ids` (teacher forcing); XLNet [B, P, V] from the query stream with
+    `perm_mask` and `target_mapping`, else [B, L, V] from the content stream."""
     required = (("input_ids", "decoder_input_ids")
                 if models.is_encoder_decoder(self.config.model) else ("input_ids",))
     missing = [k for k in required if k not in batch]
     if missing:
       raise ValueError(f"batch needs {', '.join(missing)}; got {sorted(batch)}")
-    feed = {k: np.asarray(v, np.int32) for k, v in batch.items() if k in self._names}
+    floats = ("perm_mask", "target_mapping")
+    feed = {k: np.asarray(v, np.float32 if k in floats else np.int32)
+            for k, v in batch.items() if k in self._names}
     return np.asarray(self._apply(self.params, feed))
 
 

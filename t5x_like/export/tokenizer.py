@@ -35,7 +35,7 @@ _UNIGRAM, _BPE = 1, 2
 _SPACE = "\u2581"  # "▁", SentencePiece's whitespace symbol
 
 # Special tokens per model family: which of our pieces play CLS/SEP/... for HF.
-_FAMILIES = ("bert", "t5", "bart")
+_FAMILIES = ("bert", "t5", "bart", "xlnet")
 
 
 def sentinel_token(i: int) -> str:
@@ -147,6 +147,9 @@ def _post_processor(family: str, ids: dict[str, int]) -> processors.TemplateProc
   elif family == "bart":  # as BartTokenizer (RoBERTa's template): <s> A </s> </s> B </s>
     single, pair = "<s>:0 $A:0 </s>:0", "<s>:0 $A:0 </s>:0 </s>:1 $B:1 </s>:1"
     used = ("<s>", "</s>")
+  elif family == "xlnet":  # as XLNetTokenizer: A <sep> <cls>, CLS last with segment 2
+    single, pair = "$A:0 <sep>:0 <s>:2", "$A:0 <sep>:0 $B:1 <sep>:1 <s>:2"
+    used = ("<sep>", "<s>")
   else:  # t5: eos after each sequence, no CLS
     single, pair = "$A:0 </s>:0", "$A:0 </s>:0 $B:1 </s>:1"
     used = ("</s>",)
@@ -161,8 +164,8 @@ def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
   Args:
     sp_model_path: a SentencePiece unigram or BPE model following data_pipelines/vocab.py.
     num_sentinels: `<extra_id_*>` tokens appended above the sp pieces.
-    family: "bert" (`<s> A <sep>`), "t5" (`A </s>`) or "bart" (`<s> A </s>`) special-token
-      template.
+    family: "bert" (`<s> A <sep>`), "t5" (`A </s>`), "bart" (`<s> A </s>`) or "xlnet"
+      (`A <sep> <s>`, token_type_ids 0 .. 0 0 2) special-token template.
 
   Returns:
     The tokenizer; `get_vocab_size()` is the sp piece count + num_sentinels.
@@ -221,14 +224,19 @@ def _tokenizer_config(family: str, num_sentinels: int, model_max_length: int) ->
     specials.update(cls_token="<s>", sep_token="<sep>")
   elif family == "bart":  # BartTokenizer's roles: cls = bos, sep = eos
     specials.update(cls_token="<s>", sep_token="</s>")
+  elif family == "xlnet":  # XLNetTokenizer's roles, with our <s> as its <cls>
+    specials.update(cls_token="<s>", sep_token="<sep>")
+  with_types = family in ("bert", "xlnet")
   sentinels = [sentinel_token(i) for i in range(num_sentinels)]
   return dict(specials, tokenizer_class="PreTrainedTokenizerFast",
               model_max_length=model_max_length, clean_up_tokenization_spaces=False,
               # Both spellings: transformers 5 reads extra_special_tokens, 4.x the other.
               extra_special_tokens=sentinels, additional_special_tokens=sentinels,
-              padding_side="right", truncation_side="right",
+              # XLNetTokenizer pads on the left, so the CLS at the end stays last.
+              padding_side="left" if family == "xlnet" else "right",
+              truncation_side="right",
               model_input_names=(["input_ids", "token_type_ids", "attention_mask"]
-                                 if family == "bert" else ["input_ids", "attention_mask"]))
+                                 if with_types else ["input_ids", "attention_mask"]))
 
 
 def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_dir: str,
@@ -239,7 +247,7 @@ def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_d
     sp_model_path: the trained SentencePiece model.
     num_sentinels: sentinels appended above the sp pieces (`<extra_id_0>` = last id).
     out_dir: existing directory to write into (files of the same name are replaced).
-    family: "bert", "t5" or "bart"; picks the special-token template.
+    family: "bert", "t5", "bart" or "xlnet"; picks the special-token template.
     model_max_length: recorded in tokenizer_config.json (the model's max positions).
   """
   tok = build_fast_tokenizer(sp_model_path, num_sentinels, family)

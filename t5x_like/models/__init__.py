@@ -8,10 +8,10 @@ from typing import Any
 from flax import linen as nn
 
 from t5x_like.config import ModelConfig
-from t5x_like.models import bart, bert, t5
+from t5x_like.models import bart, bert, t5, xlnet
 
-FAMILIES = ("bert", "t5", "bart")
-_MODULES = {"bert": bert, "t5": t5, "bart": bart}
+FAMILIES = ("bert", "t5", "bart", "xlnet")
+_MODULES = {"bert": bert, "t5": t5, "bart": bart, "xlnet": xlnet}
 # Families whose rows always carry segment ids and positions: BART's sources have random
 # lengths, so even one block per row is a packed row (one segment, padded tail).
 _ALWAYS_PACKED = ("bart",)
@@ -35,6 +35,14 @@ def bart_config(cfg: ModelConfig) -> bart.BartConfig:
   return _copy_fields(bart.BartConfig, cfg)
 
 
+def xlnet_config(cfg: ModelConfig) -> xlnet.XLNetConfig:
+  """XLNet's shared fields from the run config; its unsupported options keep their defaults
+  (memory off, bidirectional attention, untied biases)."""
+  names = [f.name for f in dataclasses.fields(xlnet.XLNetConfig)
+           if f.name not in ("mem_len", "untie_r", "bi_data", "attn_type")]
+  return xlnet.XLNetConfig(**{name: getattr(cfg, name) for name in names})
+
+
 def build(cfg: ModelConfig) -> nn.Module:
   if cfg.family == "bert":
     return bert.BertForMaskedLM(bert_config(cfg))
@@ -42,12 +50,16 @@ def build(cfg: ModelConfig) -> nn.Module:
     return t5.T5ForConditionalGeneration(t5_config(cfg))
   if cfg.family == "bart":
     return bart.BartForConditionalGeneration(bart_config(cfg))
+  if cfg.family == "xlnet":
+    return xlnet.XLNetLMHeadModel(xlnet_config(cfg))
   raise ValueError(f"model.family {cfg.family!r} is not one of {FAMILIES}")
 
 
 def features(cfg: ModelConfig, packed: bool = False) -> tuple[str, ...]:
   """The batch features the family consumes (plus segment ids / positions when packed)."""
   module = _MODULES[cfg.family]
+  if cfg.family == "xlnet":
+    return module.FEATURES  # rows are never packed (config.validate)
   packed = packed or cfg.family in _ALWAYS_PACKED
   return module.FEATURES + (module.PACKED_FEATURES if packed else ())
 

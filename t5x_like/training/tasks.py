@@ -143,11 +143,58 @@ class Seq2SeqTask:
     return loss_sum, aux
 
 
+class PermutationLMTask:
+  """XLNet: two-stream forward, loss on the query stream at the P targets of each row.
+
+  Batch: `input_ids`, `token_type_ids` [B, L] (content stream keeps the real tokens),
+  `perm_mask` [B, L, L] (1 = cannot attend), `target_mapping` [B, P, L] one-hot rows,
+  `labels` [B, P] (-100 on padding rows).
+  """
+
+  def __init__(self, config: Config):
+    self.config = config
+    self.model = models.build(config.model)
+    self.features = models.features(config.model)
+    self.seq_len = config.data.seq_len
+    self.z_loss = config.objective.z_loss
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    # No parameter depends on the lengths (relative positions): initialise on short rows.
+    length, predict = 8, 2
+    mapping = np.zeros((batch_size, predict, length), np.float32)
+    mapping[:, 0, 0] = mapping[:, 1, 1] = 1.0
+    return {"input_ids": np.ones((batch_size, length), np.int32),
+            "token_type_ids": np.zeros((batch_size, length), np.int32),
+            "perm_mask": np.zeros((batch_size, length, length), np.float32),
+            "target_mapping": mapping, "labels": np.ones((batch_size, predict), np.int32)}
+
+  def init(self, rng: jax.Array) -> Any:
+    b = self.dummy_batch(1)
+    return self.model.init(rng, b["input_ids"], b["token_type_ids"], b["perm_mask"],
+                           b["target_mapping"])
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (summed NLL + z-loss, {count, correct, dropped, [z_loss]})."""
+    labels_BP = batch["labels"]
+    logits_BPV = self.model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"], batch["perm_mask"],
+        batch["target_mapping"], deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng})
+    valid_BP = labels_BP != IGNORE
+    loss_sum, aux = _token_losses(logits_BPV.astype(jnp.float32),
+                                  jnp.where(valid_BP, labels_BP, 0), valid_BP, self.z_loss)
+    aux["dropped"] = jnp.zeros((), jnp.int32)
+    return loss_sum, aux
+
+
 def make_task(config: Config) -> Task:
   if config.objective.name == "mlm":
     return MLMTask(config)
   if config.objective.name in ("span_corruption", "denoising"):
     return Seq2SeqTask(config)
+  if config.objective.name == "permutation_lm":
+    return PermutationLMTask(config)
   raise ValueError(f"objective.name {config.objective.name!r} is not supported")
 
 

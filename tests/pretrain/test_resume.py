@@ -17,6 +17,7 @@ from t5x_like import load_pretrained
 from tests.pretrain.conftest import tiny_overrides
 from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
+from tests.pretrain.test_xlnet_cli import xlnet_overrides
 
 STEPS = 60
 EVERY = 10
@@ -35,6 +36,9 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
     # objective's generator position and the dropout stream resume too.
     overrides = bart_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
                                                                 "model.attention_dropout_rate": 0.1})
+  elif preset == "xlnet_tiny":
+    # Two streams, permutation masks drawn per record, dropout on.
+    overrides = xlnet_overrides(corpus, cache_dir, **common)
   else:
     overrides = tiny_overrides(corpus, cache_dir, **common,
                                **{"model.attention_dropout_rate": 0.1})
@@ -55,7 +59,7 @@ def _steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny"])
+@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny"])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset):
   straight = str(tmp_path / "straight")
   done = subprocess.run(_command(preset, straight, corpus, cache_dir), env=_env(), capture_output=True,

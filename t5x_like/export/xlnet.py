@@ -1,0 +1,158 @@
+"""Export our Flax `XLNetLMHeadModel` as a HuggingFace `XLNetLMHeadModel` folder.
+
+The folder holds `config.json` (a full `XLNetConfig`), `model.safetensors` (float32), the
+tokenizer files (see `t5x_like.export.tokenizer`: XLNet's `A <sep> <s>` template with
+token_type_ids 0 .. 0 0 2 and left padding, also writes `spiece.model`) and the marker file of
+`t5x_like.export.common`.
+
+The safetensors keys are those `XLNetLMHeadModel.save_pretrained` writes in transformers 5:
+`transformer.word_embedding.weight` but not its tied copy `lm_loss.weight`; `lm_loss.bias`
+is saved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from data_pipelines import vocab as vocab_lib
+from t5x_like.export.common import MARKER_FILE, _f32, _unbox, check_target, write_export
+from t5x_like.export.t5 import _layer_trees
+from t5x_like.models import xlnet as xlnet_lib
+from t5x_like.models.xlnet import XLNetConfig
+
+__all__ = ["MARKER_FILE", "check_target", "export_xlnet", "hf_config_dict",
+           "xlnet_to_hf_state_dict"]
+
+# Our activation names are HF's ACT2FN keys with the same meaning ("gelu" is the erf form).
+_HF_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+# Positions a query may be asked about; XLNet has no position table, this only goes into
+# tokenizer_config.json as model_max_length.
+_DEFAULT_MAX_LENGTH = 512
+
+
+def xlnet_to_hf_state_dict(params: Mapping[str, Any], config: XLNetConfig
+                           ) -> dict[str, np.ndarray]:
+  """Maps our param tree to the `XLNetLMHeadModel` state dict (float32), shapes checked.
+
+  Args:
+    params: `{'word_embedding', 'mask_emb', 'layer_{i}' | 'layers', 'lm_loss_bias'}` as the
+      model's init makes them (optionally under 'params', boxed or not, per-layer or
+      scanned); numpy or fully addressable jax arrays. On multi-host meshes gather first.
+    config: the model's config; used to check every shape and the layer count.
+
+  Returns:
+    HF parameter name -> float32 array in torch layout, without `lm_loss.weight` (the tied
+    copy of `transformer.word_embedding.weight`, which transformers does not save).
+
+  Raises:
+    ValueError: a tensor is missing or its shape disagrees with the config.
+  """
+  p = _unbox(params)
+  v, d, h, k, f = (config.vocab_size, config.hidden_size, config.num_heads, config.head_dim,
+                   config.intermediate_size)
+  out: dict[str, np.ndarray] = {}
+
+  def put(name: str, tree: Mapping[str, Any], path: str, shape: tuple[int, ...],
+          transform=lambda x: x) -> None:
+    value = tree
+    for key in path.split("/"):
+      if not isinstance(value, Mapping) or key not in value:
+        raise ValueError(f"{name}: our params have no {path!r} (config/params mismatch?)")
+      value = value[key]
+    value = _f32(value)
+    if value.shape != shape:
+      raise ValueError(f"{name}: got shape {value.shape}, config implies {shape}")
+    out[name] = np.ascontiguousarray(transform(value))
+
+  put("transformer.word_embedding.weight", p, "word_embedding/embedding", (v, d))
+  put("transformer.mask_emb", p, "mask_emb", (d,), lambda x: x.reshape(1, 1, d))
+  for i, layer in enumerate(_layer_trees(p, config.num_layers, "transformer")):
+    pre = f"transformer.layer.{i}"
+    for proj in ("q", "k", "v", "r"):  # [D, H, Dh], as HF
+      put(f"{pre}.rel_attn.{proj}", layer, f"rel_attn/{proj}/kernel", (d, h, k))
+    put(f"{pre}.rel_attn.o", layer, "rel_attn/o/kernel", (h, k, d),
+        lambda x: x.transpose(2, 0, 1))  # HF: [D, H, Dh]
+    for bias in ("r_w_bias", "r_r_bias", "r_s_bias"):
+      put(f"{pre}.rel_attn.{bias}", layer, f"rel_attn/{bias}", (h, k))
+    put(f"{pre}.rel_attn.seg_embed", layer, "rel_attn/seg_embed", (2, h, k))
+    put(f"{pre}.rel_attn.layer_norm.weight", layer, "rel_attn/layer_norm/scale", (d,))
+    put(f"{pre}.rel_attn.layer_norm.bias", layer, "rel_attn/layer_norm/bias", (d,))
+    put(f"{pre}.ff.layer_1.weight", layer, "ff/layer_1/kernel", (d, f), np.transpose)
+    put(f"{pre}.ff.layer_1.bias", layer, "ff/layer_1/bias", (f,))
+    put(f"{pre}.ff.layer_2.weight", layer, "ff/layer_2/kernel", (f, d), np.transpose)
+    put(f"{pre}.ff.layer_2.bias", layer, "ff/layer_2/bias", (d,))
+    put(f"{pre}.ff.layer_norm.weight", layer, "ff/layer_norm/scale", (d,))
+    put(f"{pre}.ff.layer_norm.bias", layer, "ff/layer_norm/bias", (d,))
+  put("lm_loss.bias", p, "lm_loss_bias", (v,))
+  return out
+
+
+def hf_config_dict(config: XLNetConfig, pad_token_id: int = vocab_lib.PAD_ID,
+                   bos_token_id: int = vocab_lib.BOS_ID, eos_token_id: int = vocab_lib.EOS_ID
+                   ) -> dict[str, Any]:
+  """`config.json` contents for `transformers.XLNetLMHeadModel` (every XLNetConfig field).
+
+  The model fields come from `t5x_like.models.xlnet.hf_config_dict`; the sequence-summary
+  fields (unused by the LM head) keep XLNetConfig's defaults.
+  """
+  if config.hidden_act not in _HF_ACTIVATIONS:
+    raise ValueError(f"hidden_act {config.hidden_act!r} has no HF equivalent here "
+                     f"(expected one of {list(_HF_ACTIVATIONS)})")
+  return {
+      "architectures": ["XLNetLMHeadModel"],
+      "model_type": "xlnet",
+      **xlnet_lib.hf_config_dict(config),
+      "d_head": config.head_dim,
+      "reuse_len": None,
+      "use_mems_eval": True,
+      "use_mems_train": False,
+      "same_length": False,
+      "summary_type": "last",
+      "summary_use_proj": True,
+      "summary_activation": "tanh",
+      "summary_last_dropout": 0.1,
+      "start_n_top": 5,
+      "end_n_top": 5,
+      "tie_word_embeddings": True,
+      "pad_token_id": pad_token_id,
+      "bos_token_id": bos_token_id,
+      "eos_token_id": eos_token_id,
+      "dtype": "float32",
+  }
+
+
+def export_xlnet(params: Mapping[str, Any], config: XLNetConfig, out_dir: str,
+                 tokenizer_model: str | None = None, num_sentinels: int = 0,
+                 model_max_length: int = _DEFAULT_MAX_LENGTH) -> str:
+  """Writes a HuggingFace `XLNetLMHeadModel` folder, atomically.
+
+  Everything is written to a temporary sibling directory that is renamed into place only
+  once complete, so a failed export leaves `out_dir` as it was.
+
+  Args:
+    params: our XLNet param tree (see `xlnet_to_hf_state_dict`).
+    config: its config.
+    out_dir: target directory: absent, empty, or a previous export (which is replaced).
+    tokenizer_model: SentencePiece model to export alongside, or None for weights only.
+    num_sentinels: ids above the sp pieces; sp pieces + num_sentinels must equal
+      config.vocab_size, since the embedding rows are indexed by these ids.
+    model_max_length: recorded in tokenizer_config.json (XLNet itself has no limit).
+
+  Returns:
+    The absolute path of the export.
+
+  Raises:
+    FileExistsError: out_dir is a non-empty directory that is not our export, or a file.
+    ValueError: params/config/tokenizer do not agree.
+  """
+  out_dir = os.path.abspath(out_dir)
+  check_target(out_dir)
+  # Everything that can fail on bad input runs before touching the filesystem.
+  state = xlnet_to_hf_state_dict(params, config)
+  hf_config = hf_config_dict(config)
+  return write_export(out_dir, "xlnet", state, hf_config, config.vocab_size, tokenizer_model,
+                      num_sentinels, model_max_length=model_max_length)

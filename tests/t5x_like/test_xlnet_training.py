@@ -1,0 +1,162 @@
+"""XLNet permutation LM through the train step: 8-device sharding equals 1 device, gradient
+accumulation equals one batch, the loss on the query stream, the FLOP model, config errors
+and preset sizes."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.sharding import PartitionSpec as P
+
+from data_pipelines.objectives import permutation_lm
+from data_pipelines.vocab import VocabInfo
+from pretrain import data as data_glue
+from t5x_like import config as config_lib
+from t5x_like import flops
+from t5x_like.training import tasks
+from tests.t5x_like.test_sharding import _train
+
+TINY_XLNET = {
+    "model": {"family": "xlnet", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
+              "num_heads": 4, "intermediate_size": 48, "dropout_rate": 0.0},
+    "objective": {"name": "permutation_lm"},
+    "data": {"seq_len": 32},
+    "optim": {"learning_rate": 1e-3, "warmup_steps": 2, "b2": 0.98},
+    "train": {"batch_size": 8, "steps": 10, "seed": 0},
+    "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+}
+
+
+def xlnet_config(**sections: dict) -> config_lib.Config:
+  tree = {k: dict(v) for k, v in TINY_XLNET.items()}
+  for name, values in sections.items():
+    tree.setdefault(name, {}).update(values)
+  return data_glue.resolve_lengths(config_lib.from_dict(tree))
+
+
+def xlnet_batches(config: config_lib.Config, n: int, seed: int = 0
+                  ) -> list[dict[str, np.ndarray]]:
+  vocab = VocabInfo.synthetic(config.model.vocab_size)
+  params = data_glue.permutation_params(config)
+  raw = data_glue.block_length(config)
+  rng = np.random.default_rng(seed)
+  batches = []
+  for _ in range(n):
+    rows = [permutation_lm.make_example(rng.choice(vocab.normal_ids, raw).astype(np.int32),
+                                        rng, params, vocab)
+            for _ in range(config.train.batch_size)]
+    batches.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+  return batches
+
+
+def test_rows_have_the_features_the_task_takes():
+  config = xlnet_config()
+  assert data_glue.block_length(config) == 29
+  batch = xlnet_batches(config, 1)[0]
+  task = tasks.make_task(config)
+  assert set(batch) == set(task.features)
+  assert batch["perm_mask"].shape == (8, 32, 32)
+  assert batch["target_mapping"].shape == (8, 5, 32)  # round(32 / 6)
+  np.testing.assert_array_equal(
+      batch["labels"], np.einsum("bpl,bl->bp", batch["target_mapping"],
+                                 batch["input_ids"]).astype(np.int32))
+
+
+@pytest.fixture(scope="module")
+def runs():
+  one = xlnet_config()
+  eight = xlnet_config(mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  batches = xlnet_batches(one, 4)
+  return _train(one, batches, 4), _train(eight, batches, 4)
+
+
+def test_xlnet_sharded_loss_matches_one_device_and_falls(runs):
+  (_, losses_1, _, _), (state, losses_8, batch, mesh) = runs
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
+  assert losses_1[-1] < losses_1[0]
+  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  specs = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.sharding.spec
+           for path, leaf in leaves}
+  matrices = {name: spec for name, spec in specs.items()
+              if "kernel" in name or "embedding" in name}
+  assert matrices and all("fsdp" in spec or "tensor" in spec for spec in matrices.values())
+  assert batch["perm_mask"].sharding.spec == P(("data", "fsdp"))
+
+
+def test_xlnet_grad_accumulation_equals_one_big_batch():
+  config = xlnet_config()
+  batches = xlnet_batches(config, 2, seed=1)
+  state_1, losses_1, _, _ = _train(config, batches, 2)
+  state_a, losses_a, _, _ = _train(xlnet_config(optim={"grad_accum_steps": 4}), batches, 2)
+  np.testing.assert_allclose(losses_a, losses_1, rtol=2e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
+                  jax.tree_util.tree_leaves(state_a.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
+  config = xlnet_config()
+  task = tasks.make_task(config)
+  params = task.init(jax.random.key(0))["params"]
+  batch = xlnet_batches(config, 1, seed=2)[0]
+  batch["labels"][:, -1] = tasks.IGNORE
+  loss_sum, aux = task.loss(params, batch, None, deterministic=True)
+  logits = np.asarray(task.model.apply({"params": params}, batch["input_ids"],
+                                       batch["token_type_ids"], batch["perm_mask"],
+                                       batch["target_mapping"]), np.float64)
+  valid = batch["labels"] != tasks.IGNORE
+  lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  target = np.take_along_axis(logits, np.where(valid, batch["labels"], 0)[..., None], -1)[..., 0]
+  assert int(aux["count"]) == valid.sum() == 8 * 4
+  np.testing.assert_allclose(float(loss_sum), np.sum((lse - target) * valid), rtol=1e-5)
+
+
+def test_flops_model_counts_xlnet_matmuls():
+  """Analytic two-stream count within 10% of XLA's forward count on a matmul-heavy shape."""
+  config = xlnet_config(model={"hidden_size": 256, "intermediate_size": 1024})
+  task = tasks.make_task(config)
+  batch = xlnet_batches(config, 1)[0]
+  params = task.init(jax.random.key(0))["params"]
+  fwd = jax.jit(lambda p, b: task.model.apply({"params": p}, b["input_ids"],
+                                              b["token_type_ids"], b["perm_mask"],
+                                              b["target_mapping"]))
+  cost = fwd.lower(params, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  assert flops.train_flops_per_step(config) / 3 == pytest.approx(cost["flops"], rel=0.10)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"objective": {"perm_size": 5}}, "objective.perm_size (5) must divide data.seq_len (32)"),
+    ({"objective": {"num_predict": 40}}, "objective.num_predict must be in [0, data.seq_len - 3)"),
+    ({"data": {"pack_documents": True}}, "data.pack_documents is not supported"),
+    ({"objective": {"name": "mlm"}}, "does not train model.family 'xlnet'"),
+    ({"objective": {"max_span": 0}}, "objective.max_span must be >= 1, got 0"),
+])
+def test_bad_permutation_settings_are_refused(overrides, needle):
+  with pytest.raises(config_lib.ConfigError) as e:
+    xlnet_config(**overrides)
+  assert needle in str(e.value)
+
+
+def _hf_param_count(config: config_lib.Config) -> int:
+  m = config.model
+  hf = transformers.XLNetConfig(vocab_size=m.vocab_size, d_model=m.hidden_size,
+                                n_layer=m.num_layers, n_head=m.num_heads,
+                                d_inner=m.intermediate_size)
+  with torch.device("meta"):
+    model = transformers.XLNetLMHeadModel(hf)
+  return model.num_parameters()
+
+
+@pytest.mark.parametrize("preset", ["xlnet_base", "xlnet_large"])
+def test_presets_have_the_published_sizes(preset):
+  """With XLNet's 32000-id vocabulary the presets have transformers' parameter counts for
+  xlnet-base-cased / xlnet-large-cased (tied head counted once)."""
+  config = config_lib.load_config(preset, ["model.vocab_size=32000"])
+  task = tasks.make_task(config)
+  shapes = jax.eval_shape(task.init, jax.random.key(0))["params"]
+  assert tasks.param_count(shapes) == _hf_param_count(config)
