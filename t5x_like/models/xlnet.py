@@ -342,34 +342,3 @@ def hf_config_dict(config: XLNetConfig) -> dict:
           "initializer_range": config.initializer_range, "mem_len": config.mem_len or None,
           "clamp_len": config.clamp_len, "untie_r": config.untie_r,
           "bi_data": config.bi_data, "attn_type": config.attn_type}
-
-
-def xlnet_to_hf_state_dict(params: dict, config: XLNetConfig) -> dict[str, np.ndarray]:
-  """`XLNetLMHeadModel` params (unboxed, loop or scanned) -> HF state dict of float32
-  arrays (`lm_loss.weight` included, the tied copy of the word embedding)."""
-  f32 = lambda x: np.asarray(x, np.float32)
-  if config.scan_layers:
-    per_layer = [jax.tree_util.tree_map(lambda x, i=i: x[i], params["layers"])
-                 for i in range(config.num_layers)]
-  else:
-    per_layer = [params[f"layer_{i}"] for i in range(config.num_layers)]
-  emb = f32(params["word_embedding"]["embedding"])
-  state = {"transformer.word_embedding.weight": emb,
-           "transformer.mask_emb": f32(params["mask_emb"]).reshape(1, 1, -1),
-           "lm_loss.weight": emb, "lm_loss.bias": f32(params["lm_loss_bias"])}
-  for i, layer in enumerate(per_layer):
-    pre = f"transformer.layer.{i}."
-    attn, ff = layer["rel_attn"], layer["ff"]
-    for name in ("q", "k", "v", "r"):
-      state[pre + f"rel_attn.{name}"] = f32(attn[name]["kernel"])
-    state[pre + "rel_attn.o"] = f32(attn["o"]["kernel"]).transpose(2, 0, 1)
-    for name in ("r_w_bias", "r_r_bias", "r_s_bias", "seg_embed"):
-      state[pre + f"rel_attn.{name}"] = f32(attn[name])
-    state[pre + "rel_attn.layer_norm.weight"] = f32(attn["layer_norm"]["scale"])
-    state[pre + "rel_attn.layer_norm.bias"] = f32(attn["layer_norm"]["bias"])
-    for name in ("layer_1", "layer_2"):
-      state[pre + f"ff.{name}.weight"] = f32(ff[name]["kernel"]).T
-      state[pre + f"ff.{name}.bias"] = f32(ff[name]["bias"])
-    state[pre + "ff.layer_norm.weight"] = f32(ff["layer_norm"]["scale"])
-    state[pre + "ff.layer_norm.bias"] = f32(ff["layer_norm"]["bias"])
-  return state

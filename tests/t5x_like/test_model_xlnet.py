@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from t5x_like import sharding
+from t5x_like.export import xlnet as xlnet_export
 from t5x_like.models import xlnet
 
 # initializer_range 0.2: logits of std ~1, so the 1e-4 tolerances prove something.
@@ -86,7 +87,8 @@ def _params() -> dict:
 def _hf_model() -> transformers.XLNetLMHeadModel:
   hf = transformers.XLNetLMHeadModel(
       transformers.XLNetConfig(**xlnet.hf_config_dict(CFG))).eval()
-  state = xlnet.xlnet_to_hf_state_dict(_params(), CFG)
+  state = xlnet_export.xlnet_to_hf_state_dict(_params(), CFG)
+  state["lm_loss.weight"] = state["transformer.word_embedding.weight"]  # tied, not saved
   hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
                      strict=True)
   return hf
@@ -150,14 +152,14 @@ def test_gradients_match_transformers():
   ids, tt, perm, tm, _ = _perm_inputs()
   w = _weights((B, P, CFG.vocab_size))
   _, grads = _loss_and_grad(CFG)(_params(), ids, tt, perm, tm, w)
-  ours = xlnet.xlnet_to_hf_state_dict(grads, CFG)
+  ours = xlnet_export.xlnet_to_hf_state_dict(grads, CFG)
   hf = _hf_model()
   hf.zero_grad()
   logits = hf(torch.from_numpy(ids).long(), **_hf_kwargs(tt, perm, tm)).logits
   (logits * torch.from_numpy(w)).sum().backward()
   theirs = {name: p.grad.numpy() for name, p in hf.named_parameters()}
   hf.zero_grad()
-  assert set(theirs) == set(ours) - {"lm_loss.weight"}  # tied to the word embedding
+  assert set(theirs) == set(ours)  # lm_loss.weight is tied to the word embedding
   scale = max(np.max(np.abs(g)) for g in theirs.values())
   for name, want in theirs.items():
     # r_w_bias shifts every content score of a query row alike: its gradient is rounding.
@@ -229,8 +231,8 @@ def test_scan_and_remat_match_the_python_loop(scan, remat):
       lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * np.abs(b).max()),
       grad, restack(grad_loop))
   if scan:  # the exporter unstacks scanned layers
-    exported = xlnet.xlnet_to_hf_state_dict(params, config)
-    for name, want in xlnet.xlnet_to_hf_state_dict(_params(), CFG).items():
+    exported = xlnet_export.xlnet_to_hf_state_dict(params, config)
+    for name, want in xlnet_export.xlnet_to_hf_state_dict(_params(), CFG).items():
       np.testing.assert_array_equal(exported[name], want, err_msg=name)
 
 
