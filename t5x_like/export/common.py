@@ -45,6 +45,27 @@ def _unbox(params: Mapping[str, Any]) -> Mapping[str, Any]:
   return flax.core.meta.unbox(params)
 
 
+def put_checked(out: dict[str, np.ndarray], name: str, tree: Mapping[str, Any], path: str,
+                shape: tuple[int, ...], transform: Any = None) -> None:
+  """out[name] = transform(tree[path]) as float32, after checking the path and the shape.
+
+  `path` is slash-separated keys into our (unboxed) param tree; `shape` is what the config
+  implies for our layout, before `transform` turns it into HF's.
+
+  Raises:
+    ValueError: the path is missing or the shape differs, naming the HF tensor.
+  """
+  value = tree
+  for key in path.split("/"):
+    if not isinstance(value, Mapping) or key not in value:
+      raise ValueError(f"{name}: our params have no {path!r} (config/params mismatch?)")
+    value = value[key]
+  value = _f32(value)
+  if value.shape != shape:
+    raise ValueError(f"{name}: got shape {value.shape}, config implies {shape}")
+  out[name] = np.ascontiguousarray(value if transform is None else transform(value))
+
+
 def _is_previous_export(path: str) -> bool:
   try:
     with open(os.path.join(path, MARKER_FILE), encoding="utf-8") as f:

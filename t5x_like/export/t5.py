@@ -18,6 +18,7 @@ google/t5-v1_1 checkpoints log the same).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import vocab as vocab_lib
-from t5x_like.export.common import MARKER_FILE, _f32, _unbox, check_target, write_export
+from t5x_like.export.common import (
+  MARKER_FILE,
+  _unbox,
+  check_target,
+  put_checked,
+  write_export,
+)
 from t5x_like.models.t5 import T5Config
 
 __all__ = ["MARKER_FILE", "check_target", "export_t5", "hf_config_dict",
@@ -75,17 +82,7 @@ def t5_to_hf_state_dict(params: Mapping[str, Any], config: T5Config
   d, h, k, f = config.hidden_size, config.num_heads, config.d_kv, config.intermediate_size
   out: dict[str, np.ndarray] = {}
 
-  def put(name: str, tree: Mapping[str, Any], path: str, shape: tuple[int, ...],
-          transform=lambda x: x) -> None:
-    value = tree
-    for key in path.split("/"):
-      if not isinstance(value, Mapping) or key not in value:
-        raise ValueError(f"{name}: our params have no {path!r} (config/params mismatch?)")
-      value = value[key]
-    value = _f32(value)
-    if value.shape != shape:
-      raise ValueError(f"{name}: got shape {value.shape}, config implies {shape}")
-    out[name] = np.ascontiguousarray(transform(value))
+  put = functools.partial(put_checked, out)
 
   def attention(pre: str, layer: Mapping[str, Any], module: str) -> None:
     for proj in ("q", "k", "v"):  # [D, H, K] -> [H*K, D] (head-major, as HF's view)

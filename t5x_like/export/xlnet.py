@@ -12,6 +12,7 @@ is saved.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import vocab as vocab_lib
-from t5x_like.export.common import MARKER_FILE, _f32, _unbox, check_target, write_export
+from t5x_like.export.common import (
+  MARKER_FILE,
+  _unbox,
+  check_target,
+  put_checked,
+  write_export,
+)
 from t5x_like.export.t5 import _layer_trees
 from t5x_like.models import xlnet as xlnet_lib
 from t5x_like.models.xlnet import XLNetConfig
@@ -56,17 +63,7 @@ def xlnet_to_hf_state_dict(params: Mapping[str, Any], config: XLNetConfig
                    config.intermediate_size)
   out: dict[str, np.ndarray] = {}
 
-  def put(name: str, tree: Mapping[str, Any], path: str, shape: tuple[int, ...],
-          transform=lambda x: x) -> None:
-    value = tree
-    for key in path.split("/"):
-      if not isinstance(value, Mapping) or key not in value:
-        raise ValueError(f"{name}: our params have no {path!r} (config/params mismatch?)")
-      value = value[key]
-    value = _f32(value)
-    if value.shape != shape:
-      raise ValueError(f"{name}: got shape {value.shape}, config implies {shape}")
-    out[name] = np.ascontiguousarray(transform(value))
+  put = functools.partial(put_checked, out)
 
   put("transformer.word_embedding.weight", p, "word_embedding/embedding", (v, d))
   put("transformer.mask_emb", p, "mask_emb", (d,), lambda x: x.reshape(1, 1, d))
