@@ -16,6 +16,10 @@ row of segments seg_1..seg_m, and with the record's one generator g = default_rn
 the objective applied to the segments in order, consuming g sequentially; `pack_row` (e.g.
 built on `packing.pack_one`) makes the row's fixed-shape features.
 
+With a `second_half_objective` (XLNet's bi_data), global rows j >= B/2 of every batch are made
+by it instead (reversed text), so every global batch is forward text then reversed text
+whatever the process count.
+
 grain reads and transforms the host's records on background threads with prefetch.
 """
 
@@ -140,11 +144,14 @@ class _HostRecords:
         self._permutations[epoch] = perm
       return perm
 
-  def __getitem__(self, k: int) -> tuple[int, int, list[np.ndarray]]:
+  def __getitem__(self, k: int) -> tuple[int, int, list[np.ndarray], bool]:
+    """(epoch, record index, segments, row in the second half of its global batch)."""
     step, row = divmod(k, self.rows)
     epoch, batch = divmod(step, self.steps_per_epoch)
-    index = int(self._permutation(epoch)[batch * self._global_batch + self._row_offset + row])
-    return epoch, index, _decode_segments(self._source[index], self._manifest)
+    global_row = self._row_offset + row
+    index = int(self._permutation(epoch)[batch * self._global_batch + global_row])
+    return (epoch, index, _decode_segments(self._source[index], self._manifest),
+            2 * global_row >= self._global_batch)
 
 
 class BlockIterator:
@@ -158,7 +165,8 @@ class BlockIterator:
                global_batch_size: int, seed: int, shuffle: bool = True,
                num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                start_step: int = 0, worker_threads: int = 4, prefetch: int = 2,
-               pack_row: PackRow | None = None):
+               pack_row: PackRow | None = None,
+               second_half_objective: Objective | None = None):
     if global_batch_size < 1 or process_count < 1 or global_batch_size % process_count:
       raise DataError(f"global batch size {global_batch_size} must be a positive multiple of "
                       f"the process count {process_count}")
@@ -166,6 +174,9 @@ class BlockIterator:
       raise DataError(f"process_index {process_index} is outside [0, {process_count})")
     if num_epochs is not None and num_epochs < 1:
       raise DataError(f"num_epochs must be >= 1 or None (forever), got {num_epochs}")
+    if second_half_objective is not None and global_batch_size % 2:
+      raise DataError(f"a second-half objective (bi_data) needs an even global batch size, "
+                      f"got {global_batch_size}")
     manifest, source = _split_source(manifest_dir, split)
     if manifest.packed and pack_row is None:
       raise DataError(f"prepared data at {manifest_dir} holds documents packed for "
@@ -181,6 +192,7 @@ class BlockIterator:
     self._records = _HostRecords(source, manifest, seed, shuffle, global_batch_size,
                                  process_index, process_count, num_epochs)
     self._objective, self._seed, self._pack_row = objective, seed, pack_row
+    self._second_half_objective = second_half_objective
     # Prefetch counts records: threads work on single records, so one slow objective call
     # never holds a whole batch back.
     self._read_options = grain.ReadOptions(
@@ -192,12 +204,16 @@ class BlockIterator:
   def steps_per_epoch(self) -> int:
     return self._records.steps_per_epoch
 
-  def _transform(self, item: tuple[int, int, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    epoch, index, segments = item
+  def _transform(self, item: tuple[int, int, list[np.ndarray], bool]
+                 ) -> dict[str, np.ndarray]:
+    epoch, index, segments, second_half = item
     rng = np.random.default_rng([self._seed, epoch, index])
+    objective = self._objective
+    if second_half and self._second_half_objective is not None:
+      objective = self._second_half_objective
     if self._pack_row is None:
-      return self._objective(segments[0], rng)
-    return self._pack_row([self._objective(segment, rng) for segment in segments])
+      return objective(segments[0], rng)
+    return self._pack_row([objective(segment, rng) for segment in segments])
 
   def set_state(self, state: dict) -> None:
     step = int(state["step"])
@@ -234,7 +250,8 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
                   seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   worker_threads: int = 4, prefetch: int = 2,
-                  pack_row: PackRow | None = None) -> BlockIterator:
+                  pack_row: PackRow | None = None,
+                  second_half_objective: Objective | None = None) -> BlockIterator:
   """Host batches for `split` of prepared data; see the module docstring for the semantics.
 
   For evaluation use `shuffle=False, num_epochs=1`: the split in order, the partial last
@@ -256,6 +273,8 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
     pack_row: documents mode (required there): the objective's examples for a record's
       segments, in order -> the row's features, of the same shapes for every row (e.g. via
       `packing.pack_one`). Blocks mode: must be None.
+    second_half_objective: if given, makes global rows B/2 .. B-1 of every batch (XLNet's
+      bi_data: reversed text); the global batch must be even.
 
   Returns:
     An iterator of dict[str, np.ndarray[global_batch_size / process_count, ...]].
@@ -267,4 +286,5 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
   return BlockIterator(manifest_dir, split, objective, global_batch_size, seed,
                        shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
                        process_count=process_count, start_step=start_step,
-                       worker_threads=worker_threads, prefetch=prefetch, pack_row=pack_row)
+                       worker_threads=worker_threads, prefetch=prefetch, pack_row=pack_row,
+                       second_half_objective=second_half_objective)

@@ -140,9 +140,12 @@ def pack_spec(config: Config) -> packing.PackSpec | None:
       capacity=(d.seq_len, d.target_len))
 
 
-def make_objective(config: Config, tokenizer: Tokenizer,
+def make_objective(config: Config, tokenizer: Tokenizer, reverse: bool = False,
                    ) -> Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]:
-  """(raw block, generator) -> one example; fixed-shape rows unless documents are packed."""
+  """(raw block, generator) -> one example; fixed-shape rows unless documents are packed.
+
+  reverse: XLNet's reversed-text rows (bi_data's second half of the batch).
+  """
   o, d = config.objective, config.data
   vocab = tokenizer.vocab_info()
   if o.name == "mlm":
@@ -152,7 +155,8 @@ def make_objective(config: Config, tokenizer: Tokenizer,
     return lambda block, rng: mlm.make_example(block, rng, params, vocab)
   if o.name == "permutation_lm":
     xl_params = permutation_params(config)
-    return lambda block, rng: permutation_lm.make_example(block, rng, xl_params, vocab)
+    return lambda block, rng: permutation_lm.make_example(block, rng, xl_params, vocab,
+                                                          reverse=reverse)
   if o.name == "denoising":
     bart_params = denoising_params(config)
     make = lambda block, rng: denoising.make_example(block, rng, bart_params, vocab)
@@ -293,7 +297,9 @@ def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
   objective = make_objective(config, tokenizer)
   # Blocks mode: the objective builds whole rows itself (BART's wraps make_pack_row).
   pack_row = make_pack_row(config) if config.data.pack_documents else None
+  second_half = make_objective(config, tokenizer, reverse=True) if config.model.bi_data else None
   common = {"objective": objective, "pack_row": pack_row,
+            "second_half_objective": second_half,
             "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),
             "process_count": jax.process_count(),

@@ -63,6 +63,9 @@ class ModelConfig:
   scale_embedding: bool = False
   # XLNet: relative distances clipped to [-clamp_len, clamp_len] when > 0 (-1 = no clipping).
   clamp_len: int = -1
+  # XLNet's bi_data: the second half of every global batch is reversed text, and the model
+  # gives it negated relative distances (transformers.XLNetConfig name).
+  bi_data: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,6 +483,15 @@ def validate(c: Config) -> None:
   _require(t.batch_size % opt.grad_accum_steps == 0,
            f"train.batch_size ({t.batch_size}) must be divisible by optim.grad_accum_steps "
            f"({opt.grad_accum_steps})")
+  _require(not m.bi_data or m.family == "xlnet",
+           f"model.bi_data is XLNet's option (reversed half batch); model.family is "
+           f"{m.family!r}")
+  # Micro-batch i takes rows i, i+k, ..: its halves are the global halves iff k | B/2.
+  _require(not m.bi_data or (t.batch_size % 2 == 0 and
+                             (t.batch_size // 2) % opt.grad_accum_steps == 0),
+           f"model.bi_data needs train.batch_size ({t.batch_size}) even with half of it "
+           f"divisible by optim.grad_accum_steps ({opt.grad_accum_steps}): the second half of "
+           f"every (micro-)batch is the reversed text")
   _require(t.eval_every >= 1 and t.eval_steps >= 0 and t.log_every >= 1,
            "train.eval_every and train.log_every must be >= 1, train.eval_steps >= 0")
 

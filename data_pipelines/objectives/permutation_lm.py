@@ -41,6 +41,14 @@ rank(j) >= rank(i) + [i is not a target]; one broadcast comparison builds it. di
 1 exactly at the targets, context columns are all 0, and "i sees j" is a strict total order on
 the targets.
 
+Reversed rows (XLNet's bi_data, `reverse=True`): the block's tokens are reversed before the
+layout, so the row is `rev(block)[:a] <sep> rev(block)[a:] <sep> <cls>` (the functional
+tokens stay at the end, as in the original's reversed stream). Words are those of the natural
+text, as the original's `_sample_mask(reverse=True)` does by flipping the row back: the split
+point is a natural word boundary, and the span walk and top-up run on the flipped row, so a
+span still covers a word's pieces from its start. Which rows are reversed is the pipeline's
+business (the second half of each global batch, matching the model's negated distances).
+
 Every draw comes from the record's generator in a fixed order (split point, span draws, top-up,
 permutation), so the output is a function of (block, generator state). The span walk loops once
 per span (~30 for L = 512), never per token.
@@ -80,8 +88,6 @@ class PermutationLMParams:
     max_span: longest span in tokens [max_gram]; n in [1, max_span] with p ∝ 1/n.
     mask_alpha, mask_beta: a span of n tokens gets a context of floor(n * alpha / beta) tokens
       [--mask_alpha, --mask_beta]; alpha / beta must be >= 1.
-    bidirectional: XLNet's bi_data (half of each batch reversed); a batch-level option that
-      the pipeline would implement, not yet supported (must be False).
   """
 
   num_predict: int = 0
@@ -89,7 +95,6 @@ class PermutationLMParams:
   max_span: int = 5
   mask_alpha: float = 6.0
   mask_beta: float = 1.0
-  bidirectional: bool = False
 
   def __post_init__(self):
     self.validate()
@@ -113,12 +118,6 @@ class PermutationLMParams:
     if math.floor(self.mask_alpha / self.mask_beta) < 1:
       raise DataError(f"PermutationLMParams.mask_alpha / mask_beta must be >= 1 (a one-token "
                       f"span needs a context), got {self.mask_alpha!r} / {self.mask_beta!r}")
-    if not isinstance(self.bidirectional, bool):
-      raise DataError(f"PermutationLMParams.bidirectional must be a bool, "
-                      f"got {self.bidirectional!r}")
-    if self.bidirectional:
-      raise DataError("PermutationLMParams.bidirectional=True is not supported yet (XLNet's "
-                      "bi_data reverses half of each batch, a pipeline-level option)")
 
 
 def row_length(block_length: int) -> int:
@@ -241,7 +240,7 @@ def select_targets(row: np.ndarray, rng: np.random.Generator, params: Permutatio
 
 
 def make_example(block: np.ndarray, rng: np.random.Generator, params: PermutationLMParams,
-                 vocab: VocabInfo) -> dict[str, np.ndarray]:
+                 vocab: VocabInfo, reverse: bool = False) -> dict[str, np.ndarray]:
   """One XLNet permutation-LM row from a raw block (see the module docstring).
 
   Args:
@@ -249,6 +248,7 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: Permutatio
     rng: the record's generator; the output is a function of (block, generator state).
     params: objective parameters.
     vocab: the vocabulary (`sep_id`, `cls_id`, `is_special`, `word_start`).
+    reverse: make a reversed-text row (bi_data's second half of the batch).
 
   Returns:
     With L = B + 3 and P = num_predict_for(L, params):
@@ -277,15 +277,25 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: Permutatio
   if goal >= length:
     raise DataError(f"num_predict {goal} must be < the row length {length}")
 
-  # Split point: uniform among the word starts of block[1:] (any point if there are none).
+  # Split point: uniform among the word boundaries inside the block (any point if none). In
+  # natural order a boundary precedes a word start; reversed, the cut between positions a-1
+  # and a is a boundary when the token at a-1 starts a word.
   _, block_starts = _candidates(block, vocab)
-  cuts = np.flatnonzero(block_starts[1:]) + 1
+  if reverse:
+    block = block[::-1]
+    block_starts = block_starts[::-1]
+    cuts = np.flatnonzero(block_starts[:-1]) + 1
+  else:
+    cuts = np.flatnonzero(block_starts[1:]) + 1
   if cuts.size:
     a = int(cuts[int(rng.random() * cuts.size)])
   else:
     a = 1 + int(rng.random() * (block.size - 1))
   row, seg = layout(block, a, vocab)
-  target, _, _ = select_targets(row, rng, params, vocab, goal)
+  if reverse:  # sample on the natural-order row, as the original's _sample_mask(reverse=True)
+    target = select_targets(row[::-1], rng, params, vocab, goal)[0][::-1].copy()
+  else:
+    target = select_targets(row, rng, params, vocab, goal)[0]
 
   sigma = rng.permutation(perm_size)
   rank = np.arange(length) - np.tile(np.arange(perm_size), length // perm_size)

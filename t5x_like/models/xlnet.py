@@ -16,10 +16,21 @@ segment row gathered at its target position: the same numbers for one-hot rows, 
 attention output (as HF) for all-zero padding rows. Rows of `target_mapping` must be one-hot
 or zero.
 
+Memory (Transformer-XL recurrence, HF `mems` / `cache_mem`): `mems` [layers, B, M, D] holds,
+per layer, the content-stream inputs of earlier segments. Keys and values run over
+`[memory; h]`; every query may see all of the memory (mask columns 0, segment id 0 as HF's
+`mem_pad`); relative distances run from klen = M + L down to -L + 1. With `return_mems` the
+model also returns the new memory: per layer the last `mem_len` rows of `[memory; layer
+input]` (only the first `reuse_len` tokens of the input when reuse_len > 0), under
+stop_gradient, so no gradient flows into an earlier segment.
+
+bi_data (XLNet's bidirectional data): the first half of the batch holds forward text and the
+second half reversed text; the forward half uses distances klen .. -L + 1 and the reversed
+half their negatives (HF `relative_positional_encoding`); the batch must be even.
+
 Activations are [B, L, D] / [B, L, H, Dh] (not HF's length-major layout) and projections
-run on a flattened token axis (see t5._per_token). Not supported: memory (`mems`, mem_len >
-0), bi_data, attn_type "uni", tied r-biases (HF's PyTorch model has per-layer biases
-whatever `untie_r` says).
+run on a flattened token axis (see t5._per_token). Not supported: attn_type "uni", tied
+r-biases (HF's PyTorch model has per-layer biases whatever `untie_r` says).
 """
 
 from __future__ import annotations
@@ -58,10 +69,11 @@ class XLNetConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
   scan_layers: bool = False
-  mem_len: int = 0  # memory is not implemented: must be 0
+  mem_len: int = 0  # rows of memory returned per layer (0: all of them, HF's cutoff 0)
+  reuse_len: int = 0  # tokens of each segment cached into the memory (0: all)
   clamp_len: int = -1  # relative distances clipped to [-clamp_len, clamp_len] when > 0
   untie_r: bool = True
-  bi_data: bool = False
+  bi_data: bool = False  # second half of the batch is reversed text (negated distances)
   attn_type: str = "bi"
 
   def __post_init__(self) -> None:
@@ -76,14 +88,13 @@ class XLNetConfig:
     if self.remat not in ("none", *REMAT_POLICIES):
       raise ValueError(f"XLNet remat {self.remat!r} is not one of "
                        f"{['none', *REMAT_POLICIES]}")
-    if self.bi_data:
-      raise ValueError("XLNet bi_data=True is not supported")
+    if self.mem_len < 0 or self.reuse_len < 0:
+      raise ValueError(f"XLNet mem_len ({self.mem_len}) and reuse_len ({self.reuse_len}) "
+                       "must be >= 0")
     if self.attn_type != "bi":
       raise ValueError(f"XLNet attn_type {self.attn_type!r} is not supported (only 'bi')")
     if not self.untie_r:
       raise ValueError("XLNet untie_r=False is not supported (HF's model unties them too)")
-    if self.mem_len:
-      raise NotImplementedError("XLNet memory (mem_len > 0) is not implemented")
 
   @property
   def head_dim(self) -> int:
@@ -94,11 +105,16 @@ def _normal(std: float) -> layers.Initializer:
   return nn.initializers.normal(std)
 
 
-def relative_positional_encoding(qlen: int, klen: int, d_model: int, clamp_len: int = -1
-                                 ) -> np.ndarray:
-  """Sinusoids [klen + qlen, D] for distances klen, klen-1, .., -qlen+1 (HF, attn_type bi)."""
+def relative_positional_encoding(qlen: int, klen: int, d_model: int, clamp_len: int = -1,
+                                 backward: bool = False) -> np.ndarray:
+  """Sinusoids [klen + qlen, D] for distances klen, klen-1, .., -qlen+1 (HF, attn_type bi).
+
+  backward: the distances negated (-klen .. qlen-1), bi_data's reversed half.
+  """
   inv_freq = 1.0 / np.power(10000.0, np.arange(0, d_model, 2.0) / d_model)
   pos_seq = np.arange(klen, -qlen, -1.0)
+  if backward:
+    pos_seq = -pos_seq
   if clamp_len > 0:
     pos_seq = np.clip(pos_seq, -clamp_len, clamp_len)
   sinusoid = pos_seq[:, None] * inv_freq[None, :]
@@ -139,8 +155,12 @@ class XLNetRelativeAttention(nn.Module):
   def _core(self, q_BQHK: jax.Array, k_BKHK: jax.Array, v_BKHK: jax.Array,
             kr_BRHK: jax.Array, seg_BQK: jax.Array | None, mask_BQK: jax.Array,
             positions_BQ: jax.Array | None) -> jax.Array:
-    """HF `rel_attn_core` -> [B, Q, H, Dh]; kr is [B, R, H, Dh] or [R, H, Dh]. positions_BQ: each query's position (None: the
-    content stream, query i at position i); mask_BQK bool, True = cannot attend."""
+    """HF `rel_attn_core` -> [B, Q, H, Dh]; kr is [B, R, H, Dh] or [R, H, Dh].
+
+    K = M + L keys (memory first); R = K + L distances. positions_BQ: each query's position
+    among the L current tokens (None: the content stream, query i at position i); mask_BQK
+    bool, True = cannot attend.
+    """
     c = self.config
     dtype = q_BQHK.dtype
     f32 = jnp.float32
@@ -153,8 +173,9 @@ class XLNetRelativeAttention(nn.Module):
                         preferred_element_type=f32)
     if positions_BQ is None:
       bd = rel_shift(bd_raw, klen)
-    else:  # row i of the shifted scores reads column qlen - i + j; qlen = klen (no memory)
-      cols_BQK = klen - positions_BQ[:, :, None] + jnp.arange(klen)[None, None, :]
+    else:  # row i of the shifted scores reads column qlen - i + j, qlen = R - klen
+      qlen = bd_raw.shape[-1] - klen
+      cols_BQK = qlen - positions_BQ[:, :, None] + jnp.arange(klen)[None, None, :]
       bd = jnp.take_along_axis(bd_raw, cols_BQK[:, None], axis=-1)
     scores = ac + bd
     if seg_BQK is not None:
@@ -173,21 +194,24 @@ class XLNetRelativeAttention(nn.Module):
     out_BQD = self.dropout(out_BQD, deterministic=self.deterministic)
     return self.layer_norm(out_BQD + x_BQD)
 
-  def __call__(self, h_BLD: jax.Array, g_BPD: jax.Array | None, r_RD: jax.Array,
-               seg_BLL: jax.Array | None, mask_h_BLL: jax.Array, mask_g_BPL: jax.Array | None,
-               seg_g_BPL: jax.Array | None, positions_BP: jax.Array | None,
-               valid_BP: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-    k_BLHK = layers.constrain(_per_token(self.k, h_BLD), _ACT_BLHK)
-    v_BLHK = layers.constrain(_per_token(self.v, h_BLD), _ACT_BLHK)
+  def __call__(self, h_BLD: jax.Array, g_BPD: jax.Array | None, mem_BMD: jax.Array | None,
+               r_RD: jax.Array, seg_BLK: jax.Array | None, mask_h_BLK: jax.Array,
+               mask_g_BPK: jax.Array | None, seg_g_BPK: jax.Array | None,
+               positions_BP: jax.Array | None, valid_BP: jax.Array | None
+               ) -> tuple[jax.Array, jax.Array | None]:
+    cat_BKD = h_BLD if mem_BMD is None else jnp.concatenate(
+        [mem_BMD.astype(h_BLD.dtype), h_BLD], axis=1)
+    k_BLHK = layers.constrain(_per_token(self.k, cat_BKD), _ACT_BLHK)
+    v_BLHK = layers.constrain(_per_token(self.v, cat_BKD), _ACT_BLHK)
     # r is [R, D] (shared by the batch) or [B, R, D] (dropped out per example, as HF).
     kr_BRHK = self.r(r_RD).astype(k_BLHK.dtype)
     q_BLHK = layers.constrain(_per_token(self.q, h_BLD), _ACT_BLHK)
-    vec_h = self._core(q_BLHK, k_BLHK, v_BLHK, kr_BRHK, seg_BLL, mask_h_BLL, None)
+    vec_h = self._core(q_BLHK, k_BLHK, v_BLHK, kr_BRHK, seg_BLK, mask_h_BLK, None)
     out_h = self._post(h_BLD, vec_h)
     if g_BPD is None:
       return out_h, None
     q_BPHK = layers.constrain(_per_token(self.q, g_BPD), _ACT_BLHK)
-    vec_g = self._core(q_BPHK, k_BLHK, v_BLHK, kr_BRHK, seg_g_BPL, mask_g_BPL, positions_BP)
+    vec_g = self._core(q_BPHK, k_BLHK, v_BLHK, kr_BRHK, seg_g_BPK, mask_g_BPK, positions_BP)
     vec_g = vec_g * valid_BP[:, :, None, None].astype(vec_g.dtype)
     return out_h, self._post(g_BPD, vec_g)
 
@@ -214,23 +238,43 @@ class XLNetFeedForward(nn.Module):
     return layers.constrain(norm(y_BLD + x_BLD), _ACT_BLD)
 
 
+def cache_mem(h_BLD: jax.Array, mem_BMD: jax.Array | None, mem_len: int, reuse_len: int
+              ) -> jax.Array:
+  """HF `cache_mem`: the last mem_len rows of [memory; h[:reuse_len]], without gradient."""
+  cur_BLD = h_BLD[:, :reuse_len] if reuse_len > 0 else h_BLD
+  cat_BKD = cur_BLD if mem_BMD is None else jnp.concatenate(
+      [mem_BMD.astype(cur_BLD.dtype), cur_BLD], axis=1)
+  if mem_len > 0:
+    cat_BKD = cat_BKD[:, -mem_len:]
+  return jax.lax.stop_gradient(cat_BKD)
+
+
 class XLNetLayer(nn.Module):
-  """`rel_attn` then `ff` on each stream; carry = (h [B,L,D], g [B,P,D] | None)."""
+  """`rel_attn` then `ff` on each stream; carry = (h [B,L,D], g [B,P,D] | None).
+
+  Returns (carry, the layer's new memory [B, M', D] or None).
+  """
   config: XLNetConfig
   deterministic: bool = True
+  return_mems: bool = False
 
   @nn.compact
-  def __call__(self, carry: tuple[jax.Array, jax.Array | None], r_RD: jax.Array,
-               seg_BLL: jax.Array | None, mask_h_BLL: jax.Array, mask_g_BPL: jax.Array | None,
-               seg_g_BPL: jax.Array | None, positions_BP: jax.Array | None,
-               valid_BP: jax.Array | None) -> tuple[tuple[jax.Array, jax.Array | None], None]:
+  def __call__(self, carry: tuple[jax.Array, jax.Array | None], mem_BMD: jax.Array | None,
+               r_RD: jax.Array, seg_BLK: jax.Array | None, mask_h_BLK: jax.Array,
+               mask_g_BPK: jax.Array | None, seg_g_BPK: jax.Array | None,
+               positions_BP: jax.Array | None, valid_BP: jax.Array | None
+               ) -> tuple[tuple[jax.Array, jax.Array | None], jax.Array | None]:
+    c = self.config
     h_BLD, g_BPD = carry
-    h_BLD, g_BPD = XLNetRelativeAttention(self.config, self.deterministic, name="rel_attn")(
-        h_BLD, g_BPD, r_RD, seg_BLL, mask_h_BLL, mask_g_BPL, seg_g_BPL, positions_BP, valid_BP)
-    ff = XLNetFeedForward(self.config, self.deterministic, name="ff")
+    new_mem = (cache_mem(h_BLD, mem_BMD, c.mem_len, c.reuse_len) if self.return_mems
+               else None)
+    h_BLD, g_BPD = XLNetRelativeAttention(c, self.deterministic, name="rel_attn")(
+        h_BLD, g_BPD, mem_BMD, r_RD, seg_BLK, mask_h_BLK, mask_g_BPK, seg_g_BPK, positions_BP,
+        valid_BP)
+    ff = XLNetFeedForward(c, self.deterministic, name="ff")
     if g_BPD is not None:
       g_BPD = ff(g_BPD)
-    return (ff(h_BLD), g_BPD), None
+    return (ff(h_BLD), g_BPD), new_mem
 
 
 class XLNetLMHeadModel(nn.Module):
@@ -247,9 +291,9 @@ class XLNetLMHeadModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jax.Array | None, token_type_ids: jax.Array | None = None,
                perm_mask: jax.Array | None = None, target_mapping: jax.Array | None = None,
-               attention_mask: jax.Array | None = None, mems: object = None,
-               deterministic: bool = True, inputs_embeds: jax.Array | None = None
-               ) -> jax.Array:
+               attention_mask: jax.Array | None = None, mems: jax.Array | None = None,
+               deterministic: bool = True, inputs_embeds: jax.Array | None = None,
+               return_mems: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Logits [B, P, V] from the query stream with target_mapping, else [B, L, V] (content).
 
     Args:
@@ -258,13 +302,13 @@ class XLNetLMHeadModel(nn.Module):
       perm_mask: float [B, L, L]; 1 at [b, i, j] = i cannot see j.
       target_mapping: float [B, P, L], one-hot rows (zero rows = padding predictions).
       attention_mask: [B, L], 1 = token, 0 = padding key.
-      mems: must be None (memory is not implemented).
+      mems: [num_layers, B, M, D] memory from earlier segments (HF's list of [M, B, D]
+        stacked and batch-major), visible to every query; None = no memory.
       deterministic: disables dropout.
       inputs_embeds: float [B, L, D] instead of the word embeddings of input_ids.
+      return_mems: also return the new memory [num_layers, B, M', D] (see `cache_mem`).
     """
     c = self.config
-    if mems is not None:
-      raise NotImplementedError("XLNet memory (mems) is not implemented")
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     init = _normal(c.initializer_range)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
@@ -277,49 +321,74 @@ class XLNetLMHeadModel(nn.Module):
     else:
       x_BLD = layers.constrain(inputs_embeds.astype(dtype), _ACT_BLD)
     batch, length = x_BLD.shape[:2]
+    mlen = 0
+    if mems is not None:
+      if mems.ndim != 4 or mems.shape[0] != c.num_layers or mems.shape[1] != batch or (
+          mems.shape[3] != c.hidden_size):
+        raise ValueError(f"XLNet mems must be [num_layers={c.num_layers}, batch={batch}, M, "
+                         f"hidden={c.hidden_size}], got {tuple(mems.shape)}")
+      mlen = mems.shape[2]
+    if c.bi_data and batch % 2:
+      raise ValueError(f"XLNet bi_data needs an even batch (forward half, reversed half), "
+                       f"got {batch}")
 
-    # HF: data_mask = (1 - attention_mask) over keys + perm_mask; > 0 = masked.
+    # HF: data_mask = (1 - attention_mask) over keys + perm_mask; > 0 = masked. Memory columns
+    # come first and are never masked; the content stream may see its own token.
     data_BLL = jnp.zeros((batch, length, length), jnp.float32)
     if perm_mask is not None:
       data_BLL = data_BLL + perm_mask.astype(jnp.float32)
     if attention_mask is not None:
       data_BLL = data_BLL + (1.0 - attention_mask.astype(jnp.float32))[:, None, :]
-    mask_g_BLL = data_BLL > 0
-    mask_h_BLL = (data_BLL - jnp.eye(length, dtype=jnp.float32)) > 0  # HF non_tgt_mask
-    seg_BLL = None
+    with_mem = lambda m_BLL: m_BLL if not mlen else jnp.concatenate(
+        [jnp.zeros((batch, length, mlen), bool), m_BLL], axis=-1)
+    mask_g_BLK = with_mem(data_BLL > 0)
+    mask_h_BLK = with_mem((data_BLL - jnp.eye(length, dtype=jnp.float32)) > 0)  # non_tgt_mask
+    seg_BLK = None
     if token_type_ids is not None:
-      seg_BLL = token_type_ids[:, :, None] != token_type_ids[:, None, :]
+      cat_ids_BK = token_type_ids if not mlen else jnp.concatenate(
+          [jnp.zeros((batch, mlen), token_type_ids.dtype), token_type_ids], axis=1)
+      seg_BLK = token_type_ids[:, :, None] != cat_ids_BK[:, None, :]
 
     h_BLD = drop(x_BLD)
-    g_BPD = mask_g_BPL = seg_g_BPL = positions_BP = valid_BP = None
+    g_BPD = mask_g_BPK = seg_g_BPK = positions_BP = valid_BP = None
     if target_mapping is not None:
       num_predict = target_mapping.shape[1]
       g_BPD = drop(jnp.broadcast_to(mask_emb.astype(dtype), (batch, num_predict,
                                                               c.hidden_size)))
       positions_BP = jnp.argmax(target_mapping, axis=-1).astype(jnp.int32)
       valid_BP = jnp.sum(target_mapping, axis=-1)
-      rows = lambda m_BLL: jnp.take_along_axis(m_BLL, positions_BP[:, :, None], axis=1)
-      mask_g_BPL = rows(mask_g_BLL)
-      seg_g_BPL = None if seg_BLL is None else rows(seg_BLL)
+      rows = lambda m_BLK: jnp.take_along_axis(m_BLK, positions_BP[:, :, None], axis=1)
+      mask_g_BPK = rows(mask_g_BLK)
+      seg_g_BPK = None if seg_BLK is None else rows(seg_BLK)
 
-    r_RD = jnp.asarray(relative_positional_encoding(length, length, c.hidden_size,
-                                                    c.clamp_len), dtype)
+    klen = mlen + length
+    r_RD = jnp.asarray(relative_positional_encoding(length, klen, c.hidden_size, c.clamp_len),
+                       dtype)
+    if c.bi_data:  # [B, R, D]: forward distances, then their negatives for the reversed half
+      r_bwd = jnp.asarray(relative_positional_encoding(length, klen, c.hidden_size,
+                                                       c.clamp_len, backward=True), dtype)
+      r_RD = jnp.repeat(jnp.stack([r_RD, r_bwd]), batch // 2, axis=0)
     if not deterministic and c.dropout_rate > 0:  # HF drops the batch-expanded copy
-      r_RD = drop(jnp.broadcast_to(r_RD, (batch,) + r_RD.shape))
+      r_RD = drop(jnp.broadcast_to(r_RD, (batch,) + r_RD.shape[-2:]))
 
     block = XLNetLayer
     if c.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (r_RD, seg_BLL, mask_h_BLL, mask_g_BPL, seg_g_BPL, positions_BP, valid_BP)
+    args = (r_RD, seg_BLK, mask_h_BLK, mask_g_BPK, seg_g_BPK, positions_BP, valid_BP)
     carry = (layers.constrain(h_BLD, _ACT_BLD), g_BPD)
     if c.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0 if mlen else nn.broadcast,) + (nn.broadcast,) * len(args),
                       length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, _ = stack(c, deterministic, name="layers")(carry, *args)
+      carry, new_mems = stack(c, deterministic, return_mems, name="layers")(carry, mems, *args)
     else:
+      outs = []
       for i in range(c.num_layers):
-        carry, _ = block(c, deterministic, name=f"layer_{i}")(carry, *args)
+        carry, new_mem = block(c, deterministic, return_mems, name=f"layer_{i}")(
+            carry, None if not mlen else mems[i], *args)
+        outs.append(new_mem)
+      new_mems = jnp.stack(outs) if return_mems else None
     out_BXD = drop(carry[1] if target_mapping is not None else carry[0])
 
     lm_loss_bias = self.param("lm_loss_bias",
@@ -329,8 +398,9 @@ class XLNetLMHeadModel(nn.Module):
     # One token axis for the head's GEMMs (see t5._per_token); only the P rows when given.
     logits_NV = word_embedding.attend(out_BXD.reshape(b * x, d)).astype(jnp.float32)
     logits_NV = logits_NV + lm_loss_bias.astype(jnp.float32)
-    return layers.constrain(logits_NV.reshape(b, x, -1),
-                            ("act_batch", "act_length", "act_vocab"))
+    logits = layers.constrain(logits_NV.reshape(b, x, -1),
+                              ("act_batch", "act_length", "act_vocab"))
+    return (logits, new_mems) if return_mems else logits
 
 
 def hf_config_dict(config: XLNetConfig) -> dict:
@@ -340,5 +410,5 @@ def hf_config_dict(config: XLNetConfig) -> dict:
           "d_inner": config.intermediate_size, "ff_activation": config.hidden_act,
           "layer_norm_eps": config.layer_norm_eps, "dropout": config.dropout_rate,
           "initializer_range": config.initializer_range, "mem_len": config.mem_len or None,
-          "clamp_len": config.clamp_len, "untie_r": config.untie_r,
+          "reuse_len": config.reuse_len or None, "clamp_len": config.clamp_len, "untie_r": config.untie_r,
           "bi_data": config.bi_data, "attn_type": config.attn_type}

@@ -169,7 +169,7 @@ class PermutationLMTask:
             "target_mapping": mapping, "labels": np.ones((batch_size, predict), np.int32)}
 
   def init(self, rng: jax.Array) -> Any:
-    b = self.dummy_batch(1)
+    b = self.dummy_batch(2)  # even: bi_data splits the batch in halves
     return self.model.init(rng, b["input_ids"], b["token_type_ids"], b["perm_mask"],
                            b["target_mapping"])
 

@@ -35,9 +35,9 @@ def _block(seed: int, length: int, specials: bool = True) -> np.ndarray:
   return block.astype(np.int32)
 
 
-def _example(block, seed, **kwargs):
+def _example(block, seed, reverse=False, **kwargs):
   return pl.make_example(block, np.random.default_rng(seed), pl.PermutationLMParams(**kwargs),
-                         VOCAB)
+                         VOCAB, reverse=reverse)
 
 
 def _kinds(ex):
@@ -110,15 +110,15 @@ def _cases(draw):
   divisors = [d for d in range(1, length + 1) if length % d == 0]
   perm_size = draw(st.sampled_from([0] + divisors))
   num_predict = draw(st.sampled_from([0, 1, 2, length // 3]))
-  return length, perm_size, num_predict, draw(seeds)
+  return length, perm_size, num_predict, draw(st.booleans()), draw(seeds)
 
 
 @SETTINGS
 @hypothesis.given(case=_cases())
 def test_invariants(case):
-  length, perm_size, num_predict, seed = case
+  length, perm_size, num_predict, reverse, seed = case
   block = _block(seed, length - 3)
-  params = {"perm_size": perm_size, "num_predict": num_predict}
+  params = {"perm_size": perm_size, "num_predict": num_predict, "reverse": reverse}
   try:
     ex = _example(block, seed, **params)
   except DataError as err:  # only when the block has too few non-special tokens
@@ -150,6 +150,35 @@ def test_default_shapes_and_layout():
   assert VOCAB.word_start[block[a]] or SPECIAL[block[a - 1]]
   assert pl.num_predict_for(512, pl.PermutationLMParams()) == 85
   assert pl.row_length(509) == 512
+
+
+def test_reversed_rows_hold_reversed_text_cut_and_masked_on_natural_words():
+  """bi_data rows: `rev(block)[:a] <sep> rev(block)[a:] <sep> <cls>`; the cut is a natural word
+  boundary and a lone prediction (num_predict 1: one span of one token) is a natural word
+  start, as the original's _sample_mask(reverse=True) gives."""
+  block = _block(6, 125, specials=False)
+  starts = pl._candidates(block, VOCAB)[1]
+  cuts, picked = set(), set()
+  for seed in range(300):
+    ex = _example(block, seed, reverse=True, num_predict=1)
+    ids = ex["input_ids"]
+    a = int(np.flatnonzero(ids == SEP)[0])
+    np.testing.assert_array_equal(np.concatenate([ids[:a], ids[a + 1:-2]]), block[::-1])
+    assert ids[-2] == SEP and ids[-1] == CLS
+    # Natural position of the token just before the cut in the reversed row starts a word.
+    assert starts[block.size - a], (seed, a)
+    cuts.add(a)
+    (pos,) = np.flatnonzero(ex["target_mapping"][0])
+    natural = block.size - (pos if pos < a else pos - 1) - 1
+    assert starts[natural], (seed, pos)
+    picked.add(natural)
+  assert len(cuts) > 10
+  # The walk runs over the natural order: its first span lies within the first context
+  # window (6 tokens) of the natural text, i.e. at the end of the reversed row.
+  assert len(picked) >= 3 and max(picked) < 12, picked
+  forward = _example(block, 0, num_predict=1)
+  assert not np.array_equal(forward["input_ids"][:-3], _example(block, 0, reverse=True)[
+      "input_ids"][:-3])
 
 
 def test_determinism_per_seed():
@@ -301,7 +330,7 @@ def test_hf_xlnet_accepts_the_batch_and_does_not_leak():
 @pytest.mark.parametrize("name,value", [
     ("num_predict", -1), ("num_predict", 2.0), ("num_predict", True), ("perm_size", -2),
     ("max_span", 0), ("mask_alpha", 0.0), ("mask_alpha", float("nan")), ("mask_beta", -1.0),
-    ("mask_beta", float("inf")), ("bidirectional", 1)])
+    ("mask_beta", float("inf"))])
 def test_bad_params_raise(name, value):
   with pytest.raises(DataError, match=f"PermutationLMParams.{name} must be") as info:
     pl.PermutationLMParams(**{name: value})
@@ -311,8 +340,6 @@ def test_bad_params_raise(name, value):
 def test_bad_param_combinations_raise():
   with pytest.raises(DataError, match=r"mask_alpha / mask_beta must be >= 1.*got 1.0 / 2.0"):
     pl.PermutationLMParams(mask_alpha=1.0, mask_beta=2.0)
-  with pytest.raises(DataError, match="bidirectional=True is not supported yet"):
-    pl.PermutationLMParams(bidirectional=True)
 
 
 def test_bad_inputs_raise():

@@ -108,6 +108,29 @@ def test_hosts_split_the_same_global_batch(data, process_count):
       np.testing.assert_array_equal(joined, single[step][key])
 
 
+def _reversed_objective(block: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  return fake_objective(block[::-1].copy(), rng)
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_second_half_objective_makes_the_second_half_of_every_global_batch(data,
+                                                                           process_count):
+  """bi_data: global rows B/2.. come from the second objective (same records and noise as
+  without it), whatever the process count."""
+  plain = _take(_iter(data), 3)
+  shards = [_take(_iter(data, process_index=p, process_count=process_count,
+                        second_half_objective=_reversed_objective), 3)
+            for p in range(process_count)]
+  for step in range(3):
+    ids = np.concatenate([shards[p][step]["input_ids"] for p in range(process_count)])
+    np.testing.assert_array_equal(ids[:BATCH // 2], plain[step]["input_ids"][:BATCH // 2])
+    np.testing.assert_array_equal(ids[BATCH // 2:], plain[step]["input_ids"][BATCH // 2:, ::-1])
+    noise = np.concatenate([shards[p][step]["noise"] for p in range(process_count)])
+    np.testing.assert_array_equal(noise, plain[step]["noise"])
+  with pytest.raises(DataError, match="needs an even global batch size, got 5"):
+    _iter(data, global_batch_size=5, second_half_objective=_reversed_objective)
+
+
 def test_resume_from_start_step_and_state(data):
   it = _iter(data, worker_threads=2)
   reference = _take(it, 12)

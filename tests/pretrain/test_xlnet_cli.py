@@ -1,6 +1,6 @@
-"""`pretrain` with the XLNet family: permutation LM trains (loss falls, target accuracy rises),
-export to `XLNetLMHeadModel` with the same query-stream logits and tokenizer ids, and bad
-permutation settings refused with one line."""
+"""`pretrain` with the XLNet family: permutation LM with bi_data trains (loss falls, target
+accuracy rises), export to `XLNetLMHeadModel` (bi_data kept) with the same query-stream logits
+and tokenizer ids, and bad permutation settings refused with one line."""
 
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ def _metrics(workdir: str) -> tuple[list[dict], list[dict]]:
 def xlnet_workdir(tmp_path_factory, corpus, cache_dir) -> str:
   workdir = str(tmp_path_factory.mktemp("xlnet") / "run")
   from pretrain import cli
+  # bi_data on: the second half of every batch is reversed text (xlnet_tiny's own setting,
+  # off, is what test_resume trains).
   assert cli.main(["train", "--config", "xlnet_tiny", "--workdir", workdir,
-                   *xlnet_overrides(corpus, cache_dir)]) == 0
+                   *xlnet_overrides(corpus, cache_dir, **{"model.bi_data": "true"})]) == 0
   return workdir
 
 
@@ -69,8 +71,9 @@ def test_xlnet_export_matches_transformers(xlnet_workdir, tmp_path, capsys):
   vocab = tok.vocab_info()
   rng = np.random.default_rng(0)
   params = permutation_lm.PermutationLMParams()
+  assert hf.config.bi_data and ours.config.model.bi_data
   rows = [permutation_lm.make_example(rng.choice(vocab.normal_ids, 29).astype(np.int32), rng,
-                                      params, vocab) for _ in range(3)]
+                                      params, vocab, reverse=i >= 2) for i in range(4)]
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
   expected = ours.logits(batch)
   with torch.no_grad():
@@ -78,7 +81,7 @@ def test_xlnet_export_matches_transformers(xlnet_workdir, tmp_path, capsys):
              token_type_ids=torch.from_numpy(batch["token_type_ids"].astype(np.int64)),
              perm_mask=torch.from_numpy(batch["perm_mask"]),
              target_mapping=torch.from_numpy(batch["target_mapping"])).logits
-  assert expected.shape == (3, 5, ours.config.model.vocab_size)
+  assert expected.shape == (4, 5, ours.config.model.vocab_size)
   assert np.max(np.abs(got.numpy() - expected)) < 1e-4
   assert np.std(expected) > 0.01
 
@@ -93,7 +96,10 @@ def test_xlnet_export_matches_transformers(xlnet_workdir, tmp_path, capsys):
     (["objective.num_predict=40"], ["objective.num_predict", "40"]),
     (["data.pack_documents=true"], ["data.pack_documents", "permutation_lm"]),
     (["objective.name=mlm"], ["objective.name", "xlnet"]),
-], ids=["perm_size_not_dividing", "too_many_predictions", "packing", "wrong_objective"])
+    (["model.bi_data=true", "train.batch_size=6", "optim.grad_accum_steps=2"],
+     ["model.bi_data", "train.batch_size (6)", "optim.grad_accum_steps (2)"]),
+], ids=["perm_size_not_dividing", "too_many_predictions", "packing", "wrong_objective",
+        "bi_data_batch"])
 def test_bad_permutation_settings(capsys, tmp_path, corpus, cache_dir, extra, needles):
   workdir = str(tmp_path / "run")
   before = snapshot(cache_dir)

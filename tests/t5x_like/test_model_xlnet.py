@@ -327,15 +327,95 @@ def test_init_follows_transformers():
 
 
 def test_unsupported_options_are_refused():
-  with pytest.raises(ValueError, match="bi_data"):
-    dataclasses.replace(CFG, bi_data=True)
   with pytest.raises(ValueError, match="attn_type"):
     dataclasses.replace(CFG, attn_type="uni")
-  with pytest.raises(NotImplementedError, match="mem_len"):
-    dataclasses.replace(CFG, mem_len=8)
+  with pytest.raises(ValueError, match="mem_len"):
+    dataclasses.replace(CFG, mem_len=-1)
   with pytest.raises(ValueError, match="divisible"):
     dataclasses.replace(CFG, num_heads=5)
   ids, tt, perm, tm, _ = _perm_inputs()
-  with pytest.raises(NotImplementedError, match="mems"):
+  with pytest.raises(ValueError, match="mems must be"):
     xlnet.XLNetLMHeadModel(CFG).apply({"params": _params()}, ids, tt, perm, tm,
-                                      mems=[np.zeros((B, 4, CFG.hidden_size))])
+                                      mems=np.zeros((CFG.num_layers, B + 1, 4, 32)))
+  with pytest.raises(ValueError, match="even batch"):
+    xlnet.XLNetLMHeadModel(dataclasses.replace(CFG, bi_data=True)).apply(
+        {"params": _params()}, ids[:1], tt[:1], perm[:1], tm[:1])
+
+
+def _hf_with(config: xlnet.XLNetConfig) -> transformers.XLNetLMHeadModel:
+  hf = transformers.XLNetLMHeadModel(
+      transformers.XLNetConfig(**xlnet.hf_config_dict(config))).eval()
+  hf.load_state_dict(_hf_model().state_dict())
+  return hf
+
+
+@pytest.mark.parametrize("mem_len,reuse_len", [(5, 0), (24, 7)])
+def test_memory_recurrence_matches_transformers(mem_len, reuse_len):
+  """Two segments in a row: segment 2 attends to segment 1's cached states; logits and the
+  new memory equal HF's `mems` / `use_mems` path (memory rows = HF's, batch-major)."""
+  config = dataclasses.replace(CFG, mem_len=mem_len, reuse_len=reuse_len)
+  hf = _hf_with(config)
+  ids1, tt1, perm1, _, _ = _perm_inputs(seed=1)
+  ids2, tt2, perm2, tm2, _ = _perm_inputs(seed=2)
+  apply = jax.jit(xlnet.XLNetLMHeadModel(config).apply, static_argnames=("return_mems",))
+  _, mems1 = apply({"params": _params()}, ids1, tt1, perm1, None, return_mems=True)
+  logits2, mems2 = apply({"params": _params()}, ids2, tt2, perm2, tm2, mems=mems1,
+                         return_mems=True)
+  cached = reuse_len or L
+  assert mems1.shape == (CFG.num_layers, B, min(mem_len, cached), CFG.hidden_size)
+  assert mems2.shape == (CFG.num_layers, B, min(mem_len, 2 * cached), CFG.hidden_size)
+  with torch.no_grad():
+    out1 = hf(torch.from_numpy(ids1).long(), use_mems=True, **_hf_kwargs(tt1, perm1, None))
+    out2 = hf(torch.from_numpy(ids2).long(), mems=out1.mems, use_mems=True,
+              **_hf_kwargs(tt2, perm2, tm2))
+  hf_mems = lambda out: np.stack([m.numpy().transpose(1, 0, 2) for m in out.mems])
+  np.testing.assert_allclose(np.asarray(mems1), hf_mems(out1), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(mems2), hf_mems(out2), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(logits2), out2.logits.numpy(), atol=1e-4, rtol=1e-4)
+  # The memory matters, and scan gives the same numbers.
+  assert not np.allclose(np.asarray(logits2), _run(CFG, _params(), ids2, tt2, perm2, tm2),
+                         atol=1e-3)
+  scanned = dataclasses.replace(config, scan_layers=True)
+  stacked = dict(_params())
+  layer_trees = [stacked.pop(f"layer_{i}") for i in range(CFG.num_layers)]
+  stacked["layers"] = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *layer_trees)
+  logits_s, mems_s = jax.jit(xlnet.XLNetLMHeadModel(scanned).apply,
+                             static_argnames=("return_mems",))(
+      {"params": stacked}, ids2, tt2, perm2, tm2, mems=mems1, return_mems=True)
+  np.testing.assert_allclose(np.asarray(logits_s), np.asarray(logits2), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(mems_s), np.asarray(mems2), atol=1e-6)
+
+
+def test_memory_carries_no_gradient_into_the_previous_segment():
+  """d loss(segment 2) / d embeddings(segment 1) is exactly zero through the memory
+  (stop_gradient), while the loss does depend on the memory's values."""
+  config = dataclasses.replace(CFG, mem_len=L)
+  model = xlnet.XLNetLMHeadModel(config)
+  ids1, tt1, perm1, _, _ = _perm_inputs(seed=1)
+  ids2, tt2, perm2, tm2, _ = _perm_inputs(seed=2)
+  emb = _params()["word_embedding"]["embedding"]
+
+  def loss(x1, mems_scale):
+    _, mems = model.apply({"params": _params()}, None, tt1, perm1, None, inputs_embeds=x1,
+                          return_mems=True)
+    logits = model.apply({"params": _params()}, ids2, tt2, perm2, tm2,
+                         mems=mems * mems_scale)
+    return jnp.sum(logits ** 2)
+
+  g_x, g_scale = jax.grad(loss, argnums=(0, 1))(jnp.asarray(emb)[ids1], 1.0)
+  assert not np.any(np.asarray(g_x))
+  assert abs(float(g_scale)) > 1e-3
+
+
+def test_bi_data_matches_transformers():
+  """bi_data: the second half of the batch uses negated relative distances, as HF."""
+  config = dataclasses.replace(CFG, bi_data=True)
+  hf = _hf_with(config)
+  ids, tt, perm, tm, _ = _perm_inputs()
+  ours = _run(config, _params(), ids, tt, perm, tm)
+  with torch.no_grad():
+    want = hf(torch.from_numpy(ids).long(), **_hf_kwargs(tt, perm, tm)).logits.numpy()
+  np.testing.assert_allclose(ours, want, atol=1e-4, rtol=1e-4)
+  plain = _run(CFG, _params(), ids, tt, perm, tm)
+  np.testing.assert_allclose(ours[0], plain[0], atol=1e-5)  # forward half unchanged
+  assert not np.allclose(ours[1], plain[1], atol=1e-3)

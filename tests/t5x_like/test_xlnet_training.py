@@ -44,10 +44,12 @@ def xlnet_batches(config: config_lib.Config, n: int, seed: int = 0
   raw = data_glue.block_length(config)
   rng = np.random.default_rng(seed)
   batches = []
-  for _ in range(n):
+  size = config.train.batch_size
+  for _ in range(n):  # bi_data: the second half of the batch is reversed text
     rows = [permutation_lm.make_example(rng.choice(vocab.normal_ids, raw).astype(np.int32),
-                                        rng, params, vocab)
-            for _ in range(config.train.batch_size)]
+                                        rng, params, vocab,
+                                        reverse=config.model.bi_data and 2 * i >= size)
+            for i in range(size)]
     batches.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
   return batches
 
@@ -98,6 +100,21 @@ def test_xlnet_grad_accumulation_equals_one_big_batch():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
 
+def test_bi_data_sharded_and_accumulated_equals_one_device():
+  """bi_data on 8 devices with 2 micro-batches = 1 device, one batch: each micro-batch's halves
+  are the global halves (forward, reversed), as the model's negated distances need."""
+  one = xlnet_config(model={"bi_data": True})
+  batches = xlnet_batches(one, 2, seed=3)
+  state_1, losses_1, _, _ = _train(one, batches, 2)
+  eight = xlnet_config(model={"bi_data": True}, optim={"grad_accum_steps": 2},
+                       mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  state_8, losses_8, _, _ = _train(eight, batches, 2)
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
+                  jax.tree_util.tree_leaves(state_8.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
 def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
   config = xlnet_config()
   task = tasks.make_task(config)
@@ -135,6 +152,9 @@ def test_flops_model_counts_xlnet_matmuls():
     ({"data": {"pack_documents": True}}, "data.pack_documents is not supported"),
     ({"objective": {"name": "mlm"}}, "does not train model.family 'xlnet'"),
     ({"objective": {"max_span": 0}}, "objective.max_span must be >= 1, got 0"),
+    ({"model": {"bi_data": True}, "train": {"batch_size": 6}, "optim": {"grad_accum_steps": 2}},
+     ("model.bi_data needs train.batch_size (6) even with half of it divisible by "
+      "optim.grad_accum_steps (2)")),
 ])
 def test_bad_permutation_settings_are_refused(overrides, needle):
   with pytest.raises(config_lib.ConfigError) as e:
