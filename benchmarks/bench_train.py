@@ -110,7 +110,7 @@ def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Si
   mesh = sharding.make_mesh(config.mesh, jax.local_devices()[:1])
   schedule = optimizer.make_schedule(config.optim, config.train.steps)
   tx = optimizer.make_optimizer(config.optim, config.train.steps)
-  _, _, state_sh = step.state_shardings(task, tx, mesh)
+  _, _, state_sh = step.state_shardings(task, tx, mesh, config.train.batch_size)
   batch_sh = step.batch_shardings(task.features, mesh)
   device_batches = [{k: jax.device_put(b[k], batch_sh[k]) for k in task.features}
                     for b in batches]
@@ -119,7 +119,8 @@ def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Si
       step.make_train_step(task, tx, schedule, config.train.seed,
                            config.optim.grad_accum_steps), state_sh, batch_sh, mesh)
   with step.mesh_context(mesh):
-    holder = {"state": step.init_state(task, tx, mesh, config.train.seed, state_sh)}
+    holder = {"state": step.init_state(task, tx, mesh, config.train.seed, state_sh,
+                                       config.train.batch_size)}
     start = time.perf_counter()
     train_step.lower(holder["state"], device_batches[0]).compile()
     compile_s = time.perf_counter() - start

@@ -20,6 +20,18 @@ With a `second_half_objective` (XLNet's bi_data), global rows j >= B/2 of every 
 by it instead (reversed text), so every global batch is forward text then reversed text
 whatever the process count.
 
+Stream order (`streams=True`, XLNet with memory): row j of step s+1 continues the text of row
+j of step s, so a model can carry memory from one step to the next. The split's records
+(consecutive blocks of the corpus stream) are cut into n contiguous streams, n = B (or B/2 with
+a second-half objective), of S + 1 records each, S = (num_records - 1) // n steps per epoch:
+
+  global row j < n, batch b -> records (j * S + b, j * S + b + 1) concatenated
+  second-half row j = n + k  -> records (k * S + S - 1 - b, k * S + S - b) concatenated
+
+the second half reading stream k backwards (its objective reverses the text), as the
+original's bi_data reverses each forward stream. No shuffle; the generator is
+default_rng([seed, e, first record]).
+
 grain reads and transforms the host's records on background threads with prefetch.
 """
 
@@ -117,12 +129,14 @@ class _HostRecords:
 
   def __init__(self, source, manifest: prepare.Manifest, seed: int, shuffle: bool,
                global_batch_size: int, process_index: int, process_count: int,
-               num_epochs: int | None):
+               num_epochs: int | None, streams: int = 0):
     self._source, self._manifest, self._seed, self._shuffle = source, manifest, seed, shuffle
     self._global_batch = global_batch_size
     self.rows = global_batch_size // process_count
     self._row_offset = process_index * self.rows
-    self.steps_per_epoch = len(source) // global_batch_size
+    self._streams = streams  # 0: shuffled records; else the number of forward streams
+    self.steps_per_epoch = ((len(source) - 1) // streams if streams
+                            else len(source) // global_batch_size)
     total_steps = (sys.maxsize // (2 * global_batch_size) if num_epochs is None
                    else num_epochs * self.steps_per_epoch)
     self._len = total_steps * self.rows
@@ -149,9 +163,16 @@ class _HostRecords:
     step, row = divmod(k, self.rows)
     epoch, batch = divmod(step, self.steps_per_epoch)
     global_row = self._row_offset + row
+    second_half = 2 * global_row >= self._global_batch
+    if self._streams:
+      span, stream = divmod(global_row, self._streams)  # span 1: the reversed half
+      index = stream * self.steps_per_epoch + (
+          self.steps_per_epoch - 1 - batch if span else batch)
+      block = np.concatenate([_decode(self._source[index], self._manifest.dtype),
+                              _decode(self._source[index + 1], self._manifest.dtype)])
+      return epoch, index, [block], second_half
     index = int(self._permutation(epoch)[batch * self._global_batch + global_row])
-    return (epoch, index, _decode_segments(self._source[index], self._manifest),
-            2 * global_row >= self._global_batch)
+    return (epoch, index, _decode_segments(self._source[index], self._manifest), second_half)
 
 
 class BlockIterator:
@@ -166,7 +187,7 @@ class BlockIterator:
                num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                start_step: int = 0, worker_threads: int = 4, prefetch: int = 2,
                pack_row: PackRow | None = None,
-               second_half_objective: Objective | None = None):
+               second_half_objective: Objective | None = None, streams: bool = False):
     if global_batch_size < 1 or process_count < 1 or global_batch_size % process_count:
       raise DataError(f"global batch size {global_batch_size} must be a positive multiple of "
                       f"the process count {process_count}")
@@ -189,8 +210,17 @@ class BlockIterator:
     if len(source) < global_batch_size:
       raise DataError(f"split {split!r} of {manifest_dir} has {len(source)} {what}, fewer than "
                       f"the global batch size {global_batch_size}")
+    num_streams = 0
+    if streams:
+      if manifest.packed:
+        raise DataError(f"stream order needs blocks; prepared data at {manifest_dir} holds "
+                        f"packed documents")
+      num_streams = global_batch_size // (2 if second_half_objective is not None else 1)
+      if len(source) < num_streams + 1:
+        raise DataError(f"split {split!r} of {manifest_dir} has {len(source)} blocks; stream "
+                        f"order needs at least {num_streams + 1} ({num_streams} streams)")
     self._records = _HostRecords(source, manifest, seed, shuffle, global_batch_size,
-                                 process_index, process_count, num_epochs)
+                                 process_index, process_count, num_epochs, num_streams)
     self._objective, self._seed, self._pack_row = objective, seed, pack_row
     self._second_half_objective = second_half_objective
     # Prefetch counts records: threads work on single records, so one slow objective call
@@ -251,7 +281,8 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   worker_threads: int = 4, prefetch: int = 2,
                   pack_row: PackRow | None = None,
-                  second_half_objective: Objective | None = None) -> BlockIterator:
+                  second_half_objective: Objective | None = None,
+                  streams: bool = False) -> BlockIterator:
   """Host batches for `split` of prepared data; see the module docstring for the semantics.
 
   For evaluation use `shuffle=False, num_epochs=1`: the split in order, the partial last
@@ -275,6 +306,8 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
       `packing.pack_one`). Blocks mode: must be None.
     second_half_objective: if given, makes global rows B/2 .. B-1 of every batch (XLNet's
       bi_data: reversed text); the global batch must be even.
+    streams: stream order (module docstring): each row continues the previous step's row;
+      the objective gets two consecutive blocks concatenated; shuffle is ignored.
 
   Returns:
     An iterator of dict[str, np.ndarray[global_batch_size / process_count, ...]].
@@ -287,4 +320,4 @@ def make_iterator(manifest_dir: str, split: str, objective: Objective, global_ba
                        shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
                        process_count=process_count, start_step=start_step,
                        worker_threads=worker_threads, prefetch=prefetch, pack_row=pack_row,
-                       second_half_objective=second_half_objective)
+                       second_half_objective=second_half_objective, streams=streams)

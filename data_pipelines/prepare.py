@@ -504,6 +504,8 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
     check_manifest(manifest, tokenizer, block_length, pack)
     _LOG.info("using %s", manifest.summary())
     return manifest
+  # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
+  # have it elsewhere than vocab.EOS_ID; BERT's has none, its [SEP] stands in).
   return prepare(corpus_spec, tokenizer, block_length, directory,
                  validation_fraction=validation_fraction, shard_size=shard_size,
-                 text_field=text_field, pack=pack)
+                 separator_id=tokenizer.vocab_info().eos_id, text_field=text_field, pack=pack)

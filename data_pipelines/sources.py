@@ -12,7 +12,8 @@ A corpus spec is a string:
   tfds:NAME[/CONFIG][:SPLIT]   a locally prepared TFDS dataset in array_record format
                                (split defaults to train; data dir from $TFDS_DATA_DIR)
 
-Every document is stripped; empty ones are dropped. Bytes are decoded as strict UTF-8.
+Every document is stripped; empty ones are dropped. Bytes are decoded as strict UTF-8 (a
+byte order mark at the start of a file is dropped).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BUNDLED = {
     "bundled_all": ("python_docs_en.jsonl", "libreoffice_help_ko.jsonl"),
 }
 TEXT_SUFFIXES = (".txt", ".jsonl")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _TFDS_PREFIX = "tfds:"
 
 
@@ -103,15 +105,21 @@ def read_documents(spec: str, text_field: str = "text",
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
-  """Yields (1-based line number, line) decoding strictly, so bad bytes are never hidden."""
+  """Yields (1-based line number, line) decoding strictly, so bad bytes are never hidden.
+
+  A UTF-8 byte order mark at the very start of the file is dropped (editors on Windows write
+  one); it is not text, and json.loads refuses a line that starts with it.
+  """
   offset = 0
   with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
+      skip = len(_UTF8_BOM) if number == 1 and raw.startswith(_UTF8_BOM) else 0
       try:
-        yield number, raw.decode("utf-8")
+        yield number, raw[skip:].decode("utf-8")
       except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{number}: invalid UTF-8 at byte offset {offset + e.start} "
-                        f"({raw[e.start:e.start + 4]!r}); expected UTF-8 text") from None
+        start = skip + e.start
+        raise DataError(f"{path}:{number}: invalid UTF-8 at byte offset {offset + start} "
+                        f"({raw[start:start + 4]!r}); expected UTF-8 text") from None
       offset += len(raw)
 
 
@@ -135,6 +143,12 @@ def _read_jsonl(path: str, text_field: str) -> Iterator[str]:
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+      # An integer of more than sys.get_int_max_str_digits() digits, or nesting deeper than
+      # the interpreter's recursion limit: valid JSON that Python will not build.
+      reason = ("nested too deeply" if isinstance(e, RecursionError)
+                else str(e).splitlines()[0] if str(e) else type(e).__name__)
+      raise DataError(f"{path}:{number}: unreadable JSON record ({reason})") from None
     if not isinstance(record, dict):
       raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
     if text_field not in record:
@@ -144,6 +158,12 @@ def _read_jsonl(path: str, text_field: str) -> Iterator[str]:
     if not isinstance(text, str):
       raise DataError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, "
                       f"expected a string")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800"
+      raise DataError(f"{path}:{number}: field {text_field!r} holds {text[e.start:e.end]!r} "
+                      f"at character {e.start}, a lone surrogate that is not text (invalid "
+                      f"\\u escape); expected valid Unicode") from None
     yield text
 
 

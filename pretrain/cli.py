@@ -1,4 +1,7 @@
-"""`pretrain` command line: train | eval | export | tokenizer train | data prepare | plot.
+"""`pretrain` command line: train | eval | export | import | tokenizer train | data prepare | plot.
+
+`import` turns a HuggingFace folder (bert, t5 v1.1, bart, xlnet) into a run directory whose
+step-0 checkpoint `train` resumes from: the step restarts at 0 with a new optimiser state.
 
 Bad input ends with one line `error: ...` on stderr and exit code 2; nothing already saved
 is touched.
@@ -14,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 3  # e.g. a non-finite loss with train.on_nonfinite=stop
 _EXIT_AT_ONCE = False  # set when a checkpoint restore failed (see console_main)
 
 
@@ -25,38 +29,73 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   return (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError)
 
 
+def _training_failures() -> tuple[type[BaseException], ...]:
+  from t5x_like.training.loop import NonFiniteLossError
+  return (NonFiniteLossError,)
+
+
 def _load_run_config(args: argparse.Namespace):
   from t5x_like import config as config_lib
   return config_lib.load_config(args.config, args.overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
-  from pretrain import exporting
+  from t5x_like import distributed
   from t5x_like.training import loop
 
   config = _load_run_config(args)
+  distributed.initialize_from_env()  # before anything asks JAX for devices
   # Refuse a resume with another model shape before the (possibly long) data preparation,
   # so the error is the only thing said.
   tokenizer = load_tokenizer(config.data.tokenizer)
   loop.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
+  # One run per workdir: an existing workdir is locked before the (possibly long) data
+  # preparation; a new one when the Trainer creates it.
+  with loop.WorkdirLock(args.workdir, create=False):
+    return _train_locked(args, config, tokenizer)
+
+
+def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
+  import jax
+
+  from pretrain import data as data_lib
+  from pretrain import exporting
+  from t5x_like.training import loop
+
+  if jax.process_count() > 1:  # one process prepares the shared cache, the others wait
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      data_lib.prepare_for(config, tokenizer)
+    multihost_utils.sync_global_devices("pretrain: data prepared")
   run = data_lib.build(config, tokenizer)
-  print(run.manifest.summary(), file=sys.stderr)
+  main = jax.process_index() == 0  # one job: process 0 speaks for it
+  if main:
+    print(run.manifest.summary(), file=sys.stderr)
   export_fn = None
   out = os.path.join(args.workdir, "export")
   if run.config.train.export_at_end:
     export_fn = lambda params: exporting.export(run.config, params, run.tokenizer, out)
   result = loop.train(run.config, args.workdir, run.hooks, export_fn)
   summary = {"step": result["step"], "train": result["train"], "eval": result["eval"]}
+  if result["preempted"]:
+    summary["preempted"] = True  # SIGTERM: checkpoint saved, no export; re-run to continue
+  if result["skipped_steps"]:
+    summary["skipped_steps"] = result["skipped_steps"]  # train.on_nonfinite=skip
   if export_fn is not None:
     summary["export"] = out
-  print(json.dumps(summary))
+  if main:
+    print(json.dumps(summary))
   return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
   from pretrain import evaluation
+  from t5x_like import distributed
+
+  distributed.initialize_from_env()
   print(json.dumps(evaluation.evaluate_workdir(args.workdir, args.step, args.max_batches)))
   return 0
 
@@ -71,6 +110,46 @@ def cmd_export(args: argparse.Namespace) -> int:
   tokenizer = load_tokenizer(model.config.data.tokenizer)
   out = exporting.export(model.config, model.params, tokenizer, args.out)
   print(json.dumps({"export": out, "step": model.step}))
+  return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+  from data_pipelines.tokenizer import load_tokenizer
+  from t5x_like import hf_import
+
+  hf_import.check_workdir(args.workdir)  # before reading the weights, which takes time
+  imported = hf_import.import_hf(args.source, allow_pickle=args.allow_pickle)
+  # The checkpoint's own tokenizer (tokenizer.json / vocab.txt), copied into the workdir,
+  # unless data.tokenizer is overridden.
+  own = hf_import.tokenizer_folder(args.source)
+  own_copy = (os.path.join(os.path.abspath(args.workdir), hf_import.TOKENIZER_SUBDIR)
+              if own else None)
+  config = hf_import.prepare_run(imported, args.config, args.overrides, tokenizer=own_copy)
+  use_own = own is not None and config.data.tokenizer == own_copy
+  for line in imported.report():
+    print(line, file=sys.stderr)
+  if use_own:  # load it now: a tokenizer we cannot read is an error before anything is written
+    tokenizer = load_tokenizer(own)
+  else:
+    try:
+      tokenizer = load_tokenizer(config.data.tokenizer)
+    except _user_errors():
+      tokenizer = None
+  if tokenizer is not None and not (
+      tokenizer.vocab_size == config.model.vocab_size
+      or (tokenizer.kind == "hf" and tokenizer.vocab_size < config.model.vocab_size)):
+    why = ("" if own or tokenizer.kind == "hf" else
+           " (the checkpoint folder has no tokenizer.json or vocab.txt to use instead)")
+    print(f"warning: the checkpoint's vocabulary has {config.model.vocab_size} ids but "
+          f"data.tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size}; `pretrain "
+          f"train` refuses this mismatch{why}", file=sys.stderr)
+  summary = hf_import.write_workdir(imported, config, args.workdir,
+                                    tokenizer_from=own if use_own else None)
+  print(json.dumps({"workdir": summary["workdir"], "step": 0,
+                    "checkpoint": summary["checkpoint"], "family": imported.family,
+                    "tokenizer": config.data.tokenizer,
+                    "ignored": len(imported.ignored),
+                    "newly_initialized": len(imported.new_params)}))
   return 0
 
 
@@ -135,6 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None)
   p.set_defaults(fn=cmd_export)
 
+  p = sub.add_parser(
+      "import", help="start a run from a HuggingFace checkpoint folder",
+      description="Import a local HuggingFace folder (config.json + model.safetensors) of a "
+                  "bert, t5 (v1.1), bart or xlnet model into --workdir: config.yaml (model "
+                  "section from the checkpoint, the rest from --config) and a checkpoint at "
+                  "step 0 that `pretrain train --config WORKDIR/config.yaml --workdir "
+                  "WORKDIR` resumes from. The step restarts at 0 with a new optimiser state "
+                  "(and learning-rate schedule); tensors the model cannot use are listed as "
+                  "ignored, params the checkpoint lacks as newly initialised. The folder's "
+                  "tokenizer (tokenizer.json or vocab.txt) is copied to WORKDIR/tokenizer "
+                  "and becomes data.tokenizer, so training uses the checkpoint's ids.")
+  p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                 help="HuggingFace model folder (config.json and weights)")
+  p.add_argument("--workdir", required=True, help="new run directory (must hold no "
+                 "checkpoints)")
+  p.add_argument("--config", default=None,
+                 help=f"preset ({', '.join(list_presets())}) or YAML path for the data, "
+                      "objective, optimiser and train settings; default: the family's tiny "
+                      "preset (e.g. bert_tiny)")
+  p.add_argument("--allow-pickle", action="store_true",
+                 help="read pytorch_model.bin when there is no model.safetensors (with "
+                      "torch.load(weights_only=True))")
+  p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                 help="dotted overrides of the resulting config, e.g. data.seq_len=64")
+  p.set_defaults(fn=cmd_import)
+
   p = sub.add_parser("tokenizer", help="tokenizer tools")
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)
   t = tsub.add_parser("train", help="train a SentencePiece model with fixed special ids")
@@ -182,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except _training_failures() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_TRAINING_FAILED
 
 
 def console_main() -> None:

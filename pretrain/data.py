@@ -17,7 +17,8 @@ import numpy as np
 from data_pipelines import packing, pipeline, prepare
 from data_pipelines import vocab as vocab_lib
 from data_pipelines.objectives import denoising, mlm, permutation_lm, span_corruption
-from data_pipelines.tokenizer import Tokenizer, load_tokenizer
+from data_pipelines.tokenizer import AnyTokenizer as Tokenizer
+from data_pipelines.tokenizer import load_tokenizer
 from t5x_like.config import Config, ConfigError, max_predictions, replace
 from t5x_like.training.loop import DataHooks
 
@@ -30,10 +31,15 @@ def cache_root(config: Config) -> str:
 
 
 def resolve_vocab(config: Config, tokenizer: Tokenizer) -> Config:
-  """Fills model.vocab_size from the tokenizer, or refuses a mismatch."""
+  """Fills model.vocab_size from the tokenizer, or refuses a mismatch.
+
+  A checkpoint's own (HF) tokenizer may have fewer ids than the model's embedding (T5 pads
+  32100 ids to 32128 rows); ids beyond it are never produced."""
   size = tokenizer.vocab_size
   if config.model.vocab_size == 0:
     return replace(config, model={"vocab_size": size})
+  if tokenizer.kind == "hf" and config.model.vocab_size > size:
+    return config
   if config.model.vocab_size != size:
     raise ConfigError(f"model.vocab_size is {config.model.vocab_size} but tokenizer "
                       f"{tokenizer.model_path} has {size} ids (sentinels included); set "
@@ -59,7 +65,7 @@ def permutation_params(config: Config) -> permutation_lm.PermutationLMParams:
   o = config.objective
   return permutation_lm.PermutationLMParams(
       num_predict=o.num_predict, perm_size=o.perm_size, max_span=o.max_span,
-      mask_alpha=o.mask_alpha, mask_beta=o.mask_beta)
+      mask_alpha=o.mask_alpha, mask_beta=o.mask_beta, reuse_len=config.model.reuse_len)
 
 
 def _denoising_block(config: Config) -> int:
@@ -94,7 +100,8 @@ def block_length(config: Config) -> int:
   if config.objective.name == "denoising":
     return _denoising_block(config)
   if config.objective.name == "permutation_lm":
-    return config.data.seq_len - 3  # A <sep> B <sep> <cls>
+    # A <sep> B <sep> <cls>; with memory, rows are read from consecutive reuse_len blocks
+    return config.model.reuse_len or config.data.seq_len - 3
   raise ConfigError(f"objective.name {config.objective.name!r} has no data pipeline")
 
 
@@ -155,15 +162,22 @@ def make_objective(config: Config, tokenizer: Tokenizer, reverse: bool = False,
     return lambda block, rng: mlm.make_example(block, rng, params, vocab)
   if o.name == "permutation_lm":
     xl_params = permutation_params(config)
-    return lambda block, rng: permutation_lm.make_example(block, rng, xl_params, vocab,
-                                                          reverse=reverse)
+    if not config.model.reuse_len:
+      return lambda block, rng: permutation_lm.make_example(block, rng, xl_params, vocab,
+                                                            reverse=reverse)
+    # Memory: the stream pipeline gives two consecutive reuse_len-token blocks; a row holds
+    # the text from the first (reversed rows: from the end of the second) onwards.
+    text = d.seq_len - 3
+    cut = (lambda two: two[-text:]) if reverse else (lambda two: two[:text])
+    return lambda two, rng: permutation_lm.make_example(cut(two), rng, xl_params, vocab,
+                                                        reverse=reverse)
   if o.name == "denoising":
     bart_params = denoising_params(config)
     make = lambda block, rng: denoising.make_example(block, rng, bart_params, vocab)
     if d.pack_documents:
       return make
     # One block per row, still a (one-segment) packed row: the source length is random.
-    pack_row = make_pack_row(config)
+    pack_row = make_pack_row(config, vocab)
     return lambda block, rng: pack_row([make(block, rng)])
   params = span_params(config)
   if d.pack_documents:
@@ -181,36 +195,43 @@ def make_objective(config: Config, tokenizer: Tokenizer, reverse: bool = False,
     labels[: len(ex["labels"])] = ex["labels"]
     # One segment; the target padding (if any) gets decoder input 0 and is not scored.
     real = labels != mlm.IGNORE_INDEX
-    decoder_input_ids = packing.shift_right_per_segment(np.where(real, labels, 0),
-                                                        real.astype(np.int32))
+    decoder_input_ids = packing.shift_right_per_segment(np.where(real, labels, vocab.pad_id),
+                                                        real.astype(np.int32), vocab.pad_id)
     return {"input_ids": ex["input_ids"], "decoder_input_ids": decoder_input_ids,
             "labels": labels}
   return full_block
 
 
-def make_pack_row(config: Config,
+def make_pack_row(config: Config, vocab: vocab_lib.VocabInfo | None = None,
                   ) -> Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]] | None:
   """The examples of one prepared row -> the row's fixed-shape features: packed documents,
   and every BART row (one block still makes a one-segment row: its source length is random).
+
+  vocab: the tokenizer's ids for padding and the decoder start (None: the fixed ids of
+  data_pipelines.vocab).
   """
   if not config.data.pack_documents and config.objective.name != "denoising":
     return None
+  if vocab is None:
+    vocab = vocab_lib.VocabInfo(0, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int32))
   d = config.data
   if config.objective.name == "mlm":
     lengths = dict.fromkeys(("input_ids", "attention_mask", "token_type_ids", "labels"),
                             d.seq_len)
-    return lambda examples: packing.pack_one(examples, lengths)
+    pad = {"input_ids": vocab.pad_id}
+    return lambda examples: packing.pack_one(examples, lengths, pad_values=pad)
 
   def seq2seq_row(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     row = packing.pack_one(examples, {"input_ids": d.seq_len, "labels": d.target_len},
-                           groups={"input_ids": "", "labels": "decoder_"})
-    targets = np.where(row["labels"] == mlm.IGNORE_INDEX, 0, row["labels"])
+                           groups={"input_ids": "", "labels": "decoder_"},
+                           pad_values={"input_ids": vocab.pad_id})
+    targets = np.where(row["labels"] == mlm.IGNORE_INDEX, vocab.pad_id, row["labels"])
     row["decoder_input_ids"] = packing.shift_right_per_segment(targets,
                                                                row["decoder_segment_ids"],
                                                                start_id)
     return row
   # fairseq / HF BART start the decoder with </s>; T5 with pad.
-  start_id = vocab_lib.EOS_ID if config.objective.name == "denoising" else vocab_lib.PAD_ID
+  start_id = vocab.eos_id if config.objective.name == "denoising" else vocab.pad_id
   return seq2seq_row
 
 
@@ -239,6 +260,22 @@ def check_sentinels(config: Config, tokenizer: Tokenizer) -> None:
                       f"blocks makes {spans} noise spans, but tokenizer {tokenizer.model_path} "
                       f"has {tokenizer.num_sentinels} sentinel ids (train one with more: "
                       f"pretrain tokenizer train --num-sentinels {spans})")
+
+
+# Special tokens each objective writes into its rows (cls/bos and sep/eos stand in for each
+# other: BERT has no <s>, T5 no [SEP]).
+_OBJECTIVE_ROLES = {"mlm": ("cls", "sep", "mask"), "denoising": ("bos", "eos", "mask"),
+                    "permutation_lm": ("cls", "sep"), "span_corruption": ("eos",)}
+
+
+def check_special_tokens(config: Config, tokenizer: Tokenizer) -> None:
+  """Refuses a tokenizer (a checkpoint's own) without a token the objective needs."""
+  missing = tokenizer.missing_roles(_OBJECTIVE_ROLES.get(config.objective.name, ()))
+  if missing:
+    raise ConfigError(f"objective {config.objective.name} needs the special tokens "
+                      f"{', '.join(missing)}, which tokenizer {tokenizer.model_path} does not "
+                      f"have (named in its tokenizer_config.json / special_tokens_map.json as "
+                      f"<role>_token, or [CLS]/<cls>, [SEP]/<sep>, [MASK]/<mask>, <s>, </s>)")
 
 
 def sentence_boundary_report(config: Config, tokenizer: Tokenizer, manifest: prepare.Manifest,
@@ -281,6 +318,7 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
     tokenizer = load_tokenizer(config.data.tokenizer)
   config = resolve_lengths(resolve_vocab(config, tokenizer))
   check_sentinels(config, tokenizer)
+  check_special_tokens(config, tokenizer)
   manifest = prepare.ensure_prepared(
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
       validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
@@ -296,10 +334,11 @@ def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
     print(warning, file=sys.stderr)
   objective = make_objective(config, tokenizer)
   # Blocks mode: the objective builds whole rows itself (BART's wraps make_pack_row).
-  pack_row = make_pack_row(config) if config.data.pack_documents else None
+  pack_row = (make_pack_row(config, tokenizer.vocab_info()) if config.data.pack_documents
+              else None)
   second_half = make_objective(config, tokenizer, reverse=True) if config.model.bi_data else None
   common = {"objective": objective, "pack_row": pack_row,
-            "second_half_objective": second_half,
+            "second_half_objective": second_half, "streams": config.model.mem_len > 0,
             "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),
             "process_count": jax.process_count(),

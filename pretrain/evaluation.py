@@ -27,10 +27,11 @@ def evaluate_workdir(workdir: str, step: int | None = None,
   finally:
     ckpt.close()
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
-                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh)
+                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
+                                     trainer.state_sh.mems)
   with step_lib.mesh_context(trainer.mesh):
     metrics = loop.evaluate(eval_step, state.params, run.hooks.make_eval(), trainer.batch_sh,
                             trainer.task.features, max_batches,
-                            run.hooks.baseline_token)
+                            run.hooks.baseline_token, trainer.zero_mems())
   return {"step": restored, "split": "validation", **metrics,
           "devices": jax.device_count()}

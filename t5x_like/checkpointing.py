@@ -40,9 +40,26 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict[str, Any], force: bool = False) -> bool:
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      data=ocp.args.JsonSave(data_state)), force=force)
+    """Starts saving `step` (asynchronously unless async_save is off).
+
+    Raises:
+      CheckpointError: the save (or the previous asynchronous one, which orbax finishes
+        first) failed, e.g. a full disk; complete checkpoints are never touched by a failed
+        save (orbax writes into a temporary directory and renames it when done).
+    """
+    self._last_started = step
+    try:
+      return self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=ocp.args.JsonSave(data_state)), force=force)
+    except OSError as e:
+      raise self._save_error(step, e) from None
+
+  def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+    reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e).splitlines()[0]
+    return CheckpointError(f"saving checkpoint {step} in {self.directory} failed "
+                           f"({type(e).__name__}: {reason}); the complete checkpoints "
+                           f"{self.all_steps() or '(none)'} are intact")
 
   def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any], int]:
     """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
@@ -69,7 +86,10 @@ class Checkpointer:
     return restored["state"], dict(restored["data"] or {}), step
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise self._save_error(getattr(self, "_last_started", -1), e) from None
 
   def close(self) -> None:
     self._manager.close()

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import reprlib
 import typing
 from typing import Any
 
@@ -66,6 +67,11 @@ class ModelConfig:
   # XLNet's bi_data: the second half of every global batch is reversed text, and the model
   # gives it negated relative distances (transformers.XLNetConfig name).
   bi_data: bool = False
+  # XLNet memory (transformers.XLNetConfig names): mem_len cached states per layer carried from
+  # one step to the next, from the first reuse_len tokens of each row; rows then come in
+  # stream order (row i of step t+1 continues row i of step t). Both 0 (off) or both > 0.
+  mem_len: int = 0
+  reuse_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +166,18 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Device mesh shape; -1 on one axis means "all remaining devices"."""
+  """Device mesh shape; -1 on one axis means "all remaining devices".
+
+  data / fsdp / tensor are the axes within one slice (ICI); dcn_* multiply them across the
+  slices of a multi-slice TPU job (the data-center network), e.g. dcn_data=2 for two slices
+  doing data parallelism.
+  """
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +197,9 @@ class TrainConfig:
   log_every: int = 10
   export_at_end: bool = False
   print_sharding: bool = False
+  # A step whose loss or gradient is NaN/Inf is never applied; then "stop" ends the run
+  # naming the step and the last good checkpoint, "skip" goes on (and counts them).
+  on_nonfinite: str = dataclasses.field(default="stop", metadata=_choices("stop", "skip"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,13 +220,36 @@ def _field_types(cls: type) -> dict[str, Any]:
   return typing.get_type_hints(cls)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 80, 80, 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_INT_LIMIT = 2**63  # every int in the schema is an int64 somewhere downstream
+
+
+def _show(value: Any) -> str:
+  """A short one-line repr for messages: long strings, deep or aliased ("billion laughs")
+  structures and huge ints are cut."""
+  if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+    return f"<an int of about {value.bit_length() * 0.30103:.0f} digits>"
+  try:
+    return _REPR.repr(value)
+  except (ValueError, RecursionError):
+    return f"<a {type(value).__name__} too large to show>"
+
+
+def _key_name(name: str) -> str:
+  return name if name.isprintable() else repr(name)
+
+
 def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
   """Checks (and where lossless, converts) a YAML value to the field's declared type."""
   if dataclasses.is_dataclass(typ):
     if not isinstance(value, dict):
       raise ConfigError(f"{path}: expected a mapping of {typ.__name__} keys, got "
-                        f"{type(value).__name__} {value!r}")
+                        f"{type(value).__name__} {_show(value)}")
     return _build(typ, value, path + ".")
+  if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+    raise ConfigError(f"{path}: {_show(value)} is out of range (|value| < 2**63)")
   if typ is bool:
     if isinstance(value, bool):
       return value
@@ -225,26 +265,32 @@ def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
         as_float = float(value.replace("_", ""))
       except ValueError:
         as_float = math.nan
-      if as_float.is_integer():
+      if as_float.is_integer() and abs(as_float) < _INT_LIMIT:
         return int(as_float)
   elif typ is float:
+    number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+      number = float(value)
+    elif isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
       try:
-        return float(value)
+        number = float(value)
       except ValueError:
         pass
+    if number is not None:
+      if not math.isfinite(number):
+        raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
+      return number
   elif typ is str:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
       value = str(value)
       choices = field.metadata.get("choices")
       if choices and value not in choices:
-        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(choices)}")
       return value
   else:  # pragma: no cover - schema uses only the types above
     raise TypeError(f"unsupported config type {typ} at {path}")
-  raise ConfigError(f"{path}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+  raise ConfigError(f"{path}: expected {typ.__name__}, got {type(value).__name__} "
+                    f"{_show(value)}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -255,8 +301,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     if key not in fields:
       close = difflib.get_close_matches(str(key), fields, n=1)
       hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-      raise ConfigError(f"unknown config key {prefix}{key}{hint}; valid keys in "
-                        f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+      raise ConfigError(f"unknown config key {_key_name(f'{prefix}{key}')}{hint}; valid keys "
+                        f"in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
     kwargs[key] = _coerce(prefix + key, value, types_[key], fields[key])
   return dataclasses.replace(cls(), **kwargs)
 
@@ -281,8 +327,18 @@ def _read_yaml(path: str) -> dict[str, Any]:
       data = yaml.safe_load(f)
   except FileNotFoundError:
     raise ConfigError(f"config file {path} does not exist") from None
+  except IsADirectoryError:
+    raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+  except OSError as e:
+    raise ConfigError(f"config file {path} could not be read: {e.strerror or e}") from None
   except (yaml.YAMLError, UnicodeDecodeError) as e:
-    raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+  except RecursionError:
+    raise ConfigError(f"config file {path} is nested too deeply to read") from None
+  except ValueError as e:  # e.g. an int of more than 4300 digits
+    raise ConfigError(f"config file {path} holds a value that cannot be read: "
+                      f"{_show(str(e))}") from None
   if data is None:
     return {}
   if not isinstance(data, dict):
@@ -316,14 +372,14 @@ def _load_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
   """Splits `a.b.c=value` into (["a","b","c"], YAML-typed value)."""
   if "=" not in text:
-    raise ConfigError(f"override {text!r} must look like key.path=value")
+    raise ConfigError(f"override {_show(text)} must look like key.path=value")
   key, raw = text.split("=", 1)
   parts = key.strip().split(".")
   if not all(parts):
-    raise ConfigError(f"override {text!r}: empty key segment")
+    raise ConfigError(f"override {_show(text)}: empty key segment")
   try:
     value = yaml.safe_load(raw) if raw.strip() else ""
-  except yaml.YAMLError:
+  except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: ints over 4300 digits
     value = raw
   return parts, value
 
@@ -428,9 +484,28 @@ def validate(c: Config) -> None:
   _require(0 <= o.num_predict < d.seq_len - 3,
            f"objective.num_predict must be in [0, data.seq_len - 3) = [0, {d.seq_len - 3}) "
            f"(0 = seq_len / 6), got {o.num_predict}")
-  _require(o.perm_size >= 0 and (o.perm_size == 0 or d.seq_len % o.perm_size == 0),
-           f"objective.perm_size ({o.perm_size}) must divide data.seq_len ({d.seq_len}) "
-           f"(0 = seq_len)")
+  reuse = m.reuse_len
+  _require(m.mem_len >= 0 and reuse >= 0, f"model.mem_len ({m.mem_len}) and model.reuse_len "
+           f"({reuse}) must be >= 0")
+  _require((m.mem_len > 0) == (reuse > 0),
+           f"model.mem_len ({m.mem_len}) and model.reuse_len ({reuse}) must both be 0 (no "
+           f"memory) or both > 0: the memory caches the first reuse_len tokens of each row")
+  _require(not reuse or m.family == "xlnet",
+           f"model.mem_len / reuse_len are XLNet's memory; model.family is {m.family!r}")
+  # The rest of a row (A <sep> B <sep> <cls>) is cut from the next reuse_len-token block.
+  _require(not reuse or (2 * reuse >= d.seq_len - 3 and reuse + 5 <= d.seq_len),
+           f"model.reuse_len ({reuse}) must be in [ceil((data.seq_len - 3) / 2), "
+           f"data.seq_len - 5] = [{(d.seq_len - 2) // 2}, {d.seq_len - 5}]: the rest of the row "
+           f"comes from the next reuse_len-token block and needs A and B")
+  if reuse:
+    _require(o.perm_size >= 0 and (o.perm_size == 0 or (
+        reuse % o.perm_size == 0 and (d.seq_len - reuse) % o.perm_size == 0)),
+             f"objective.perm_size ({o.perm_size}) must divide model.reuse_len ({reuse}) and "
+             f"data.seq_len - reuse_len ({d.seq_len - reuse}) (0 = each part one block)")
+  else:
+    _require(o.perm_size >= 0 and (o.perm_size == 0 or d.seq_len % o.perm_size == 0),
+             f"objective.perm_size ({o.perm_size}) must divide data.seq_len ({d.seq_len}) "
+             f"(0 = seq_len)")
   _require(o.max_span >= 1, f"objective.max_span must be >= 1, got {o.max_span}")
   _require(o.mask_alpha > 0 and o.mask_beta > 0 and o.mask_alpha >= o.mask_beta,
            f"objective.mask_alpha / mask_beta must be >= 1 with both > 0, got "
@@ -474,6 +549,8 @@ def validate(c: Config) -> None:
   for key in ("data", "fsdp", "tensor"):
     value = getattr(c.mesh, key)
     _require(value == -1 or value >= 1, f"mesh.{key} must be -1 (the rest) or >= 1, got {value}")
+  for key in ("dcn_data", "dcn_fsdp", "dcn_tensor"):
+    _require(getattr(c.mesh, key) >= 1, f"mesh.{key} must be >= 1, got {getattr(c.mesh, key)}")
   _require([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1,
            "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
   _require(c.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {c.checkpoint.every}")

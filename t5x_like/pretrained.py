@@ -82,7 +82,7 @@ def restore_params(config: Config, workdir: str, step: int | None = None) -> tup
   task = tasks.make_task(single)
   mesh = sharding.make_mesh(single.mesh, jax.local_devices()[:1])
   tx = optimizer.make_optimizer(single.optim, single.train.steps)
-  _, abstract, _ = step_lib.state_shardings(task, tx, mesh)
+  _, abstract, _ = step_lib.state_shardings(task, tx, mesh, single.train.batch_size)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
   try:
     state, _, restored_step = ckpt.restore(step, abstract)

@@ -48,24 +48,53 @@ RULES: tuple[tuple[str, Any], ...] = (
 BATCH_AXES = ("data", "fsdp")
 
 
+def _dcn(cfg: MeshConfig) -> tuple[int, int, int]:
+  return (getattr(cfg, "dcn_data", 1), getattr(cfg, "dcn_fsdp", 1), getattr(cfg, "dcn_tensor", 1))
+
+
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-  """Resolves -1 and checks that data*fsdp*tensor equals the device count."""
+  """Resolves -1 and checks that (data*dcn_data)*(fsdp*dcn_fsdp)*(tensor*dcn_tensor) equals
+  the device count; returns the whole mesh's (data, fsdp, tensor)."""
+  dcn = _dcn(cfg)
+  slices = math.prod(dcn)
+  if num_devices % slices:
+    raise ConfigError(f"mesh dcn_data={dcn[0]} dcn_fsdp={dcn[1]} dcn_tensor={dcn[2]}: "
+                      f"{num_devices} devices are not divisible into {slices} slices")
+  per_slice = num_devices // slices
   sizes = [cfg.data, cfg.fsdp, cfg.tensor]
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
-    if num_devices % known:
+    if per_slice % known:
       raise ConfigError(f"mesh data={cfg.data} fsdp={cfg.fsdp} tensor={cfg.tensor}: "
-                        f"{num_devices} devices are not divisible by {known}")
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
+                        f"{per_slice} devices{' per slice' if slices > 1 else ''} are not "
+                        f"divisible by {known}")
+    sizes[sizes.index(-1)] = per_slice // known
+  if math.prod(sizes) != per_slice:
     raise ConfigError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs "
-                      f"{math.prod(sizes)} devices, but {num_devices} are available")
-  return tuple(sizes)  # type: ignore[return-value]
+                      f"{math.prod(sizes)} devices{' per slice' if slices > 1 else ''}, but "
+                      f"{per_slice} are available")
+  return tuple(s * d for s, d in zip(sizes, dcn))  # type: ignore[return-value]
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(cfg, len(devices))
+  dcn = _dcn(cfg)
+  if math.prod(dcn) > 1:
+    ici = tuple(s // d for s, d in zip(shape, dcn))
+    # TPU slices are the granules across DCN; devices without a slice (CPU, GPU hosts) use
+    # their process as the granule.
+    one_slice = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+    by_process = one_slice and jax.process_count() > 1
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                  process_is_granule=by_process)
+    except (AttributeError, AssertionError, ValueError, NotImplementedError) as e:
+      raise ConfigError(f"mesh dcn_* > 1 needs a multi-slice TPU job (or one process per "
+                        f"granule) whose layout matches (here: {jax.process_count()} process(es) "
+                        f"of {devices[0].platform} devices; "
+                        f"{type(e).__name__}: {str(e)[:200]})") from None
+    return Mesh(grid, MESH_AXES)
   try:
     grid = mesh_utils.create_device_mesh(shape, devices)
   except (AssertionError, NotImplementedError, ValueError):

@@ -379,7 +379,9 @@ remote_launch() {
     return 1
   fi
   echo "== $(date -u '+%F %T') $(hostname): pretrain train $*" >>"$logs/$run.log"
-  setsid nohup pretrain train "$@" >>"$logs/$run.log" 2>&1 </dev/null &
+  # Every worker is one process of the job: `pretrain` calls jax.distributed.initialize()
+  # (TPU cluster auto-detection) when PRETRAIN_DISTRIBUTED=auto.
+  PRETRAIN_DISTRIBUTED=auto setsid nohup pretrain train "$@" >>"$logs/$run.log" 2>&1 </dev/null &
   echo "$!" >"$logs/$run.pid"
   echo "$(hostname): started $run (pid $!), log ~/pretrain-logs/$run.log"
 }

@@ -10,9 +10,16 @@ B = block[a:]. The original cuts A and B at a random sentence boundary and with 
 takes B from another document (for its dropped next-sentence loss); here `a` is uniform among
 the word starts of block[1:] (uniform over 1..len - 1 if there are none), so both segments are
 non-empty and no word is split. `token_type_ids` are XLNet's SEG_ID_A / B / CLS: 0 for A and its
-<sep>, 1 for B and its <sep>, 2 for <cls>. There is no memory part (`reuse_len` = 0) and no
-length has to be even (the original's two halves with num_predict split in two come from
-memory, which pretraining blocks here do not use).
+<sep>, 1 for B and its <sep>, 2 for <cls>.
+
+Memory layout (`reuse_len` R > 0, the original's `create_tfrecords` with memory): the row is
+`block[:R] A <sep> B <sep> <cls>` with A, B cut from block[R:]. The first R tokens are the
+part whose content states the model caches as memory for the next row of the same stream
+(the pipeline's stream order makes that row start right after them). As the original: the
+reuse part has segment id 0; it gets P - P // 2 of the predictions and the rest P // 2, each
+part sampled on its own; each part has its own factorisation order (perm_size must divide R
+and L - R; 0 makes each part one block); the reuse part comes first in the order: its rows see nothing of the rest, and
+the rest sees all of the reuse part. So the cached states never saw the tokens after them.
 
 Prediction (`_sample_mask`). Candidates are the non-special tokens of the block. A word starts
 at a candidate whose piece is a word start (`vocab.word_start`), at a candidate after a
@@ -88,6 +95,8 @@ class PermutationLMParams:
     max_span: longest span in tokens [max_gram]; n in [1, max_span] with p ∝ 1/n.
     mask_alpha, mask_beta: a span of n tokens gets a context of floor(n * alpha / beta) tokens
       [--mask_alpha, --mask_beta]; alpha / beta must be >= 1.
+    reuse_len: tokens at the start of each row that the model caches as memory [--reuse_len];
+      0 = no memory layout.
   """
 
   num_predict: int = 0
@@ -95,13 +104,14 @@ class PermutationLMParams:
   max_span: int = 5
   mask_alpha: float = 6.0
   mask_beta: float = 1.0
+  reuse_len: int = 0
 
   def __post_init__(self):
     self.validate()
 
   def validate(self) -> None:
     """Raises DataError with a one-line reason naming the field and its value."""
-    for name in ("num_predict", "perm_size", "max_span"):
+    for name in ("num_predict", "perm_size", "max_span", "reuse_len"):
       value = getattr(self, name)
       minimum = 1 if name == "max_span" else 0
       if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -244,71 +254,99 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: Permutatio
   """One XLNet permutation-LM row from a raw block (see the module docstring).
 
   Args:
-    block: int[B] token ids, B >= 2; may hold EOS between documents (never predicted).
+    block: int[B] token ids in natural order, B >= reuse_len + 2; may hold EOS between
+      documents (never predicted).
     rng: the record's generator; the output is a function of (block, generator state).
     params: objective parameters.
     vocab: the vocabulary (`sep_id`, `cls_id`, `is_special`, `word_start`).
-    reverse: make a reversed-text row (bi_data's second half of the batch).
+    reverse: make a reversed-text row (bi_data's second half of the batch): the row holds
+      block[::-1] (its first reuse_len tokens are the reuse part).
 
   Returns:
     With L = B + 3 and P = num_predict_for(L, params):
-    `input_ids` int32[L] the real tokens `A <sep> B <sep> <cls>` (not masked);
-    `token_type_ids` int32[L] 0 / 1 / 2 for A / B / <cls>;
+    `input_ids` int32[L] the real tokens `[reuse part] A <sep> B <sep> <cls>` (not masked);
+    `token_type_ids` int32[L] 0 / 1 / 2 for (reuse part and) A / B / <cls>;
     `perm_mask` float32[L, L], 1 where i cannot attend to j;
     `target_mapping` float32[P, L] one-hot rows, targets in ascending position;
     `labels` int32[P] the target tokens in target_mapping order.
 
   Raises:
-    DataError: block not 1-D integer or shorter than 2; perm_size not dividing L;
-      num_predict >= L or above the row's non-special tokens.
+    DataError: block not 1-D integer or shorter than reuse_len + 2; perm_size not dividing L
+      (or, with reuse_len, R and L - R); num_predict >= L or above a part's non-special
+      tokens.
   """
   block = np.asarray(block)
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise DataError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
-  if block.size < _MIN_BLOCK:
+  reuse = params.reuse_len
+  if block.size < reuse + _MIN_BLOCK:
     raise DataError(f"block too short for permutation LM: {block.size} tokens, "
-                    f"need >= {_MIN_BLOCK}")
+                    f"need >= {reuse + _MIN_BLOCK}" + (f" (reuse_len {reuse} + 2)" if reuse
+                                                       else ""))
   length = row_length(block.size)
   perm_size = params.perm_size or length
-  if length % perm_size:
+  if reuse:  # perm_size 0: each part is one block
+    sizes = (params.perm_size or reuse, params.perm_size or length - reuse)
+    if reuse % sizes[0] or (length - reuse) % sizes[1]:
+      raise DataError(f"perm_size {perm_size} must divide both reuse_len {reuse} and the rest "
+                      f"of the row, {length - reuse} tokens")
+  elif length % perm_size:
     raise DataError(f"perm_size {perm_size} must divide the row length {length} "
                     f"(block of {block.size} + 3)")
   goal = num_predict_for(length, params)
   if goal >= length:
     raise DataError(f"num_predict {goal} must be < the row length {length}")
 
-  # Split point: uniform among the word boundaries inside the block (any point if none). In
-  # natural order a boundary precedes a word start; reversed, the cut between positions a-1
-  # and a is a boundary when the token at a-1 starts a word.
-  _, block_starts = _candidates(block, vocab)
+  # Split point: uniform among the word boundaries inside the A/B text (any point if none).
+  # In natural order a boundary precedes a word start; reversed, the cut between positions
+  # a-1 and a is a boundary when the token at a-1 starts a word.
+  _, starts = _candidates(block, vocab)
   if reverse:
-    block = block[::-1]
-    block_starts = block_starts[::-1]
-    cuts = np.flatnonzero(block_starts[:-1]) + 1
-  else:
-    cuts = np.flatnonzero(block_starts[1:]) + 1
+    block, starts = block[::-1], starts[::-1]
+  text, starts = block[reuse:], starts[reuse:]
+  cuts = (np.flatnonzero(starts[:-1]) if reverse else np.flatnonzero(starts[1:])) + 1
   if cuts.size:
     a = int(cuts[int(rng.random() * cuts.size)])
   else:
-    a = 1 + int(rng.random() * (block.size - 1))
-  row, seg = layout(block, a, vocab)
-  if reverse:  # sample on the natural-order row, as the original's _sample_mask(reverse=True)
-    target = select_targets(row[::-1], rng, params, vocab, goal)[0][::-1].copy()
-  else:
-    target = select_targets(row, rng, params, vocab, goal)[0]
+    a = 1 + int(rng.random() * (text.size - 1))
+  rest, seg = layout(text, a, vocab)
+  row = np.concatenate([block[:reuse], rest]).astype(np.int32)
+  seg = np.concatenate([np.full(reuse, SEG_ID_A, np.int32), seg])
 
-  sigma = rng.permutation(perm_size)
-  rank = np.arange(length) - np.tile(np.arange(perm_size), length // perm_size)
-  rank += np.tile(sigma, length // perm_size)
-  ordered = target.copy()
-  ordered[[a, length - 2, length - 1]] = True
-  rank[~ordered] = -1
-  # A row sees its column iff column rank < row threshold; targets exclude themselves.
-  threshold = rank + ~target
-  perm_mask = (threshold[:, None] <= rank[None, :]).astype(np.float32)
+  def targets(part: np.ndarray, part_goal: int) -> np.ndarray:
+    if not reverse:
+      return select_targets(part, rng, params, vocab, part_goal)[0]
+    # Sample on the natural-order part, as the original's _sample_mask(reverse=True).
+    return select_targets(part[::-1], rng, params, vocab, part_goal)[0][::-1].copy()
+
+  functional = np.zeros(length, bool)
+  functional[[reuse + a, length - 2, length - 1]] = True
+  if reuse:
+    target = np.concatenate([targets(row[:reuse], goal - goal // 2),
+                             targets(row[reuse:], goal // 2)])
+    perm_mask = np.ones((length, length), np.float32)
+    perm_mask[:reuse, :reuse] = _local_perm(target[:reuse], functional[:reuse], rng, sizes[0])
+    perm_mask[reuse:, :reuse] = 0.0
+    perm_mask[reuse:, reuse:] = _local_perm(target[reuse:], functional[reuse:], rng, sizes[1])
+  else:
+    target = targets(row, goal)
+    perm_mask = _local_perm(target, functional, rng, perm_size)
 
   positions = np.flatnonzero(target)
   target_mapping = np.zeros((goal, length), np.float32)
   target_mapping[np.arange(goal), positions] = 1.0
   return {"input_ids": row, "token_type_ids": seg, "perm_mask": perm_mask,
           "target_mapping": target_mapping, "labels": row[positions]}
+
+
+def _local_perm(target: np.ndarray, functional: np.ndarray, rng: np.random.Generator,
+                perm_size: int) -> np.ndarray:
+  """`_local_perm`'s perm_mask float32[n, n] for one part of a row (see the module docstring)."""
+  n = target.size
+  sigma = rng.permutation(perm_size)
+  rank = np.arange(n) - np.tile(np.arange(perm_size), n // perm_size)
+  rank += np.tile(sigma, n // perm_size)
+  rank[~(target | functional)] = -1
+  # A row sees its column iff column rank < row threshold; targets exclude themselves.
+  threshold = rank + ~target
+  return (threshold[:, None] <= rank[None, :]).astype(np.float32)

@@ -22,6 +22,7 @@ import numpy as np
 from data_pipelines import vocab as vocab_lib
 from t5x_like.export.common import (
   MARKER_FILE,
+  _config_ids,
   _unbox,
   check_target,
   put_checked,
@@ -153,7 +154,8 @@ def hf_config_dict(config: BartConfig, pad_token_id: int = vocab_lib.PAD_ID,
 
 
 def export_bart(params: Mapping[str, Any], config: BartConfig, out_dir: str,
-                tokenizer_model: str | None = None, num_sentinels: int = 0) -> str:
+                tokenizer_model: str | None = None, num_sentinels: int = 0,
+                special_ids: Mapping[str, int] | None = None) -> str:
   """Writes a HuggingFace `BartForConditionalGeneration` folder, atomically.
 
   Everything is written to a temporary sibling directory that is renamed into place only
@@ -163,9 +165,12 @@ def export_bart(params: Mapping[str, Any], config: BartConfig, out_dir: str,
     params: our BART param tree (see `bart_to_hf_state_dict`).
     config: its config.
     out_dir: target directory: absent, empty, or a previous export (which is replaced).
-    tokenizer_model: SentencePiece model to export alongside, or None for weights only.
+    tokenizer_model: SentencePiece model to export alongside, a HuggingFace tokenizer folder
+      (a checkpoint's own, copied as it is), or None for weights only.
     num_sentinels: ids above the sp pieces (0 for BART); sp pieces + num_sentinels must
       equal config.vocab_size, since the embedding rows are indexed by these ids.
+    special_ids: `pad_token_id` / `bos_token_id` / `eos_token_id` for config.json (those
+      this family's config has), e.g. a checkpoint's own tokenizer's; None: the fixed ids.
 
   Returns:
     The absolute path of the export.
@@ -178,6 +183,6 @@ def export_bart(params: Mapping[str, Any], config: BartConfig, out_dir: str,
   check_target(out_dir)
   # Everything that can fail on bad input runs before touching the filesystem.
   state = bart_to_hf_state_dict(params, config)
-  hf_config = hf_config_dict(config)
+  hf_config = hf_config_dict(config, **_config_ids(hf_config_dict, special_ids))
   return write_export(out_dir, "bart", state, hf_config, config.vocab_size, tokenizer_model,
                       num_sentinels, model_max_length=config.max_position_embeddings)

@@ -105,6 +105,15 @@ def _replace_dir(new: str, target: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
+def _config_ids(hf_config_dict: Any, special_ids: Mapping[str, int] | None) -> dict[str, int]:
+  """The entries of `special_ids` that the family's `hf_config_dict` takes as arguments."""
+  if not special_ids:
+    return {}
+  import inspect  # pylint: disable=g-import-not-at-top
+  params = inspect.signature(hf_config_dict).parameters
+  return {k: int(v) for k, v in special_ids.items() if k in params and v is not None}
+
+
 def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
                  hf_config: Mapping[str, Any], vocab_size: int, tokenizer_model: str | None,
                  num_sentinels: int, model_max_length: int) -> str:
@@ -114,11 +123,16 @@ def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
   before this touches the filesystem). The folder is built in a temporary sibling directory
   renamed into place only once complete, so a failed export leaves `out_dir` as it was.
 
+  `tokenizer_model` is a SentencePiece `.model` (exported as a fast tokenizer, sentinels
+  on top), a HuggingFace tokenizer folder (a checkpoint's own: its files are copied as they
+  are), or None (weights only).
+
   Raises:
     ValueError: the tokenizer's pieces + num_sentinels differ from vocab_size.
     FileExistsError: out_dir became a non-empty directory that is not our export.
   """
-  if tokenizer_model is not None:
+  hf_tokenizer = tokenizer_model is not None and os.path.isdir(tokenizer_model)
+  if tokenizer_model is not None and not hf_tokenizer:
     import sentencepiece as spm
     sp_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
     if sp_size + num_sentinels != vocab_size:
@@ -135,7 +149,9 @@ def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
       json.dump(hf_config, f, indent=2)
     safetensors.numpy.save_file(dict(state), os.path.join(tmp, "model.safetensors"),
                                 metadata={"format": "pt"})  # HF expects this metadata
-    if tokenizer_model is not None:
+    if hf_tokenizer:
+      tokenizer_lib.copy_hf_tokenizer(tokenizer_model, tmp, vocab_size)
+    elif tokenizer_model is not None:
       tokenizer_lib.export_sentencepiece_tokenizer(
           tokenizer_model, num_sentinels, tmp, family=family,
           model_max_length=model_max_length)

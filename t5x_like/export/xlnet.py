@@ -22,6 +22,7 @@ import numpy as np
 from data_pipelines import vocab as vocab_lib
 from t5x_like.export.common import (
   MARKER_FILE,
+  _config_ids,
   _unbox,
   check_target,
   put_checked,
@@ -123,7 +124,8 @@ def hf_config_dict(config: XLNetConfig, pad_token_id: int = vocab_lib.PAD_ID,
 
 def export_xlnet(params: Mapping[str, Any], config: XLNetConfig, out_dir: str,
                  tokenizer_model: str | None = None, num_sentinels: int = 0,
-                 model_max_length: int = _DEFAULT_MAX_LENGTH) -> str:
+                 model_max_length: int = _DEFAULT_MAX_LENGTH,
+                 special_ids: Mapping[str, int] | None = None) -> str:
   """Writes a HuggingFace `XLNetLMHeadModel` folder, atomically.
 
   Everything is written to a temporary sibling directory that is renamed into place only
@@ -133,10 +135,13 @@ def export_xlnet(params: Mapping[str, Any], config: XLNetConfig, out_dir: str,
     params: our XLNet param tree (see `xlnet_to_hf_state_dict`).
     config: its config.
     out_dir: target directory: absent, empty, or a previous export (which is replaced).
-    tokenizer_model: SentencePiece model to export alongside, or None for weights only.
+    tokenizer_model: SentencePiece model to export alongside, a HuggingFace tokenizer folder
+      (a checkpoint's own, copied as it is), or None for weights only.
     num_sentinels: ids above the sp pieces; sp pieces + num_sentinels must equal
       config.vocab_size, since the embedding rows are indexed by these ids.
     model_max_length: recorded in tokenizer_config.json (XLNet itself has no limit).
+    special_ids: `pad_token_id` / `bos_token_id` / `eos_token_id` for config.json (those
+      this family's config has), e.g. a checkpoint's own tokenizer's; None: the fixed ids.
 
   Returns:
     The absolute path of the export.
@@ -149,6 +154,6 @@ def export_xlnet(params: Mapping[str, Any], config: XLNetConfig, out_dir: str,
   check_target(out_dir)
   # Everything that can fail on bad input runs before touching the filesystem.
   state = xlnet_to_hf_state_dict(params, config)
-  hf_config = hf_config_dict(config)
+  hf_config = hf_config_dict(config, **_config_ids(hf_config_dict, special_ids))
   return write_export(out_dir, "xlnet", state, hf_config, config.vocab_size, tokenizer_model,
                       num_sentinels, model_max_length=model_max_length)

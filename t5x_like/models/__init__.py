@@ -36,11 +36,11 @@ def bart_config(cfg: ModelConfig) -> bart.BartConfig:
 
 
 def xlnet_config(cfg: ModelConfig) -> xlnet.XLNetConfig:
-  """XLNet's shared fields from the run config (bi_data included). Memory (mem_len, reuse_len)
-  is a model-level option (`XLNetLMHeadModel(..., mems=, return_mems=)`) the train loop does
-  not carry across steps, so runs keep it off; attention stays bidirectional, biases untied."""
+  """XLNet's fields from the run config (bi_data and memory included); attention stays
+  bidirectional and the r-biases untied (transformers' model unties them whatever untie_r
+  says)."""
   names = [f.name for f in dataclasses.fields(xlnet.XLNetConfig)
-           if f.name not in ("mem_len", "reuse_len", "untie_r", "attn_type")]
+           if f.name not in ("untie_r", "attn_type")]
   return xlnet.XLNetConfig(**{name: getattr(cfg, name) for name in names})
 
 

@@ -203,8 +203,12 @@ class XLNetRelativeAttention(nn.Module):
         [mem_BMD.astype(h_BLD.dtype), h_BLD], axis=1)
     k_BLHK = layers.constrain(_per_token(self.k, cat_BKD), _ACT_BLHK)
     v_BLHK = layers.constrain(_per_token(self.v, cat_BKD), _ACT_BLHK)
-    # r is [R, D] (shared by the batch) or [B, R, D] (dropped out per example, as HF).
+    # r is [R, D] (shared by the batch), [2, R, D] (bi_data: forward and backward distances,
+    # each shared by its half of the batch) or [B, R, D] (dropped out per example, as HF).
     kr_BRHK = self.r(r_RD).astype(k_BLHK.dtype)
+    batch = h_BLD.shape[0]
+    if kr_BRHK.ndim == 4 and kr_BRHK.shape[0] != batch:
+      kr_BRHK = jnp.repeat(kr_BRHK, batch // 2, axis=0)
     q_BLHK = layers.constrain(_per_token(self.q, h_BLD), _ACT_BLHK)
     vec_h = self._core(q_BLHK, k_BLHK, v_BLHK, kr_BRHK, seg_BLK, mask_h_BLK, None)
     out_h = self._post(h_BLD, vec_h)
@@ -364,12 +368,14 @@ class XLNetLMHeadModel(nn.Module):
     klen = mlen + length
     r_RD = jnp.asarray(relative_positional_encoding(length, klen, c.hidden_size, c.clamp_len),
                        dtype)
-    if c.bi_data:  # [B, R, D]: forward distances, then their negatives for the reversed half
+    if c.bi_data:  # [2, R, D]: forward distances, and their negatives for the reversed half
       r_bwd = jnp.asarray(relative_positional_encoding(length, klen, c.hidden_size,
                                                        c.clamp_len, backward=True), dtype)
-      r_RD = jnp.repeat(jnp.stack([r_RD, r_bwd]), batch // 2, axis=0)
+      r_RD = jnp.stack([r_RD, r_bwd])
     if not deterministic and c.dropout_rate > 0:  # HF drops the batch-expanded copy
-      r_RD = drop(jnp.broadcast_to(r_RD, (batch,) + r_RD.shape[-2:]))
+      r_RD = (jnp.repeat(r_RD, batch // 2, axis=0) if c.bi_data
+              else jnp.broadcast_to(r_RD, (batch,) + r_RD.shape))
+      r_RD = drop(r_RD)
 
     block = XLNetLayer
     if c.remat != "none":

@@ -7,17 +7,23 @@ restore its position (`get_state` / `set_state`), so it never imports `data_pipe
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 import time
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from t5x_like import checkpointing, flops, sharding
 from t5x_like.config import Config, ConfigError, read_config, save_config, to_dict
@@ -43,6 +49,12 @@ class DataHooks:
   make_eval: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None
   # The most frequent training token: eval reports the accuracy of always predicting it.
   baseline_token: int | None = None
+
+
+def _log_main(line: str) -> None:
+  """Progress lines go to stderr from process 0 only (one copy per job, not per host)."""
+  if is_main_process():
+    print(line, file=sys.stderr, flush=True)
 
 
 def is_main_process() -> bool:
@@ -109,14 +121,20 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any],
 
 def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]],
              shardings: dict[str, Any], features: tuple[str, ...],
-             max_batches: int, baseline_token: int | None = None) -> dict[str, float]:
-  """Loss, accuracy and perplexity over predicted tokens of up to `max_batches` batches."""
+             max_batches: int, baseline_token: int | None = None,
+             mems: Any = None) -> dict[str, float]:
+  """Loss, accuracy and perplexity over predicted tokens of up to `max_batches` batches.
+
+  mems: the task's initial memory (XLNet), carried from batch to batch (the eval batches come
+  in stream order then); None for tasks without memory.
+  """
   totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
   baseline_hits = 0
   for i, batch in enumerate(batches):
     if max_batches and i >= max_batches:
       break
-    out = jax.device_get(eval_fn(params, _to_global(batch, shardings, features)))
+    out, mems = eval_fn(params, _to_global(batch, shardings, features), mems)
+    out = jax.device_get(out)
     for key in totals:
       totals[key] += float(out[key])
     if baseline_token is not None:
@@ -131,12 +149,115 @@ def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict[str, np.ndar
   return metrics
 
 
+class WorkdirLock:
+  """An exclusive lock on <workdir>/.lock for the run's lifetime, so two runs never write one
+  workdir. flock: released by the OS when the process ends, even by SIGKILL (no stale lock).
+  Process 0 takes it for the whole job (the hosts of one job share the workdir). Re-entrant
+  within a process (the CLI takes it before data preparation, the Trainer again)."""
+
+  _held: typing.ClassVar[dict[str, int]] = {}  # path -> nesting depth in this process
+
+  def __init__(self, workdir: str, create: bool = True):
+    self.path = os.path.abspath(os.path.join(workdir, ".lock"))
+    self._create = create  # False: a workdir that does not exist yet is not locked (no-op)
+    self._file: Any = None
+    self._nested = False
+
+  def __enter__(self) -> typing.Self:
+    if not is_main_process() or (not self._create and
+                                 not os.path.isdir(os.path.dirname(self.path))):
+      return self
+    if self.path in WorkdirLock._held:  # this process holds it already (CLI, then Trainer)
+      WorkdirLock._held[self.path] += 1
+      self._nested = True
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    f = open(self.path, "a+", encoding="utf-8")  # held until __exit__
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      raise ConfigError(f"workdir {os.path.dirname(self.path)} is in use by another run "
+                        f"({holder}); wait for it to end or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    self._file = f
+    WorkdirLock._held[self.path] = 1
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    if self._nested:
+      WorkdirLock._held[self.path] -= 1
+      return
+    if self._file is not None:
+      del WorkdirLock._held[self.path]
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+class NonFiniteLossError(RuntimeError):
+  """A step had a NaN/Inf loss or gradient and train.on_nonfinite is "stop"."""
+
+
+class PreemptionWatch:
+  """Stop at a step boundary when the VM is being taken away (SIGTERM on a spot / preemptible
+  VM, ~30 s before it goes).
+
+  One process: a SIGTERM handler sets a flag the loop reads after each step. Several
+  processes: every host must stop at the same step, so the loop asks JAX's preemption sync
+  point (`multihost_utils.reached_preemption_sync_point`, which catches SIGTERM itself on
+  TPU pods); where that service is unavailable the hosts' flags are combined at log steps.
+  """
+
+  def __init__(self, log_every: int):
+    self.requested = False
+    self._log_every = log_every
+    self._previous: Any = None
+    self._multi = jax.process_count() > 1
+    self._sync_point = self._multi
+
+  def __enter__(self) -> typing.Self:
+    # Python signal handlers can only be set from the main thread; with several processes
+    # JAX's preemption notifier owns SIGTERM.
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handle(self, signum: int, frame: object) -> None:
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if not self._multi:
+      return self.requested
+    if self._sync_point:
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # no preemption service (e.g. CPU): combine the flags
+        self._sync_point = False
+    if step % self._log_every:
+      return False
+    flags = multihost_utils.process_allgather(np.array(self.requested))
+    return bool(np.any(flags))
+
+
 @dataclasses.dataclass
 class Trainer:
   """Builds everything a run needs once; `run` executes or resumes it."""
   config: Config
   workdir: str
-  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
+  log: Callable[[str], None] = lambda s: _log_main(s)
 
   def __post_init__(self):
     c = self.config
@@ -145,16 +266,21 @@ class Trainer:
     sharding.check_batch_divisible(c.train.batch_size, self.mesh)
     self.schedule = optimizer.make_schedule(c.optim, c.train.steps)
     self.tx = optimizer.make_optimizer(c.optim, c.train.steps)
-    self.boxed, self.abstract, self.state_sh = step_lib.state_shardings(self.task, self.tx,
-                                                                        self.mesh)
+    self.boxed, self.abstract, self.state_sh = step_lib.state_shardings(
+        self.task, self.tx, self.mesh, c.train.batch_size)
     self.batch_sh = step_lib.batch_shardings(self.task.features, self.mesh)
+
+  def zero_mems(self) -> Any:
+    """The task's initial memory (None without one): each evaluation pass starts from it."""
+    return step_lib.zero_mems(self.task, self.config.train.batch_size, self.mesh,
+                              self.state_sh.mems)
 
   def init_or_restore(self, ckpt: checkpointing.Checkpointer,
                       data: DataIterator | None) -> step_lib.TrainState:
     latest = ckpt.latest_step()
     if latest is None:
       return step_lib.init_state(self.task, self.tx, self.mesh, self.config.train.seed,
-                                 self.state_sh)
+                                 self.state_sh, self.config.train.batch_size)
     state, data_state, step = ckpt.restore(latest, self.abstract)
     if data is not None and data_state:
       data.set_state(data_state)
@@ -163,8 +289,13 @@ class Trainer:
 
   def run(self, data: DataHooks,
           export_fn: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    c = self.config
     os.makedirs(self.workdir, exist_ok=True)
+    with WorkdirLock(self.workdir):
+      return self._run_locked(data, export_fn)
+
+  def _run_locked(self, data: DataHooks,
+                  export_fn: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    c = self.config
     check_resume_compatible(self.workdir, c)
     if is_main_process():
       save_config(c, os.path.join(self.workdir, "config.yaml"))
@@ -179,10 +310,12 @@ class Trainer:
                                       keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
     writer = MetricsWriter(self.workdir)
     try:
-      with step_lib.mesh_context(self.mesh):
+      with step_lib.mesh_context(self.mesh), PreemptionWatch(c.train.log_every) as watch:
         state = self.init_or_restore(ckpt, data.train)
-        result = self._loop(state, data, ckpt, writer)
-        if export_fn is not None and is_main_process():
+        result = self._loop(state, data, ckpt, writer, watch)
+        if result["preempted"]:  # an unfinished run: its checkpoint is what matters
+          result.pop("state")
+        elif export_fn is not None and is_main_process():
           export_fn(result.pop("state").params)
         else:
           result.pop("state")
@@ -193,7 +326,8 @@ class Trainer:
     return result
 
   def _loop(self, state: step_lib.TrainState, data: DataHooks,
-            ckpt: checkpointing.Checkpointer, writer: MetricsWriter) -> dict[str, Any]:
+            ckpt: checkpointing.Checkpointer, writer: MetricsWriter,
+            watch: PreemptionWatch | None = None) -> dict[str, Any]:
     c = self.config
     features = self.task.features
     train_step = step_lib.jit_train_step(
@@ -201,7 +335,7 @@ class Trainer:
                                  c.optim.grad_accum_steps),
         self.state_sh, self.batch_sh, self.mesh)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(self.task), self.state_sh.params,
-                                       self.batch_sh, self.mesh)
+                                       self.batch_sh, self.mesh, self.state_sh.mems)
     flops_per_step = flops.train_flops_per_step(c)
     peak = flops.measured_matmul_peak(c.model.dtype)
     if jax.devices()[0].platform != "cpu":  # fake CPU devices share one host's cores
@@ -215,34 +349,80 @@ class Trainer:
     window_start: float | None = None  # None until the first (compiling) step is done
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
+    preempted = False
+    pending: list[tuple[int, jax.Array, jax.Array]] = []  # steps whose finiteness is unread
+    skipped = 0
+
+    def check_finite() -> None:
+      """Reads the non-finite flags of the steps since the last check (a host sync, done at
+      log steps and before saves); stops or counts as train.on_nonfinite says."""
+      nonlocal pending, skipped
+      if not pending:
+        return
+      flags = jax.device_get([(flag, loss) for _, flag, loss in pending])
+      bad = [(s, float(loss)) for (s, _, _), (flag, loss) in zip(pending, flags) if flag]
+      pending = []
+      if not bad:
+        return
+      if c.train.on_nonfinite == "skip":
+        skipped += len(bad)
+        self.log(f"warning: {len(bad)} step(s) with a non-finite loss or gradient were skipped "
+                 f"(first: step {bad[0][0]}, loss {bad[0][1]}); {skipped} in this run")
+        return
+      bar.close()  # the error is the last line
+      latest = ckpt.latest_step()
+      last_good = (f"the last good checkpoint is {ckpt.directory}/{latest}" if latest is not None
+                   else "no checkpoint was saved")
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {bad[0][0]} (loss {bad[0][1]}); the update was "
+          f"not applied and nothing after it was saved; {last_good}. Lower "
+          f"optim.learning_rate (or raise optim.warmup_steps), or set train.on_nonfinite=skip")
+
     step = start_step
-    while step < c.train.steps:
-      batch = _to_global(next(data.train), self.batch_sh, features)
-      state, metrics = train_step(state, batch)
-      step += 1
-      window.append(metrics)
-      if window_start is None:  # the first step includes compilation: time from after it
-        jax.block_until_ready(metrics)
-        window = []
-      bar.update(1)
-      if step % c.train.log_every == 0 or step == c.train.steps:
-        last_train = self._log_window(window, window_start, tokens_per_step, flops_per_step,
-                                      peak, step, writer, bar)
-        window = []
-      if data.make_eval is not None and c.train.eval_steps and (
-          step % c.train.eval_every == 0 or step == c.train.steps):
-        last_eval = evaluate(eval_step, state.params, data.make_eval(), self.batch_sh,
-                             features, c.train.eval_steps, data.baseline_token)
-        writer.write(step, "eval", last_eval)
-        self.log(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in
-                                                    last_eval.items()))
-      if step % c.checkpoint.every == 0 or step == c.train.steps:
-        ckpt.save(step, state, data.train.get_state(), force=step == c.train.steps)
-      if not window:  # a new timing window starts after logging, eval and saving
-        window_start = time.perf_counter()
+    try:
+      while step < c.train.steps:
+        batch = _to_global(next(data.train), self.batch_sh, features)
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics["nonfinite"], metrics["loss"]))
+        window.append(metrics)
+        if window_start is None:  # the first step includes compilation: time from after it
+          jax.block_until_ready(metrics)
+          window = []
+        bar.update(1)
+        if step % c.train.log_every == 0 or step == c.train.steps:
+          check_finite()
+          last_train = self._log_window(window, window_start, tokens_per_step, flops_per_step,
+                                        peak, step, writer, bar)
+          window = []
+        if data.make_eval is not None and c.train.eval_steps and (
+            step % c.train.eval_every == 0 or step == c.train.steps):
+          last_eval = evaluate(eval_step, state.params, data.make_eval(), self.batch_sh,
+                               features, c.train.eval_steps, data.baseline_token,
+                               self.zero_mems())
+          writer.write(step, "eval", last_eval)
+          self.log(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                      last_eval.items()))
+        stop = watch is not None and step < c.train.steps and watch.should_stop(step)
+        if step % c.checkpoint.every == 0 or step == c.train.steps or stop:
+          check_finite()  # never save after a step that "stop" would end the run at
+          ckpt.save(step, state, data.train.get_state(), force=step == c.train.steps or stop)
+        if stop:
+          ckpt.wait()
+          preempted = True
+          self.log(f"SIGTERM: saved checkpoint {ckpt.directory}/{step} and stopped; run the same "
+                   "command again to continue")
+          break
+        if not window:  # a new timing window starts after logging, eval and saving
+          window_start = time.perf_counter()
+    except BaseException:
+      bar.close()  # an error is then the last line on stderr
+      raise
     bar.close()
     ckpt.wait()
-    return {"step": step, "train": last_train, "eval": last_eval, "state": state}
+    check_finite()
+    return {"step": step, "train": last_train, "eval": last_eval, "state": state,
+            "preempted": preempted, "skipped_steps": skipped}
 
   def _log_window(self, window: list[dict[str, jax.Array]], start: float | None,
                   tokens_per_step: int, flops_per_step: float, peak: float, step: int,
@@ -250,7 +430,9 @@ class Trainer:
     if not window:
       return {}
     host = jax.device_get(window)
-    values = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+    finite = [m for m in host if not m["nonfinite"]] or host  # skipped steps: not averaged in
+    values = {k: float(np.mean([m[k] for m in finite])) for k in host[-1]}
+    values["nonfinite"] = float(sum(m["nonfinite"] for m in host))
     values["learning_rate"] = float(host[-1]["learning_rate"])
     if start is not None:
       seconds = (time.perf_counter() - start) / len(window)

@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_like import sharding
-from t5x_like.training.tasks import Task
+from t5x_like.training.tasks import Task, initial_mems
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -25,9 +25,13 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class TrainState:
+  """step, params, optimiser state, and the recurrent state carried between steps (XLNet's
+  memory [layers, B, mem_len, D], batch-sharded; None for every other task). The memory is
+  saved with the rest, so a resumed run continues exactly."""
   step: jax.Array
   params: Any
   opt_state: Any
+  mems: Any = None
 
 
 @contextlib.contextmanager
@@ -64,19 +68,24 @@ def _unbox_reshaped_state(opt_state: Any, params: Any) -> Any:
   return jax.tree_util.tree_map(fix, opt_state, is_leaf=params_shaped)
 
 
-def _boxed_init(task: Task, tx: optax.GradientTransformation) -> Callable[[jax.Array], Any]:
+def _boxed_init(task: Task, tx: optax.GradientTransformation, batch_size: int
+                ) -> Callable[[jax.Array], Any]:
   def init(rng: jax.Array) -> TrainState:
     params = task.init(rng)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=_unbox_reshaped_state(tx.init(params), params))
+                      opt_state=_unbox_reshaped_state(tx.init(params), params),
+                      mems=initial_mems(task, batch_size))
   return init
 
 
 def state_shardings(task: Task, tx: optax.GradientTransformation, mesh: Mesh,
-                    ) -> tuple[Any, Any, Any]:
-  """Returns (abstract boxed state, abstract unboxed state, NamedSharding tree)."""
+                    batch_size: int = 0) -> tuple[Any, Any, Any]:
+  """Returns (abstract boxed state, abstract unboxed state, NamedSharding tree).
+
+  batch_size: the global batch, for a task's memory (its rows are the batch's rows).
+  """
   with mesh_context(mesh):
-    boxed = jax.eval_shape(_boxed_init(task, tx), jax.random.key(0))
+    boxed = jax.eval_shape(_boxed_init(task, tx, batch_size), jax.random.key(0))
     shardings = sharding.logical_to_mesh(nn.get_partition_spec(boxed), mesh)
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -85,9 +94,9 @@ def state_shardings(task: Task, tx: optax.GradientTransformation, mesh: Mesh,
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
-               shardings: Any) -> TrainState:
+               shardings: Any, batch_size: int = 0) -> TrainState:
   """Initialises parameters and optimiser state directly in their final sharding."""
-  init = _boxed_init(task, tx)
+  init = _boxed_init(task, tx, batch_size)
   with mesh_context(mesh):
     return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
         jax.random.key(seed))
@@ -106,6 +115,19 @@ def _split_micro(batch: Batch, k: int) -> Batch:
   return jax.tree_util.tree_map(split, batch)
 
 
+def _split_mems(mems: jax.Array, k: int) -> jax.Array:
+  """Memory [N, B, M, D] -> [k, N, B/k, M, D], micro-batch i holding rows i, i+k, .. as
+  `_split_micro` does."""
+  n, b = mems.shape[:2]
+  return jnp.moveaxis(mems.reshape((n, b // k, k) + mems.shape[2:]), 2, 0)
+
+
+def _join_mems(mems: jax.Array) -> jax.Array:
+  """Inverse of `_split_mems`: [k, N, B/k, M, D] -> [N, B, M, D]."""
+  k, n, b = mems.shape[:3]
+  return jnp.moveaxis(mems, 0, 2).reshape((n, b * k) + mems.shape[3:])
+
+
 def make_train_step(task: Task, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, seed: int, grad_accum_steps: int,
                     loss_normalizing_factor: float = 0.0,
@@ -117,60 +139,90 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
   Logged `loss` is the cross-entropy per predicted token either way.
   """
 
-  def grads_of(params: Any, batch: Batch, rng: jax.Array) -> tuple[Any, jax.Array, Metrics]:
-    grad_fn = jax.value_and_grad(lambda p, b, r: task.loss(p, b, r, deterministic=False),
-                                 has_aux=True)
+  def loss_fn(params: Any, batch: Batch, rng: jax.Array, mems: Any
+              ) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    kwargs = {} if mems is None else {"mems": mems}
+    loss_sum, aux = task.loss(params, batch, rng, deterministic=False, **kwargs)
+    aux = dict(aux)
+    return loss_sum, (aux, aux.pop("mems", None))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grads_of(params: Any, batch: Batch, rng: jax.Array, mems: Any
+               ) -> tuple[Any, jax.Array, Metrics, Any]:
     if grad_accum_steps == 1:
-      (loss_sum, aux), grads = grad_fn(params, batch, rng)
-      return grads, loss_sum, aux
+      (loss_sum, (aux, new_mems)), grads = grad_fn(params, batch, rng, mems)
+      return grads, loss_sum, aux, new_mems
     micro = _split_micro(batch, grad_accum_steps)
+    micro_mems = None if mems is None else _split_mems(mems, grad_accum_steps)
 
     def body(carry, inputs):
       grads_acc, loss_acc, aux_acc = carry
-      micro_batch, i = inputs
-      (loss_sum, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+      micro_batch, micro_mem, i = inputs
+      (loss_sum, (aux, new_mem)), grads = grad_fn(params, micro_batch,
+                                                  jax.random.fold_in(rng, i), micro_mem)
       return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), loss_acc + loss_sum,
-              jax.tree_util.tree_map(jnp.add, aux_acc, aux)), None
+              jax.tree_util.tree_map(jnp.add, aux_acc, aux)), new_mem
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    first = jax.tree_util.tree_map(lambda x: x[0], micro)
-    aux_shape = jax.eval_shape(lambda: task.loss(params, first, rng, deterministic=False))[1]
+    first = jax.tree_util.tree_map(lambda x: x[0], (micro, micro_mems))
+    aux_shape = jax.eval_shape(lambda: loss_fn(params, first[0], rng, first[1]))[1][0]
     aux0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape)
-    (grads, loss_sum, aux), _ = jax.lax.scan(
+    (grads, loss_sum, aux), new_mems = jax.lax.scan(
         body, (zeros, jnp.zeros((), jnp.float32), aux0),
-        (micro, jnp.arange(grad_accum_steps)))
-    return grads, loss_sum, aux
+        (micro, micro_mems, jnp.arange(grad_accum_steps)))
+    return grads, loss_sum, aux, None if mems is None else _join_mems(new_mems)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    grads, loss_sum, aux = grads_of(state.params, batch, rng)
+    grads, loss_sum, aux, mems = grads_of(state.params, batch, rng, state.mems)
     count = jnp.maximum(aux["count"], 1).astype(jnp.float32)
     denom = jnp.float32(loss_normalizing_factor) if loss_normalizing_factor > 0 else count
     grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient is never applied: params, optimiser state and memory stay
+    # as they were (the loop then stops or skips, train.on_nonfinite).
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    mems = keep(mems, state.mems)
     z_loss = aux.get("z_loss", jnp.zeros((), jnp.float32))
     metrics = {"loss": (loss_sum - z_loss) / count,
                "accuracy": aux["correct"].astype(jnp.float32) / count,
                "predicted_tokens": aux["count"], "dropped_predictions": aux["dropped"],
-               "grad_norm": optax.global_norm(grads),
+               "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32),
                "learning_rate": schedule(state.step)}
     if "z_loss" in aux:
       metrics["z_loss"] = z_loss / count
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      mems=mems), metrics
 
   return train_step
 
 
-def make_eval_step(task: Task) -> Callable[[Any, Batch], Metrics]:
-  """Summed loss / correct / count for one batch; the loop adds them over batches."""
+def make_eval_step(task: Task) -> Callable[[Any, Batch, Any], tuple[Metrics, Any]]:
+  """Summed loss / correct / count for one batch, and the task's new memory (None without
+  one); the loop adds the metrics over batches and feeds the memory to the next batch."""
 
-  def eval_step(params: Any, batch: Batch) -> Metrics:
-    loss_sum, aux = task.loss(params, batch, None, deterministic=True)
+  def eval_step(params: Any, batch: Batch, mems: Any) -> tuple[Metrics, Any]:
+    kwargs = {} if mems is None else {"mems": mems}
+    loss_sum, aux = task.loss(params, batch, None, deterministic=True, **kwargs)
     loss_sum = loss_sum - aux.get("z_loss", jnp.zeros((), jnp.float32))  # cross-entropy only
-    return {"loss_sum": loss_sum, "count": aux["count"], "correct": aux["correct"]}
+    return ({"loss_sum": loss_sum, "count": aux["count"], "correct": aux["correct"]},
+            aux.get("mems"))
 
   return eval_step
+
+
+def zero_mems(task: Task, batch_size: int, mesh: Mesh, shardings: Any) -> Any:
+  """A task's initial memory in its sharding (evaluation starts each pass from it)."""
+  if initial_mems(task, batch_size) is None:
+    return None
+  with mesh_context(mesh):
+    return jax.jit(lambda: nn.meta.unbox(initial_mems(task, batch_size)),
+                   out_shardings=shardings)()
 
 
 def jit_train_step(step_fn: Callable, state_sh: Any, batch_sh: Any, mesh: Mesh) -> Callable:
@@ -180,6 +232,8 @@ def jit_train_step(step_fn: Callable, state_sh: Any, batch_sh: Any, mesh: Mesh) 
                  out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
 
-def jit_eval_step(eval_fn: Callable, params_sh: Any, batch_sh: Any, mesh: Mesh) -> Callable:
+def jit_eval_step(eval_fn: Callable, params_sh: Any, batch_sh: Any, mesh: Mesh,
+                  mems_sh: Any = None) -> Callable:
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(eval_fn, in_shardings=(params_sh, batch_sh), out_shardings=replicated)
+  return jax.jit(eval_fn, in_shardings=(params_sh, batch_sh, mems_sh),
+                 out_shardings=(replicated, mems_sh))

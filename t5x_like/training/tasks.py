@@ -32,6 +32,14 @@ class Task(Protocol):
            deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
+def initial_mems(task: Task, batch_size: int) -> Any:
+  """The recurrent state a task carries from step to step (XLNet's memory), boxed with its
+  logical axes; None for tasks without one. A task with memory takes `mems=` in `loss` and
+  returns the new memory as aux["mems"]."""
+  init = getattr(task, "init_mems", None)
+  return None if init is None else init(batch_size)
+
+
 def _token_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array, z_loss: float,
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed NLL (+ z-loss) over valid positions of float32 logits [..., V]."""
@@ -158,6 +166,15 @@ class PermutationLMTask:
     self.seq_len = config.data.seq_len
     self.z_loss = config.objective.z_loss
 
+  def init_mems(self, batch_size: int) -> Any:
+    """Zero memory [layers, B, mem_len, D] (the original starts from zeros), or None."""
+    m = self.config.model
+    if not m.mem_len:
+      return None
+    zeros = jnp.zeros((m.num_layers, batch_size, m.mem_len, m.hidden_size),
+                      jnp.dtype(m.dtype))
+    return nn.LogicallyPartitioned(zeros, (None, "act_batch", None, "act_embed"))
+
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     # No parameter depends on the lengths (relative positions): initialise on short rows.
     length, predict = 8, 2
@@ -174,17 +191,25 @@ class PermutationLMTask:
                            b["target_mapping"])
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
-           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (summed NLL + z-loss, {count, correct, dropped, [z_loss]})."""
+           deterministic: bool, mems: jax.Array | None = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (summed NLL + z-loss, {count, correct, dropped, [z_loss], [mems]}).
+
+    With `mems` (the previous step's memory of these rows) the model attends to it and aux
+    carries the new memory (no gradient flows into it).
+    """
     labels_BP = batch["labels"]
-    logits_BPV = self.model.apply(
+    out = self.model.apply(
         {"params": params}, batch["input_ids"], batch["token_type_ids"], batch["perm_mask"],
-        batch["target_mapping"], deterministic=deterministic,
-        rngs=None if rng is None else {"dropout": rng})
+        batch["target_mapping"], mems=mems, deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng}, return_mems=mems is not None)
+    logits_BPV, new_mems = out if mems is not None else (out, None)
     valid_BP = labels_BP != IGNORE
     loss_sum, aux = _token_losses(logits_BPV.astype(jnp.float32),
                                   jnp.where(valid_BP, labels_BP, 0), valid_BP, self.z_loss)
     aux["dropped"] = jnp.zeros((), jnp.int32)
+    if new_mems is not None:
+      aux["mems"] = new_mems
     return loss_sum, aux
 
 

@@ -181,6 +181,65 @@ def test_reversed_rows_hold_reversed_text_cut_and_masked_on_natural_words():
       "input_ids"][:-3])
 
 
+@st.composite
+def _reuse_cases(draw):
+  reuse = draw(st.sampled_from([8, 12, 24]))
+  rest = draw(st.sampled_from([8, 12, 24]))  # L - R, the 3 functional tokens included
+  sizes = [d for d in range(1, min(reuse, rest) + 1) if reuse % d == 0 and rest % d == 0]
+  perm_size = draw(st.sampled_from([0] + sizes))
+  return reuse, rest, perm_size, draw(st.sampled_from([0, 2, 5])), draw(st.booleans()), \
+      draw(seeds)
+
+
+@SETTINGS
+@hypothesis.given(case=_reuse_cases())
+def test_reuse_layout_invariants(case):
+  """Memory layout: `block[:R] A <sep> B <sep> <cls>`; the reuse part sees nothing after it,
+  the rest sees all of it; P - P//2 targets in the reuse part and P//2 in the rest, each
+  part with its own order, the reuse part first; no target leaks through any depth."""
+  reuse, rest, perm_size, num_predict, reverse, seed = case
+  length = reuse + rest
+  block = _block(seed, length - 3, specials=False)
+  ex = _example(block, seed, reverse=reverse, reuse_len=reuse, perm_size=perm_size,
+                num_predict=num_predict)
+  ids, seg, pm = ex["input_ids"], ex["token_type_ids"], ex["perm_mask"]
+  goal = num_predict or math.floor(length / 6 + 0.5)
+  text = block[::-1] if reverse else block
+  np.testing.assert_array_equal(ids[:reuse], text[:reuse])
+  a = reuse + int(np.flatnonzero(ids[reuse:] == SEP)[0])
+  np.testing.assert_array_equal(np.concatenate([ids[reuse:a], ids[a + 1:-2]]), text[reuse:])
+  np.testing.assert_array_equal(seg, [0] * (a + 1) + [1] * (length - a - 2) + [2])
+  target = ex["target_mapping"].sum(0) > 0
+  assert target[:reuse].sum() == goal - goal // 2 and target[reuse:].sum() == goal // 2
+  np.testing.assert_array_equal(ex["labels"], ids[target])
+  np.testing.assert_array_equal(pm.diagonal() == 1, target)
+  assert (pm[:reuse, reuse:] == 1).all() and (pm[reuse:, :reuse] == 0).all()
+  # Among all targets "sees" is a strict total order, the reuse part's targets first; each
+  # part's order comes in blocks of its perm_size.
+  sees = pm[np.ix_(target, target)] == 0
+  assert not (sees & sees.T).any() and (sees | sees.T)[~np.eye(goal, dtype=bool)].all()
+  rank = sees.sum(1)
+  assert (rank[:goal - goal // 2] < goal - goal // 2).all()
+  for part, size in ((slice(0, reuse), perm_size or reuse),
+                     (slice(reuse, length), perm_size or rest)):
+    t = np.flatnonzero(target[part])
+    part_rank = (pm[part, part][np.ix_(t, t)] == 0).sum(1)
+    assert (np.diff((t // size)[np.argsort(part_rank)]) >= 0).all()
+  reach = _reachable(pm)
+  assert not (reach & (pm == 1))[np.ix_(target, target)].any()
+  # Nothing in the reuse part depends on the rest (the cached memory saw only its past).
+  assert not reach[:reuse, reuse:].any()
+
+
+def test_reuse_layout_bad_input():
+  block = _block(0, 29, specials=False)
+  with pytest.raises(DataError, match="block too short.*need >= 30 \\(reuse_len 28 \\+ 2\\)"):
+    _example(block, 0, reuse_len=28)
+  with pytest.raises(DataError, match="perm_size 8 must divide both reuse_len 12 and the rest "
+                                      "of the row, 20 tokens"):
+    _example(block, 0, reuse_len=12, perm_size=8)
+
+
 def test_determinism_per_seed():
   block = _block(0, 509)
   a, b, c = _example(block, 7), _example(block, 7), _example(block, 8)

@@ -17,7 +17,7 @@ from t5x_like import load_pretrained
 from tests.pretrain.conftest import tiny_overrides
 from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
-from tests.pretrain.test_xlnet_cli import xlnet_overrides
+from tests.pretrain.test_xlnet_cli import MEMORY_BI_DATA, xlnet_overrides
 
 STEPS = 60
 EVERY = 10
@@ -37,8 +37,9 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
     overrides = bart_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
                                                                 "model.attention_dropout_rate": 0.1})
   elif preset == "xlnet_tiny":
-    # Two streams, permutation masks drawn per record, dropout on.
-    overrides = xlnet_overrides(corpus, cache_dir, **common)
+    # Two streams, permutation masks drawn per record, dropout on, bi_data, and memory: the
+    # stream position and the memory in the train state resume too.
+    overrides = xlnet_overrides(corpus, cache_dir, **common, **MEMORY_BI_DATA)
   else:
     overrides = tiny_overrides(corpus, cache_dir, **common,
                                **{"model.attention_dropout_rate": 0.1})

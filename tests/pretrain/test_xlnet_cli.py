@@ -1,6 +1,7 @@
-"""`pretrain` with the XLNet family: permutation LM with bi_data trains (loss falls, target
-accuracy rises), export to `XLNetLMHeadModel` (bi_data kept) with the same query-stream logits
-and tokenizer ids, and bad permutation settings refused with one line."""
+"""`pretrain` with the XLNet family: permutation LM with bi_data and memory trains (loss falls,
+target accuracy rises), export to `XLNetLMHeadModel` (bi_data, mem_len, reuse_len kept) with
+the same query-stream logits and tokenizer ids, and bad permutation settings refused with one
+line."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def xlnet_overrides(corpus: str, cache_dir: str, **extra: object) -> list[str]:
   return [f"{k}={v}" for k, v in values.items()]
 
 
+MEMORY_BI_DATA = {"model.bi_data": "true", "model.mem_len": 24, "model.reuse_len": 16}
+
+
 def _metrics(workdir: str) -> tuple[list[dict], list[dict]]:
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
@@ -42,10 +46,10 @@ def _metrics(workdir: str) -> tuple[list[dict], list[dict]]:
 def xlnet_workdir(tmp_path_factory, corpus, cache_dir) -> str:
   workdir = str(tmp_path_factory.mktemp("xlnet") / "run")
   from pretrain import cli
-  # bi_data on: the second half of every batch is reversed text (xlnet_tiny's own setting,
-  # off, is what test_resume trains).
+  # bi_data on (the second half of every batch is reversed text) and memory: rows in stream
+  # order, 24 cached states per layer from the first 16 tokens of each row.
   assert cli.main(["train", "--config", "xlnet_tiny", "--workdir", workdir,
-                   *xlnet_overrides(corpus, cache_dir, **{"model.bi_data": "true"})]) == 0
+                   *xlnet_overrides(corpus, cache_dir, **MEMORY_BI_DATA)]) == 0
   return workdir
 
 
@@ -72,6 +76,7 @@ def test_xlnet_export_matches_transformers(xlnet_workdir, tmp_path, capsys):
   rng = np.random.default_rng(0)
   params = permutation_lm.PermutationLMParams()
   assert hf.config.bi_data and ours.config.model.bi_data
+  assert (hf.config.mem_len, hf.config.reuse_len) == (24, 16)
   rows = [permutation_lm.make_example(rng.choice(vocab.normal_ids, 29).astype(np.int32), rng,
                                       params, vocab, reverse=i >= 2) for i in range(4)]
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}

@@ -22,7 +22,7 @@ def _setup(config):
   schedule = optimizer.make_schedule(config.optim, config.train.steps)
   n = config.mesh.data * config.mesh.fsdp * config.mesh.tensor
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:n])
-  _, abstract, state_sh = step_lib.state_shardings(task, tx, mesh)
+  _, abstract, state_sh = step_lib.state_shardings(task, tx, mesh, config.train.batch_size)
   batch_sh = step_lib.batch_shardings(task.features, mesh)
   return task, tx, schedule, mesh, abstract, state_sh, batch_sh
 
@@ -34,7 +34,8 @@ def _train(config, batches, steps):
                                config.optim.grad_accum_steps), state_sh, batch_sh, mesh)
   losses = []
   with step_lib.mesh_context(mesh):
-    state = step_lib.init_state(task, tx, mesh, config.train.seed, state_sh)
+    state = step_lib.init_state(task, tx, mesh, config.train.seed, state_sh,
+                                config.train.batch_size)
     for i in range(steps):
       batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v)
                for k, v in batches[i].items()}

@@ -16,8 +16,9 @@ from data_pipelines.vocab import VocabInfo
 from pretrain import data as data_glue
 from t5x_like import config as config_lib
 from t5x_like import flops
+from t5x_like.training import step as step_lib
 from t5x_like.training import tasks
-from tests.t5x_like.test_sharding import _train
+from tests.t5x_like.test_sharding import _setup, _train
 
 TINY_XLNET = {
     "model": {"family": "xlnet", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
@@ -115,6 +116,60 @@ def test_bi_data_sharded_and_accumulated_equals_one_device():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
 
+def stream_batches(config: config_lib.Config, n: int, seed: int = 0
+                   ) -> list[dict[str, np.ndarray]]:
+  """Memory layout in stream order: row j of step s+1 continues row j of step s by reuse_len
+  tokens (the pipeline's streams, here over random text)."""
+  vocab = VocabInfo.synthetic(config.model.vocab_size)
+  params = data_glue.permutation_params(config)
+  reuse, text = config.model.reuse_len, config.data.seq_len - 3
+  rng = np.random.default_rng(seed)
+  size = config.train.batch_size
+  streams = rng.choice(vocab.normal_ids, (size, reuse * (n + 1))).astype(np.int32)
+  return [{k: np.stack([r[k] for r in rows]) for k in rows[0]}
+          for rows in ([permutation_lm.make_example(streams[j, s * reuse:s * reuse + text], rng,
+                                                    params, vocab) for j in range(size)]
+                       for s in range(n))]
+
+
+MEMORY = {"mem_len": 24, "reuse_len": 16}
+
+
+def test_memory_is_carried_sharded_accumulated_and_holds_the_reuse_part():
+  """Memory in the train state: after each step layer 0's memory ends with the embeddings
+  (dropout 0) of the first reuse_len tokens of each row, shifted in behind the previous ones
+  (initial memory zeros); 8 devices with 2 micro-batches equal 1 device (losses, params and
+  memory), so the memory's rows follow their batch rows."""
+  one = xlnet_config(model=MEMORY)
+  batches = stream_batches(one, 3)
+  task, tx, schedule, mesh, _, state_sh, batch_sh = _setup(one)
+  fn = step_lib.jit_train_step(step_lib.make_train_step(task, tx, schedule, one.train.seed, 1),
+                               state_sh, batch_sh, mesh)
+  losses_1, mems_seen = [], []
+  with step_lib.mesh_context(mesh):
+    state = step_lib.init_state(task, tx, mesh, one.train.seed, state_sh, 8)
+    assert state.mems.shape == (2, 8, 24, 32) and not np.any(np.asarray(state.mems))
+    for batch in batches:
+      emb = np.asarray(state.params["word_embedding"]["embedding"])
+      state, metrics = fn(state, {k: jax.device_put(v, batch_sh[k]) for k, v in batch.items()})
+      losses_1.append(float(metrics["loss"]))
+      mems = np.asarray(state.mems)
+      np.testing.assert_allclose(mems[0, :, -16:], emb[batch["input_ids"][:, :16]], atol=1e-6)
+      if mems_seen:  # the previous memory's last 8 rows moved to the front
+        np.testing.assert_array_equal(mems[:, :, :8], mems_seen[-1][:, :, -8:])
+      mems_seen.append(mems)
+  assert not np.any(mems_seen[0][:, :, :8])  # 24 - 16 rows of the initial zeros remain
+  eight = xlnet_config(model=MEMORY, optim={"grad_accum_steps": 2},
+                       mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  state_8, losses_8, _, _ = _train(eight, batches, 3)
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
+  assert state_8.mems.sharding.spec == P(None, ("data", "fsdp"), None, None)
+  np.testing.assert_allclose(np.asarray(state_8.mems), mems_seen[-1], atol=2e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                  jax.tree_util.tree_leaves(state_8.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
 def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
   config = xlnet_config()
   task = tasks.make_task(config)
@@ -132,16 +187,19 @@ def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
   np.testing.assert_allclose(float(loss_sum), np.sum((lse - target) * valid), rtol=1e-5)
 
 
-def test_flops_model_counts_xlnet_matmuls():
-  """Analytic two-stream count within 10% of XLA's forward count on a matmul-heavy shape."""
-  config = xlnet_config(model={"hidden_size": 256, "intermediate_size": 1024})
+@pytest.mark.parametrize("extra", [{}, {**MEMORY, "bi_data": True}], ids=["plain", "memory"])
+def test_flops_model_counts_xlnet_matmuls(extra):
+  """Analytic two-stream count within 10% of XLA's forward count on a matmul-heavy shape,
+  also with memory (keys over memory + tokens) and bi_data."""
+  config = xlnet_config(model={"hidden_size": 256, "intermediate_size": 1024, **extra})
   task = tasks.make_task(config)
-  batch = xlnet_batches(config, 1)[0]
+  batch = xlnet_batches(config, 1)[0] if not extra else stream_batches(config, 1)[0]
   params = task.init(jax.random.key(0))["params"]
-  fwd = jax.jit(lambda p, b: task.model.apply({"params": p}, b["input_ids"],
-                                              b["token_type_ids"], b["perm_mask"],
-                                              b["target_mapping"]))
-  cost = fwd.lower(params, batch).compile().cost_analysis()
+  mems = None if not extra else np.zeros((2, 8, 24, 256), np.float32)
+  fwd = jax.jit(lambda p, b, m: task.model.apply(
+      {"params": p}, b["input_ids"], b["token_type_ids"], b["perm_mask"], b["target_mapping"],
+      mems=m, return_mems=m is not None))
+  cost = fwd.lower(params, batch, mems).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   assert flops.train_flops_per_step(config) / 3 == pytest.approx(cost["flops"], rel=0.10)
 
@@ -152,6 +210,10 @@ def test_flops_model_counts_xlnet_matmuls():
     ({"data": {"pack_documents": True}}, "data.pack_documents is not supported"),
     ({"objective": {"name": "mlm"}}, "does not train model.family 'xlnet'"),
     ({"objective": {"max_span": 0}}, "objective.max_span must be >= 1, got 0"),
+    ({"model": {"mem_len": 8}}, "model.mem_len (8) and model.reuse_len (0) must both be 0"),
+    ({"model": {"mem_len": 8, "reuse_len": 12}}, "data.seq_len - 5] = [15, 27]"),
+    ({"model": {"mem_len": 8, "reuse_len": 18}, "objective": {"perm_size": 4}},
+     "objective.perm_size (4) must divide model.reuse_len (18) and data.seq_len - reuse_len"),
     ({"model": {"bi_data": True}, "train": {"batch_size": 6}, "optim": {"grad_accum_steps": 2}},
      ("model.bi_data needs train.batch_size (6) even with half of it divisible by "
       "optim.grad_accum_steps (2)")),
