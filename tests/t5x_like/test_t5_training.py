@@ -70,8 +70,10 @@ def span_batches(config: config_lib.Config, n: int, seed: int = 0) -> list[dict[
 
 @pytest.fixture(scope="module")
 def runs():
+  # 8 devices with 2 micro-batches against 1 device, one batch: sharding and gradient
+  # accumulation in one comparison (the accumulation itself: test_sharding.py).
   one = t5_config()
-  eight = t5_config(mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  eight = t5_config(mesh={"data": 2, "fsdp": 2, "tensor": 2}, optim={"grad_accum_steps": 2})
   batches = span_batches(one, 4)
   return _train(one, batches, 4), _train(eight, batches, 4)
 
@@ -100,20 +102,12 @@ def test_t5_params_and_adafactor_state_are_sharded(runs):
 
 
 def test_t5_loss_matches_single_device_and_falls(runs):
-  (_, losses_1, _, _), (_, losses_8, _, _) = runs
+  (state_1, losses_1, _, _), (state_8, losses_8, _, _) = runs
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
   assert losses_1[-1] < losses_1[0]
-
-
-def test_t5_grad_accumulation_equals_one_big_batch():
-  config = t5_config()
-  batches = span_batches(config, 2, seed=1)
-  state_1, losses_1, _, _ = _train(config, batches, 2)
-  state_a, losses_a, _, _ = _train(t5_config(optim={"grad_accum_steps": 4}), batches, 2)
-  np.testing.assert_allclose(losses_a, losses_1, rtol=2e-5)
   for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
-                  jax.tree_util.tree_leaves(state_a.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+                  jax.tree_util.tree_leaves(state_8.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-6)
 
 
 def _reference_losses(logits: np.ndarray, labels: np.ndarray, z_loss: float):
