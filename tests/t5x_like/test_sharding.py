@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5x_like import checkpointing, sharding
+from t5x_like import checkpointing, flops, sharding
+from t5x_like import config as config_lib
 from t5x_like.config import ConfigError, MeshConfig
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
@@ -127,3 +128,19 @@ def test_describe_prints_logical_and_mesh_axes():
   assert len(lines) == len(jax.tree_util.tree_leaves(nn.meta.unbox(boxed.params)))
   row = next(line for line in lines if line.startswith("encoder/layer_0/intermediate/kernel"))
   assert "(32, 64)" in row and "('embed', 'mlp')" in row and "('fsdp', 'tensor')" in row
+
+
+def test_flops_model_counts_bert_matmuls():
+  """The MLM count (encoder + gather-first head at the P predicted positions) within 10% of
+  XLA's forward count on a matmul-heavy shape."""
+  config = tiny_config(model={"hidden_size": 256, "intermediate_size": 1024, "num_heads": 4})
+  task = tasks.make_task(config)
+  batch = mlm_batches(config, 1)[0]
+  params = task.init(jax.random.key(0))["params"]
+  positions = np.tile(np.arange(config_lib.max_predictions(config)), (len(batch["input_ids"]), 1))
+  fwd = jax.jit(lambda p, b: task.model.apply(
+      {"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"],
+      masked_positions=positions))
+  cost = fwd.lower(params, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  assert flops.train_flops_per_step(config) / 3 == pytest.approx(cost["flops"], rel=0.10)
