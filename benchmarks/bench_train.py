@@ -102,6 +102,7 @@ class Side:
   run: Callable[[int], float]
   times: list[float] = dataclasses.field(default_factory=list)
   losses: list[float] = dataclasses.field(default_factory=list)
+  state: Callable[[], object] | None = None  # ours: the live train state (bench_checkpoint)
 
 
 def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Side, float]:
@@ -132,7 +133,7 @@ def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Si
     holder["state"] = state
     return float(metrics["loss"])
 
-  return Side(run), compile_s
+  return Side(run, state=lambda: holder["state"]), compile_s
 
 
 def build_hf(config: Config, batches: list[dict[str, np.ndarray]]) -> Side:
