@@ -62,6 +62,9 @@ class ModelConfig:
   tie_word_embeddings: bool = False
   # BART: token embeddings scaled by sqrt(hidden_size) (transformers.BartConfig name).
   scale_embedding: bool = False
+  # BART: the padding id whose embedding row starts at zero and gets no lookup gradient (HF's
+  # padding_idx); 0 for this project's tokenizers, `pretrain import` sets a checkpoint's.
+  pad_token_id: int = 0
   # XLNet: relative distances clipped to [-clamp_len, clamp_len] when > 0 (-1 = no clipping).
   clamp_len: int = -1
   # XLNet's bi_data: the second half of every global batch is reversed text, and the model
@@ -121,7 +124,8 @@ class ObjectiveConfig:
 class DataConfig:
   """Where text comes from and how it is cut."""
   corpus: str = "bundled"  # bundled | bundled_ko | bundled_all | PATH | tfds:NAME[/CFG][:SPLIT]
-  tokenizer: str = "bundled"  # bundled | PATH to a sentencepiece .model
+  # bundled | PATH to a sentencepiece .model | a HuggingFace tokenizer folder
+  tokenizer: str = "bundled"
   seq_len: int = 128  # encoder input length (MLM: with [CLS] and [SEP])
   # Decoder target length (encoder-decoder objectives); 0 = what the objective produces from a
   # full block (span corruption: random_spans_helper, 114 for inputs of 512).
@@ -451,6 +455,8 @@ def validate(c: Config) -> None:
   _require(m.head_dim > 0 or m.hidden_size % m.num_heads == 0,
            f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads "
            f"({m.num_heads}) unless model.head_dim is set")
+  _require(m.pad_token_id >= 0 and (m.vocab_size == 0 or m.pad_token_id < m.vocab_size),
+           f"model.pad_token_id ({m.pad_token_id}) must be in [0, model.vocab_size)")
   _require(m.initializer_factor > 0,
            f"model.initializer_factor must be > 0, got {m.initializer_factor}")
   takes = {"bert": ("mlm",), "t5": ("span_corruption",), "bart": ("denoising",),

@@ -295,7 +295,8 @@ def _bart_config(hf: Mapping[str, Any], notes: list[str]) -> Any:
         dropout_rate=float(_get(hf, "dropout", 0.1)),
         attention_dropout_rate=float(_get(hf, "attention_dropout", 0.0)),
         initializer_range=float(_get(hf, "init_std", 0.02)),
-        scale_embedding=bool(_get(hf, "scale_embedding", False)))
+        scale_embedding=bool(_get(hf, "scale_embedding", False)),
+        pad_token_id=1 if hf.get("pad_token_id") is None else _int(hf, "pad_token_id", 1))
   except ValueError as e:
     raise HFImportError(f"config.json: {e}") from None
 

@@ -101,14 +101,17 @@ def bart_to_hf_state_dict(params: Mapping[str, Any], config: BartConfig
   return out
 
 
-def hf_config_dict(config: BartConfig, pad_token_id: int = vocab_lib.PAD_ID,
+def hf_config_dict(config: BartConfig, pad_token_id: int | None = None,
                    bos_token_id: int = vocab_lib.BOS_ID, eos_token_id: int = vocab_lib.EOS_ID
                    ) -> dict[str, Any]:
   """`config.json` contents for `transformers.BartForConditionalGeneration`.
 
   The decoder starts from `</s>` (fairseq: targets shifted right behind eos), and
-  generation is forced to end with it, as the stock facebook/bart checkpoints.
+  generation is forced to end with it, as the stock facebook/bart checkpoints. pad_token_id
+  defaults to the model's (its embedding's padding_idx).
   """
+  if pad_token_id is None:
+    pad_token_id = config.pad_token_id
   if config.hidden_act not in _HF_ACTIVATIONS:
     raise ValueError(f"hidden_act {config.hidden_act!r} has no HF equivalent here "
                      f"(expected one of {list(_HF_ACTIVATIONS)})")

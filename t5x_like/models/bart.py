@@ -29,7 +29,7 @@ from t5x_like.models.t5 import _per_token, cross_mask, decoder_mask, encoder_mas
 FEATURES = ("input_ids", "decoder_input_ids", "labels")
 PACKED_FEATURES = ("segment_ids", "positions", "decoder_segment_ids", "decoder_positions")
 
-PAD_ID = 0  # data_pipelines/vocab.py; HF's `padding_idx` of the token embedding
+PAD_ID = 0  # data_pipelines/vocab.py: the default of BartConfig.pad_token_id
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding.offset
 
 _ACT_BLD = ("act_batch", "act_length", "act_embed")
@@ -52,6 +52,9 @@ class BartConfig:
   attention_dropout_rate: float = 0.0  # attention_dropout
   initializer_range: float = 0.02  # init_std
   scale_embedding: bool = False  # token embeddings * sqrt(d_model)
+  # HF's `padding_idx`: this row starts at zero and lookups of it pass no gradient (0 for this
+  # project's tokenizers; 1 in facebook/bart-*, set by `pretrain import`).
+  pad_token_id: int = PAD_ID
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
@@ -82,10 +85,10 @@ def _normal(std: float) -> layers.Initializer:
   return nn.initializers.normal(std)
 
 
-def _token_embedding_init(std: float) -> layers.Initializer:
+def _token_embedding_init(std: float, pad_id: int) -> layers.Initializer:
   """normal(std) with the padding row zeroed, as HF's `_init_weights` for `padding_idx`."""
   def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    return _normal(std)(key, shape, dtype).at[PAD_ID].set(0)
+    return _normal(std)(key, shape, dtype).at[pad_id].set(0)
   return init
 
 
@@ -218,7 +221,8 @@ class BartForConditionalGeneration(nn.Module):
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     self.shared = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), dtype, pdtype,
-                               embedding_init=_token_embedding_init(c.initializer_range))
+                               embedding_init=_token_embedding_init(c.initializer_range,
+                                                                    c.pad_token_id))
     self.encoder = BartStack(c, is_decoder=False)
     self.decoder = BartStack(c, is_decoder=True)
     self.final_logits_bias = self.param(
@@ -227,7 +231,8 @@ class BartForConditionalGeneration(nn.Module):
 
   def _embed_tokens(self, ids_BL: jax.Array) -> jax.Array:
     x_BLD = self.shared(ids_BL)
-    x_BLD = jnp.where((ids_BL == PAD_ID)[..., None], jax.lax.stop_gradient(x_BLD), x_BLD)
+    pad_BL = ids_BL == self.config.pad_token_id
+    x_BLD = jnp.where(pad_BL[..., None], jax.lax.stop_gradient(x_BLD), x_BLD)
     if self.config.scale_embedding:
       x_BLD = x_BLD * jnp.asarray(self.config.embed_scale, x_BLD.dtype)
     return x_BLD

@@ -155,6 +155,8 @@ def test_import_matches_transformers_and_round_trips(tmp_path, family):
   imported = hf_import.import_hf(folder)
   assert imported.family == family and not imported.new_params
   assert all(r.startswith("tied copy") or "buffer" in r for r in imported.ignored.values())
+  if family == "bart":  # HF BART's padding_idx (1, as facebook/bart-*) carries over
+    assert imported.model_fields["pad_token_id"] == model.config.pad_token_id == 1
   _check_round_trip(folder, imported)
   x = _inputs()
   ours, theirs = _ours(imported, imported.params, x), _theirs(family, model, x)

@@ -151,16 +151,19 @@ def test_scaled_embeddings_and_relu_match_transformers():
   assert not np.allclose(ours, _run(CFG, _params(), ids, dec, mask, dec_mask), atol=1e-2)
 
 
-def test_gradients_match_transformers():
+@pytest.mark.parametrize("pad", [0, 1], ids=["pad0", "pad1_as_facebook_bart"])
+def test_gradients_match_transformers(pad):
+  config = dataclasses.replace(CFG, pad_token_id=pad)
   ids, dec, mask, _ = _inputs()
-  dec[2, 6:] = bart.PAD_ID  # pad lookups pass no gradient to the pad row (torch padding_idx)
+  dec[2, 6:] = pad  # pad lookups pass no gradient to the pad row (torch padding_idx)
+  dec[1, 3] = 1 - pad  # ... and the other id's lookups do
   weights = _weights()
-  _, grads = _loss_and_grad(CFG)(_params(), ids, dec, mask, weights)
+  _, grads = _loss_and_grad(config)(_params(), ids, dec, mask, weights)
   # HF's final_logits_bias is a buffer, never trained; ours is a param behind stop_gradient.
   assert not np.any(np.asarray(grads["final_logits_bias"]))
-  ours = export_bart.bart_to_hf_state_dict(grads, CFG)  # the same renaming applies
+  ours = export_bart.bart_to_hf_state_dict(grads, config)  # the same renaming applies
   del ours["final_logits_bias"]
-  hf = _hf_model()
+  hf = _hf_model(config)
   hf.zero_grad(set_to_none=True)
   logits = hf(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask),
               decoder_input_ids=torch.from_numpy(dec).long()).logits
