@@ -40,7 +40,6 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
   from t5x_like import distributed

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from t5x_like import load_pretrained
-from tests.pretrain.conftest import tiny_overrides
 from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
 from tests.pretrain.test_xlnet_cli import MEMORY_BI_DATA, xlnet_overrides
@@ -36,13 +35,11 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
     # objective's generator position and the dropout stream resume too.
     overrides = bart_overrides(corpus, cache_dir, **common, **{"model.num_decoder_layers": 2,
                                                                 "model.attention_dropout_rate": 0.1})
-  elif preset == "xlnet_tiny":
+  else:
+    assert preset == "xlnet_tiny", preset
     # Two streams, permutation masks drawn per record, dropout on, bi_data, and memory: the
     # stream position and the memory in the train state resume too.
     overrides = xlnet_overrides(corpus, cache_dir, **common, **MEMORY_BI_DATA)
-  else:
-    overrides = tiny_overrides(corpus, cache_dir, **common,
-                               **{"model.attention_dropout_rate": 0.1})
   return [sys.executable, "-m", "pretrain.cli", "train", "--config", preset,
           "--workdir", workdir, *overrides]
 

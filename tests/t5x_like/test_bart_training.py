@@ -16,7 +16,7 @@ from pretrain import data as data_glue
 from t5x_like import config as config_lib
 from t5x_like import flops
 from t5x_like.training import tasks
-from tests.t5x_like.test_sharding import _train
+from tests.t5x_like.test_sharding import _train, assert_params_close, weight_specs
 
 TINY_BART = {
     "model": {"family": "bart", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
@@ -89,16 +89,9 @@ def test_bart_params_are_sharded_and_loss_matches_one_device(runs):
   (state_1, losses_1, _, _), (state, losses_8, batch, mesh) = runs
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
-                  jax.tree_util.tree_leaves(state.params)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-6)
+  assert_params_close(state_1.params, state.params, atol=5e-6)
   assert losses_1[-1] < losses_1[0]
-  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  specs = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.sharding.spec
-           for path, leaf in leaves}
-  matrices = {name: spec for name, spec in specs.items()
-              if "kernel" in name or "embedding" in name}
-  assert matrices and all("fsdp" in spec or "tensor" in spec for spec in matrices.values())
+  weight_specs(state.params)
   assert batch["input_ids"].sharding.spec == P(("data", "fsdp"))
 
 

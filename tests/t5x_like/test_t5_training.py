@@ -17,7 +17,7 @@ from t5x_like import config as config_lib
 from t5x_like import flops
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
-from tests.t5x_like.test_sharding import _setup, _train
+from tests.t5x_like.test_sharding import _setup, _train, assert_params_close, weight_specs
 
 TINY_T5 = {
     "model": {"family": "t5", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
@@ -81,13 +81,7 @@ def runs():
 def test_t5_params_and_adafactor_state_are_sharded(runs):
   _, (state, _, batch, mesh) = runs
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  specs = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.sharding.spec
-           for path, leaf in leaves}
-  # every weight matrix is split over fsdp and tensor somewhere
-  matrices = {name: spec for name, spec in specs.items()
-              if "kernel" in name or "embedding" in name}
-  assert matrices and all("fsdp" in spec or "tensor" in spec for spec in matrices.values())
+  matrices = weight_specs(state.params)  # every weight matrix split over fsdp or tensor
   assert any(spec == P("fsdp", "tensor") for spec in matrices.values())  # wi: [embed, mlp]
   # Adafactor: factored row/column statistics exist (dims >= 16) and are replicated
   stats = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
@@ -105,9 +99,7 @@ def test_t5_loss_matches_single_device_and_falls(runs):
   (state_1, losses_1, _, _), (state_8, losses_8, _, _) = runs
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
   assert losses_1[-1] < losses_1[0]
-  for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
-                  jax.tree_util.tree_leaves(state_8.params)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-6)
+  assert_params_close(state_1.params, state_8.params, atol=5e-6)
 
 
 def _reference_losses(logits: np.ndarray, labels: np.ndarray, z_loss: float):

@@ -18,7 +18,7 @@ from t5x_like import config as config_lib
 from t5x_like import flops
 from t5x_like.training import step as step_lib
 from t5x_like.training import tasks
-from tests.t5x_like.test_sharding import _setup, _train
+from tests.t5x_like.test_sharding import _setup, _train, assert_params_close, weight_specs
 
 TINY_XLNET = {
     "model": {"family": "xlnet", "vocab_size": 128, "hidden_size": 32, "num_layers": 2,
@@ -84,16 +84,9 @@ def test_xlnet_sharded_loss_matches_one_device_and_falls(runs):
   (state_1, losses_1, _, _), (state, losses_8, batch, mesh) = runs
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state_1.params),
-                  jax.tree_util.tree_leaves(state.params)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-6)
+  assert_params_close(state_1.params, state.params, atol=5e-6)
   assert losses_1[-1] < losses_1[0]
-  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  specs = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.sharding.spec
-           for path, leaf in leaves}
-  matrices = {name: spec for name, spec in specs.items()
-              if "kernel" in name or "embedding" in name}
-  assert matrices and all("fsdp" in spec or "tensor" in spec for spec in matrices.values())
+  weight_specs(state.params)
   assert batch["perm_mask"].sharding.spec == P(("data", "fsdp"))
 
 
@@ -146,9 +139,7 @@ def test_memory_is_carried_sharded_accumulated_and_holds_the_reuse_part():
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
   assert state_8.mems.sharding.spec == P(None, ("data", "fsdp"), None, None)
   np.testing.assert_allclose(np.asarray(state_8.mems), mems_seen[-1], atol=2e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state.params),
-                  jax.tree_util.tree_leaves(state_8.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+  assert_params_close(state.params, state_8.params, atol=2e-6)
 
 
 def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
