@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from array_record.python import array_record_module
 
-from data_pipelines import packing, sources, vocab
+from data_pipelines import packing, sources, storage, vocab
 from data_pipelines.errors import DataError
 from data_pipelines.packing import PackSpec
 from data_pipelines.tokenizer import Tokenizer
@@ -492,13 +492,20 @@ def prepared_dir(cache_root: str, corpus_spec: str, tokenizer: Tokenizer, block_
 def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     block_length: int, validation_fraction: float = 0.02,
                     shard_size: int = 4096, text_field: str = "text",
-                    pack: PackSpec | None = None) -> Manifest:
+                    pack: PackSpec | None = None, remote_root: str | None = None
+                    ) -> Manifest:
   """Returns the manifest of the cached preparation, preparing it first when missing.
 
-  `pack` selects documents mode (see `prepare`); None keeps blocks mode.
+  `pack` selects documents mode (see `prepare`); None keeps blocks mode. `remote_root`
+  (gs://): the shared cache; a complete preparation there is downloaded into `cache_root`
+  instead of being prepared again, and a new one is uploaded there.
   """
   directory = prepared_dir(cache_root, corpus_spec, tokenizer, block_length,
                            validation_fraction, pack)
+  remote = storage.join(remote_root, os.path.basename(directory)) if remote_root else None
+  if remote and not os.path.isfile(os.path.join(directory, MANIFEST_NAME)) and \
+      storage.exists(storage.join(remote, MANIFEST_NAME)):
+    _download_prepared(remote, directory)
   if os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
     manifest = load_manifest(directory)
     check_manifest(manifest, tokenizer, block_length, pack)
@@ -506,6 +513,31 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
     return manifest
   # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
   # have it elsewhere than vocab.EOS_ID; BERT's has none, its [SEP] stands in).
-  return prepare(corpus_spec, tokenizer, block_length, directory,
-                 validation_fraction=validation_fraction, shard_size=shard_size,
-                 separator_id=tokenizer.vocab_info().eos_id, text_field=text_field, pack=pack)
+  manifest = prepare(corpus_spec, tokenizer, block_length, directory,
+                     validation_fraction=validation_fraction, shard_size=shard_size,
+                     separator_id=tokenizer.vocab_info().eos_id, text_field=text_field,
+                     pack=pack)
+  if remote:
+    _upload_prepared(directory, remote)
+  return manifest
+
+
+def _upload_prepared(directory: str, remote: str) -> None:
+  """Copies a prepared directory to gs://, the manifest last: a remote directory with a
+  manifest is complete (readers download only those)."""
+  for name in sorted(os.listdir(directory)):
+    if name != MANIFEST_NAME:
+      storage.upload(os.path.join(directory, name), storage.join(remote, name))
+  storage.upload(os.path.join(directory, MANIFEST_NAME), storage.join(remote, MANIFEST_NAME))
+  _LOG.info("uploaded the prepared data to %s", remote)
+
+
+def _download_prepared(remote: str, directory: str) -> None:
+  """Copies a complete remote preparation into the local cache (ArrayRecord readers open local
+  files), through a temporary directory renamed when whole."""
+  tmp = directory + f".download-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  storage.download(remote, tmp)
+  shutil.rmtree(directory, ignore_errors=True)
+  os.rename(tmp, directory)
+  _LOG.info("downloaded the prepared data from %s", remote)

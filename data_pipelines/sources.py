@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 
+from data_pipelines import storage
 from data_pipelines.errors import DataError
 
 CORPORA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
@@ -54,6 +55,8 @@ def resolve_corpus(spec: str) -> list[str]:
     return [spec]
   if spec in BUNDLED:
     return [os.path.join(CORPORA_DIR, name) for name in BUNDLED[spec]]
+  if storage.is_remote(spec):
+    return _resolve_remote(spec)
   if any(ch in spec for ch in "*?["):
     matches = sorted(p for p in glob_lib.glob(spec, recursive=True) if os.path.isfile(p))
     if not matches:
@@ -72,6 +75,26 @@ def resolve_corpus(spec: str) -> list[str]:
                     f"'bundled', 'bundled_ko', 'bundled_all' or 'tfds:NAME[/CONFIG][:SPLIT]')")
   _check_suffix(spec)
   return [spec]
+
+
+def _resolve_remote(spec: str) -> list[str]:
+  """gs:// file, directory (every .txt/.jsonl below it) or glob, read through gcsfs."""
+  if any(ch in spec for ch in "*?["):
+    found = storage.remote_glob(spec)
+    if not found:
+      raise DataError(f"corpus glob {spec!r} matches no files")
+  elif storage.isdir(spec):
+    found = [p for p in storage.remote_files(spec) if p.endswith(TEXT_SUFFIXES)]
+    if not found:
+      raise DataError(f"corpus directory {spec} contains no .txt or .jsonl files")
+    return found
+  elif storage.isfile(spec):
+    found = [spec]
+  else:
+    raise DataError(f"corpus {spec} does not exist")
+  for path in found:
+    _check_suffix(path)
+  return found
 
 
 def _check_suffix(path: str) -> None:
@@ -111,7 +134,7 @@ def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
   one); it is not text, and json.loads refuses a line that starts with it.
   """
   offset = 0
-  with open(path, "rb") as f:
+  with storage.open_file(path, "rb") as f:
     for number, raw in enumerate(f, 1):
       skip = len(_UTF8_BOM) if number == 1 and raw.startswith(_UTF8_BOM) else 0
       try:
@@ -228,6 +251,8 @@ def fingerprint(spec: str, tfds_data_dir: str | None = None) -> str:
     if source.startswith(_TFDS_PREFIX):
       builder = _tfds_builder(source, _tfds_data_dir(tfds_data_dir))
       digest.update(f"{source}|{builder.version}|{builder.data_dir}".encode())
+    elif storage.is_remote(source):
+      digest.update(storage.stat_identity(source).encode())
     elif os.path.dirname(os.path.abspath(source)) == CORPORA_DIR:
       digest.update(os.path.basename(source).encode())
       digest.update(_file_sha256(source).encode())

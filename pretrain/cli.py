@@ -40,12 +40,15 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+  from data_pipelines import storage
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
   from t5x_like import distributed
   from t5x_like.training import loop
 
   config = _load_run_config(args)
+  for where in (args.workdir, config.data.cache_dir, config.data.corpus):
+    storage.check(where)  # gs:// without gcsfs or credentials: one message, before anything
   distributed.initialize_from_env()  # before anything asks JAX for devices
   # Refuse a resume with another model shape before the (possibly long) data preparation,
   # so the error is the only thing said.
@@ -60,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
   import jax
 
+  from data_pipelines import storage
   from pretrain import data as data_lib
   from pretrain import exporting
   from t5x_like.training import loop
@@ -76,7 +80,14 @@ def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
   export_fn = None
   out = os.path.join(args.workdir, "export")
   if run.config.train.export_at_end:
-    export_fn = lambda params: exporting.export(run.config, params, run.tokenizer, out)
+    def export_fn(params) -> None:
+      if not storage.is_remote(out):
+        exporting.export(run.config, params, run.tokenizer, out)
+        return
+      # gs:// workdir: the HF folder is written in the local mirror, then copied up whole.
+      local = exporting.export(run.config, params, run.tokenizer,
+                               os.path.join(storage.local_mirror(args.workdir), "export"))
+      storage.upload(local, out)
   result = loop.train(run.config, args.workdir, run.hooks, export_fn)
   summary = {"step": result["step"], "train": result["train"], "eval": result["eval"]}
   if result["preempted"]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from data_pipelines import packing, pipeline, prepare
+from data_pipelines import packing, pipeline, prepare, storage
 from data_pipelines import vocab as vocab_lib
 from data_pipelines.objectives import denoising, mlm, permutation_lm, span_corruption
 from data_pipelines.tokenizer import AnyTokenizer as Tokenizer
@@ -24,8 +24,9 @@ from t5x_like.training.loop import DataHooks
 
 
 def cache_root(config: Config) -> str:
+  """The local cache directory (for a gs:// data.cache_dir, its local mirror)."""
   if config.data.cache_dir:
-    return os.path.abspath(os.path.expanduser(config.data.cache_dir))
+    return storage.local_mirror(config.data.cache_dir, "data")
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "t5x_like", "data")
 
@@ -322,7 +323,8 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
   manifest = prepare.ensure_prepared(
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
       validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
-      pack=pack_spec(config))
+      pack=pack_spec(config),
+      remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None)
   return config, tokenizer, manifest
 
 

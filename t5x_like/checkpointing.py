@@ -13,6 +13,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from data_pipelines import storage
+
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt or does not fit the model being restored."""
@@ -23,8 +25,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
-    # Orbax's tensorstore writes need an absolute path (`--workdir runs/x` is relative).
-    self.directory = epath.Path(os.path.abspath(directory))
+    # Orbax's tensorstore writes need an absolute path (`--workdir runs/x` is relative);
+    # gs:// goes to tensorstore's GCS driver (credentials checked first, see storage).
+    storage.check(directory)
+    self.directory = epath.Path(storage.absolute(directory))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
         read_only=read_only)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from data_pipelines import storage
+
 PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "pretrain", "configs")
 
@@ -327,8 +329,11 @@ def list_presets() -> list[str]:
 
 def _read_yaml(path: str) -> dict[str, Any]:
   try:
-    with open(path, encoding="utf-8") as f:
-      data = yaml.safe_load(f)
+    if storage.is_remote(path):  # a run directory on gs://
+      data = yaml.safe_load(storage.read_text(path))
+    else:
+      with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
   except FileNotFoundError:
     raise ConfigError(f"config file {path} does not exist") from None
   except IsADirectoryError:
@@ -414,10 +419,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    yaml.safe_dump(to_dict(config), f, sort_keys=False)
-  os.replace(tmp, path)
+  """Writes config.yaml whole (local: temporary file + rename; gs://: one object write)."""
+  storage.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def read_config(path: str) -> Config:

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from data_pipelines import storage
 from t5x_like import checkpointing, models, sharding
 from t5x_like.config import Config, ConfigError, MeshConfig, read_config, replace
 from t5x_like.training import optimizer, tasks
@@ -63,11 +64,11 @@ class Pretrained:
 
 def _locate(path: str) -> tuple[str, int | None]:
   """Accepts a workdir, its checkpoints/ folder, or one step folder inside it."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, "config.yaml")):
+  path = storage.absolute(path).rstrip("/")  # a gs:// run directory too
+  if storage.exists(os.path.join(path, "config.yaml")):
     return path, None
   parent = os.path.dirname(path)
-  if os.path.basename(path) == "checkpoints" and os.path.exists(
+  if os.path.basename(path) == "checkpoints" and storage.exists(
       os.path.join(parent, "config.yaml")):
     return parent, None
   grand = os.path.dirname(parent)

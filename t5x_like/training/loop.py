@@ -25,6 +25,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
+from data_pipelines import storage
 from t5x_like import checkpointing, flops, sharding
 from t5x_like.config import Config, ConfigError, read_config, save_config, to_dict
 from t5x_like.training import optimizer, tasks
@@ -64,7 +65,7 @@ def is_main_process() -> bool:
 def check_resume_compatible(workdir: str, config: Config) -> None:
   """A workdir keeps its model: resuming with another shape is an error, not a silent reinit."""
   path = os.path.join(workdir, "config.yaml")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
   try:
     saved = read_config(path)
@@ -158,7 +159,9 @@ class WorkdirLock:
   _held: typing.ClassVar[dict[str, int]] = {}  # path -> nesting depth in this process
 
   def __init__(self, workdir: str, create: bool = True):
-    self.path = os.path.abspath(os.path.join(workdir, ".lock"))
+    # A gs:// workdir is locked in its local mirror: against a second run on this machine
+    # only (an object store has no flock; docs/tpu.md).
+    self.path = os.path.join(storage.local_mirror(workdir), ".lock")
     self._create = create  # False: a workdir that does not exist yet is not locked (no-op)
     self._file: Any = None
     self._nested = False
@@ -287,9 +290,25 @@ class Trainer:
     self.log(f"resumed from {ckpt.directory}/{step}")
     return state
 
+  @property
+  def mirror(self) -> str:
+    """Where metrics and TensorBoard files are written: the workdir itself, or for a gs://
+    workdir its local mirror, copied up after every checkpoint save and at the end."""
+    return storage.local_mirror(self.workdir)
+
+  def sync_up(self) -> None:
+    """gs:// workdir: copies metrics.jsonl and tensorboard/ from the mirror (process 0)."""
+    if storage.is_remote(self.workdir) and is_main_process():
+      for name in ("metrics.jsonl", "tensorboard"):
+        storage.upload(os.path.join(self.mirror, name), storage.join(self.workdir, name))
+
   def run(self, data: DataHooks,
           export_fn: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    os.makedirs(self.workdir, exist_ok=True)
+    os.makedirs(self.mirror, exist_ok=True)
+    remote_metrics = storage.join(self.workdir, "metrics.jsonl")
+    if storage.is_remote(self.workdir) and is_main_process() and storage.exists(remote_metrics):
+      # A resumed run (perhaps on a new VM) continues the history the bucket holds.
+      storage.download(remote_metrics, os.path.join(self.mirror, "metrics.jsonl"))
     with WorkdirLock(self.workdir):
       return self._run_locked(data, export_fn)
 
@@ -308,7 +327,7 @@ class Trainer:
 
     ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(self.workdir),
                                       keep=c.checkpoint.keep, async_save=c.checkpoint.async_save)
-    writer = MetricsWriter(self.workdir)
+    writer = MetricsWriter(self.mirror)
     try:
       with step_lib.mesh_context(self.mesh), PreemptionWatch(c.train.log_every) as watch:
         state = self.init_or_restore(ckpt, data.train)
@@ -323,6 +342,7 @@ class Trainer:
       ckpt.wait()
       ckpt.close()
       writer.close()
+      self.sync_up()
     return result
 
   def _loop(self, state: step_lib.TrainState, data: DataHooks,
@@ -407,6 +427,7 @@ class Trainer:
         if step % c.checkpoint.every == 0 or step == c.train.steps or stop:
           check_finite()  # never save after a step that "stop" would end the run at
           ckpt.save(step, state, data.train.get_state(), force=step == c.train.steps or stop)
+          self.sync_up()
         if stop:
           ckpt.wait()
           preempted = True
