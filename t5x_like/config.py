@@ -55,6 +55,10 @@ class ModelConfig:
                                        metadata=_choices("float32", "bfloat16"))
   remat: str = dataclasses.field(default="none", metadata=_choices("none", "full", "dots"))
   scan_layers: bool = False
+  # Attention kernel: "xla" (everywhere) or "splash" (the Pallas splash-attention kernel; on
+  # TPU, elsewhere in Pallas interpret mode). BERT uses it for lengths that are multiples of
+  # 128 without attention dropout; other calls and families use XLA and say why in the log.
+  attention_kernel: str = dataclasses.field(default="xla", metadata=_choices("xla", "splash"))
   # Encoder-decoder (T5) fields; names follow transformers.T5Config where they differ.
   num_decoder_layers: int = 0  # 0 = num_layers
   head_dim: int = 0  # T5 d_kv; 0 = hidden_size // num_heads

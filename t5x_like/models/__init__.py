@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from flax import linen as nn
@@ -27,11 +28,26 @@ def bert_config(cfg: ModelConfig) -> bert.BertConfig:
   return _copy_fields(bert.BertConfig, cfg)
 
 
+_SAID: set[str] = set()
+
+
+def _xla_attention_only(cfg: ModelConfig, why: str) -> None:
+  """The splash switch on a family that cannot use it: said once per process."""
+  if cfg.attention_kernel != "xla" and cfg.family not in _SAID:
+    _SAID.add(cfg.family)
+    logging.getLogger(__name__).warning(
+        "model.attention_kernel=%s: %s uses XLA attention (%s)", cfg.attention_kernel,
+        cfg.family, why)
+
+
 def t5_config(cfg: ModelConfig) -> t5.T5Config:
+  _xla_attention_only(cfg, "its relative position bias is added to the attention logits, "
+                      "which the splash kernel cannot take")
   return _copy_fields(t5.T5Config, cfg)
 
 
 def bart_config(cfg: ModelConfig) -> bart.BartConfig:
+  _xla_attention_only(cfg, "the splash kernel is wired to BERT only so far")
   return _copy_fields(bart.BartConfig, cfg)
 
 
@@ -39,6 +55,8 @@ def xlnet_config(cfg: ModelConfig) -> xlnet.XLNetConfig:
   """XLNet's fields from the run config (bi_data and memory included); attention stays
   bidirectional and the r-biases untied (transformers' model unties them whatever untie_r
   says)."""
+  _xla_attention_only(cfg, "its relative attention adds position terms to the logits, "
+                      "which the splash kernel cannot take")
   names = [f.name for f in dataclasses.fields(xlnet.XLNetConfig)
            if f.name not in ("untie_r", "attn_type")]
   return xlnet.XLNetConfig(**{name: getattr(cfg, name) for name in names})

@@ -40,6 +40,7 @@ class BertConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   scan_layers: bool = False
+  attention_kernel: str = "xla"  # or "splash" (Pallas; see layers.splash_attention)
 
   @property
   def head_dim(self) -> int:
@@ -82,7 +83,8 @@ class BertLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None) -> tuple[jax.Array, None]:
+  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,
+               segment_ids_BL: jax.Array | None = None) -> tuple[jax.Array, None]:
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     init = nn.initializers.normal(c.initializer_range)
@@ -93,7 +95,7 @@ class BertLayer(nn.Module):
 
     attn_BLHK = layers.MultiHeadDotProductAttention(
         c.num_heads, c.head_dim, c.attention_dropout_rate, self.deterministic, dtype, pdtype,
-        init, name="attention")(x_BLD, bias)
+        init, name="attention")(x_BLD, bias, segment_ids_BL)
     h_BLD = dense((c.hidden_size,), ("heads", "kv"), ("embed",), "attention_output")(attn_BLHK)
     x_BLD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype,
                              name="attention_layer_norm")(x_BLD + drop(h_BLD))
@@ -120,7 +122,8 @@ class BertEncoder(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,
+               segment_ids_BL: jax.Array | None = None) -> jax.Array:
     c = self.config
     block = BertLayer
     if c.remat != "none":
@@ -130,10 +133,10 @@ class BertEncoder(nn.Module):
                                                                        "dropout": True},
                       in_axes=nn.broadcast, length=c.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, self.deterministic, name="layers")(x_BLD, bias)
+      x_BLD, _ = stack(c, self.deterministic, name="layers")(x_BLD, bias, segment_ids_BL)
       return x_BLD
     for i in range(c.num_layers):
-      x_BLD, _ = block(c, self.deterministic, name=f"layer_{i}")(x_BLD, bias)
+      x_BLD, _ = block(c, self.deterministic, name=f"layer_{i}")(x_BLD, bias, segment_ids_BL)
     return x_BLD
 
 
@@ -156,6 +159,25 @@ class BertMLMHead(nn.Module):
                       (c.vocab_size,), pdtype)
     logits_BPV = logits_BPV + bias.astype(jnp.float32)
     return layers.constrain(logits_BPV, ("act_batch", "act_length", "act_vocab"))
+
+
+def _attention_inputs(c: BertConfig, attention_mask: jax.Array | None,
+                      segment_ids: jax.Array | None, batch: int, length: int,
+                      deterministic: bool) -> tuple[jax.Array | None, jax.Array | None]:
+  """(additive bias, None) for XLA attention, or (None, segment ids) for the splash kernel:
+  packed rows' segment ids, or the padding mask as ids (1 = token, 0 = padding), so a token
+  attends to exactly the tokens it does on the XLA path."""
+  if c.attention_kernel == "splash":
+    reason = layers.splash_unusable(length, length, c.attention_dropout_rate > 0 and
+                                    not deterministic)
+    if reason is None:
+      if segment_ids is not None:
+        return None, segment_ids
+      if attention_mask is not None:
+        return None, (attention_mask > 0).astype(jnp.int32)
+      return None, jnp.ones((batch, length), jnp.int32)
+    layers.log_fallback(f"BERT: {reason}")
+  return layers.attention_bias(attention_mask, segment_ids), None
 
 
 class BertForMaskedLM(nn.Module):
@@ -186,8 +208,8 @@ class BertForMaskedLM(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     embeddings = BertEmbeddings(c, deterministic, name="embeddings")
     x_BLD = embeddings(input_ids, token_type_ids, positions)
-    bias = layers.attention_bias(attention_mask, segment_ids)
-    x_BLD = BertEncoder(c, deterministic, name="encoder")(x_BLD, bias)
+    x_BLD = BertEncoder(c, deterministic, name="encoder")(
+        x_BLD, *_attention_inputs(c, attention_mask, segment_ids, batch, length, deterministic))
     if masked_positions is not None:
       # A one-hot matmul rather than take_along_axis: it partitions cleanly when the batch
       # and features are sharded (XLA's SPMD gather transpose gave wrong gradients on a

@@ -7,6 +7,7 @@ Logical activation axes: `act_batch, act_length, act_embed, act_heads, act_mlp, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,64 @@ class Embed(nn.Module):
     return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
+ATTENTION_KERNELS = ("xla", "splash")
+SPLASH_BLOCK = 128  # the kernel's block size: lengths must be multiples of it
+_logger = logging.getLogger(__name__)
+_fallbacks_logged: set[str] = set()
+
+
+def log_fallback(reason: str) -> None:
+  """Says once per process (at trace time) why an attention call uses XLA, not splash."""
+  if reason not in _fallbacks_logged:
+    _fallbacks_logged.add(reason)
+    _logger.warning("model.attention_kernel=splash: %s; using XLA attention there", reason)
+
+
+def splash_unusable(q_len: int, kv_len: int, dropout_active: bool) -> str | None:
+  """Why the splash kernel cannot run a call of these lengths (None when it can)."""
+  if q_len % SPLASH_BLOCK or kv_len % SPLASH_BLOCK:
+    return (f"lengths {q_len}x{kv_len} are not multiples of the kernel's {SPLASH_BLOCK}-token "
+            "block")
+  if dropout_active:
+    return "attention-probability dropout is on (the kernel has none)"
+  return None
+
+
+def splash_attention(q_BLHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
+                     q_segment_ids_BL: jax.Array, kv_segment_ids_BT: jax.Array,
+                     causal: bool = False) -> jax.Array:
+  """Pallas splash attention (TPU; Pallas interpret mode elsewhere), [B, L, H, K] out.
+
+  q must already be scaled. Position i attends to key j iff their segment ids are equal (and
+  j <= i when causal); padding is a segment of its own (its outputs are not meaningful, as
+  with the XLA path's fully masked rows). No additive bias and no dropout: callers check
+  `splash_unusable` first.
+  """
+  # Imported here: Pallas loads only for runs that ask for the kernel.
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+  _, q_len, heads, _ = q_BLHK.shape
+  kv_len = k_BTHK.shape[1]
+  shape = (q_len, kv_len)
+  base = mask_lib.CausalMask(shape) if causal else mask_lib.FullMask(shape)
+  block = SPLASH_BLOCK
+  sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                                block_q_dkv=block, block_kv_dkv=block,
+                                block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  attend = kernel_lib.make_splash_mha(mask_lib.MultiHeadMask([base] * heads), block_sizes=sizes,
+                                      head_shards=1, q_seq_shards=1,
+                                      interpret=jax.default_backend() != "tpu")
+
+  def one(q_HLK, k_HTK, v_HTK, q_seg_L, kv_seg_T):
+    return attend(q_HLK, k_HTK, v_HTK,
+                  segment_ids=kernel_lib.SegmentIds(q=q_seg_L, kv=kv_seg_T))
+
+  out_BHLK = jax.vmap(one)(q_BLHK.transpose(0, 2, 1, 3), k_BTHK.transpose(0, 2, 1, 3),
+                           v_BTHK.transpose(0, 2, 1, 3), q_segment_ids_BL.astype(jnp.int32),
+                           kv_segment_ids_BT.astype(jnp.int32))
+  return out_BHLK.transpose(0, 2, 1, 3)
+
+
 def attention_bias(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
                    dtype: Dtype = jnp.float32) -> jax.Array | None:
   """Additive attention bias, [B, 1, 1, L] from a padding mask or [B, 1, L, L] from segments.
@@ -143,7 +202,10 @@ class MultiHeadDotProductAttention(nn.Module):
   kernel_init: Initializer = nn.initializers.normal(0.02)
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,
+               segment_ids_BL: jax.Array | None = None) -> jax.Array:
+    """bias: additive [B, 1, L or 1, L] (XLA path); segment_ids_BL instead selects the splash
+    kernel (the caller checked `splash_unusable`)."""
     proj = lambda name: Dense((self.num_heads, self.head_dim), ("embed",), ("heads", "kv"),
                               dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=self.kernel_init, name=name)
@@ -152,6 +214,9 @@ class MultiHeadDotProductAttention(nn.Module):
     v_BLHK = proj("value")(x_BLD)
     q_BLHK = constrain(q_BLHK, ("act_batch", "act_length", "act_heads", None))
     q_BLHK = q_BLHK / jnp.sqrt(self.head_dim).astype(self.dtype)
+    if segment_ids_BL is not None:
+      out_BLHK = splash_attention(q_BLHK, k_BLHK, v_BLHK, segment_ids_BL, segment_ids_BL)
+      return constrain(out_BLHK, ("act_batch", "act_length", "act_heads", None))
     scores_BHLT = jnp.einsum("bqhk,bthk->bhqt", q_BLHK, k_BLHK).astype(jnp.float32)
     if bias is not None:
       scores_BHLT = scores_BHLT + bias.astype(jnp.float32)
