@@ -47,7 +47,6 @@ def t5_config(cfg: ModelConfig) -> t5.T5Config:
 
 
 def bart_config(cfg: ModelConfig) -> bart.BartConfig:
-  _xla_attention_only(cfg, "the splash kernel is wired to BERT only so far")
   return _copy_fields(bart.BartConfig, cfg)
 
 

@@ -59,6 +59,7 @@ class BartConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
   scan_layers: bool = False
+  attention_kernel: str = "xla"  # or "splash" (Pallas; see layers.splash_attention)
 
   def __post_init__(self) -> None:
     if self.hidden_size % self.num_heads:
@@ -96,11 +97,15 @@ class BartAttention(nn.Module):
   """Multi-head attention with biased q/k/v/out projections; q scaled by head_dim**-0.5."""
   config: BartConfig
   deterministic: bool = True
+  causal: bool = False  # decoder self-attention (used by the splash kernel; XLA has the mask)
 
   @nn.compact
-  def __call__(self, x_BQD: jax.Array, kv_BKD: jax.Array, mask: jax.Array | None
-               ) -> jax.Array:
-    """Returns [B, Q, D]; mask is bool, broadcastable to [B, 1, Q, K], True = attend."""
+  def __call__(self, x_BQD: jax.Array, kv_BKD: jax.Array, mask: jax.Array | None,
+               segments: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """Returns [B, Q, D]; mask is bool, broadcastable to [B, 1, Q, K], True = attend.
+
+    segments: (query ids [B, Q], key ids [B, K]) instead of `mask` select the splash kernel:
+    a query attends to the keys of its id (and, causal, not after it)."""
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     h, k = c.num_heads, c.head_dim
@@ -116,6 +121,12 @@ class BartAttention(nn.Module):
     q_BQHK = layers.constrain(q_BQHK, _ACT_BLHK)
     k_BKHK = layers.constrain(k_BKHK, _ACT_BLHK)
     v_BKHK = layers.constrain(v_BKHK, _ACT_BLHK)
+    if segments is not None:
+      out_BQHK = layers.splash_attention(q_BQHK, k_BKHK, v_BKHK, *segments, causal=self.causal)
+      out_BQHK = layers.constrain(out_BQHK, _ACT_BLHK)
+      out_proj = layers.Dense((c.hidden_size,), ("heads", "kv"), ("embed",), dtype=dtype,
+                              param_dtype=pdtype, kernel_init=init, name="out_proj")
+      return _per_token(out_proj, out_BQHK, num_in=2)
     scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
                              preferred_element_type=jnp.float32)
     if mask is not None:
@@ -138,7 +149,9 @@ class BartLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, self_mask: jax.Array | None,
-               encoded_BSD: jax.Array | None, cross_mask: jax.Array | None
+               encoded_BSD: jax.Array | None, cross_mask: jax.Array | None,
+               self_segments: tuple[jax.Array, jax.Array] | None = None,
+               cross_segments: tuple[jax.Array, jax.Array] | None = None
                ) -> tuple[jax.Array, None]:
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
@@ -146,11 +159,12 @@ class BartLayer(nn.Module):
     norm = lambda name: layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name=name)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
 
-    h_BLD = BartAttention(c, self.deterministic, name="self_attn")(x_BLD, x_BLD, self_mask)
+    h_BLD = BartAttention(c, self.deterministic, causal=self.is_decoder, name="self_attn")(
+        x_BLD, x_BLD, self_mask, self_segments)
     x_BLD = layers.constrain(norm("self_attn_layer_norm")(x_BLD + drop(h_BLD)), _ACT_BLD)
     if self.is_decoder:
       h_BLD = BartAttention(c, self.deterministic, name="encoder_attn")(
-          x_BLD, encoded_BSD, cross_mask)
+          x_BLD, encoded_BSD, cross_mask, cross_segments)
       x_BLD = layers.constrain(norm("encoder_attn_layer_norm")(x_BLD + drop(h_BLD)), _ACT_BLD)
     fc1 = layers.Dense((c.intermediate_size,), ("embed",), ("mlp",), dtype=dtype,
                        param_dtype=pdtype, kernel_init=init, name="fc1")
@@ -171,7 +185,9 @@ class BartStack(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array | None,
                self_mask: jax.Array | None, encoded_BSD: jax.Array | None = None,
-               cross_mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               cross_mask: jax.Array | None = None, deterministic: bool = True,
+               self_segments: tuple[jax.Array, jax.Array] | None = None,
+               cross_segments: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     batch, length = x_BLD.shape[:2]
@@ -193,7 +209,7 @@ class BartStack(nn.Module):
     block = BartLayer
     if c.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (self_mask, encoded_BSD, cross_mask)
+    args = (self_mask, encoded_BSD, cross_mask, self_segments, cross_segments)
     if c.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
@@ -203,6 +219,17 @@ class BartStack(nn.Module):
       for i in range(num_layers):
         x_BLD, _ = block(c, self.is_decoder, deterministic, name=f"layer_{i}")(x_BLD, *args)
     return x_BLD
+
+
+def _segment_ids(segment_ids: jax.Array | None, mask: jax.Array | None,
+                 shape: tuple[int, int]) -> jax.Array:
+  """Segment ids for the splash kernel: packed ids (0 = padding), or the padding mask as ids
+  (1 = token, 0 = padding), or all ones."""
+  if segment_ids is not None:
+    return segment_ids.astype(jnp.int32)
+  if mask is not None:
+    return (mask > 0).astype(jnp.int32)
+  return jnp.ones(shape, jnp.int32)
 
 
 class BartForConditionalGeneration(nn.Module):
@@ -237,12 +264,29 @@ class BartForConditionalGeneration(nn.Module):
       x_BLD = x_BLD * jnp.asarray(self.config.embed_scale, x_BLD.dtype)
     return x_BLD
 
+  def _splash(self, q_len: int, kv_len: int, deterministic: bool, what: str) -> bool:
+    """Whether this attention call uses the splash kernel (else XLA, said once, with why)."""
+    c = self.config
+    if c.attention_kernel != "splash":
+      return False
+    reason = layers.splash_unusable(q_len, kv_len,
+                                    c.attention_dropout_rate > 0 and not deterministic)
+    if reason is not None:
+      layers.log_fallback(f"BART {what}: {reason}")
+    return reason is None
+
   def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
              segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
              deterministic: bool = True) -> jax.Array:
     """Encoder output [B, L, D] (the last layer's) for input_ids [B, L]."""
-    return self.encoder(self._embed_tokens(input_ids), positions,
-                        encoder_mask(attention_mask, segment_ids), deterministic=deterministic)
+    x_BLD = self._embed_tokens(input_ids)
+    length = input_ids.shape[1]
+    if self._splash(length, length, deterministic, "encoder"):
+      seg_BL = _segment_ids(segment_ids, attention_mask, input_ids.shape)
+      return self.encoder(x_BLD, positions, None, deterministic=deterministic,
+                          self_segments=(seg_BL, seg_BL))
+    return self.encoder(x_BLD, positions, encoder_mask(attention_mask, segment_ids),
+                        deterministic=deterministic)
 
   def decode(self, encoded: jax.Array, decoder_input_ids: jax.Array,
              attention_mask: jax.Array | None = None,
@@ -254,11 +298,28 @@ class BartForConditionalGeneration(nn.Module):
 
     attention_mask / segment_ids describe the encoder side (see `__call__`).
     """
-    self_mask = decoder_mask(decoder_input_ids.shape[1], decoder_attention_mask,
-                             decoder_segment_ids)
+    t_len, s_len = decoder_input_ids.shape[1], encoded.shape[1]
+    self_mask = decoder_mask(t_len, decoder_attention_mask, decoder_segment_ids)
+    cross = cross_mask(attention_mask, segment_ids, decoder_segment_ids)
+    self_segments = cross_segments = None
+    if self._splash(t_len, t_len, deterministic, "decoder"):
+      dec_BT = _segment_ids(decoder_segment_ids, decoder_attention_mask,
+                            decoder_input_ids.shape)
+      self_segments, self_mask = (dec_BT, dec_BT), None
+      # Decoder tokens attend to the encoder tokens of their segment (packed rows), or to
+      # every non-padding encoder token; the latter with packed encoder rows but unpacked
+      # decoder rows has no segment-id form.
+      if segment_ids is not None and decoder_segment_ids is None:
+        layers.log_fallback("BART cross-attention: packed encoder rows with an unpacked "
+                            "decoder have no segment-id form")
+      elif self._splash(t_len, s_len, deterministic, "cross-attention"):
+        enc_BS = _segment_ids(segment_ids, attention_mask, encoded.shape[:2])
+        both_packed = segment_ids is not None and decoder_segment_ids is not None
+        q_BT = dec_BT if both_packed else jnp.ones_like(dec_BT)
+        cross_segments, cross = (q_BT, enc_BS), None
     y_BTD = self.decoder(self._embed_tokens(decoder_input_ids), decoder_positions, self_mask,
-                         encoded, cross_mask(attention_mask, segment_ids, decoder_segment_ids),
-                         deterministic=deterministic)
+                         encoded, cross, deterministic=deterministic,
+                         self_segments=self_segments, cross_segments=cross_segments)
     batch, length, d = y_BTD.shape
     # One token axis for the head's GEMMs too (see t5._per_token).
     logits_NV = self.shared.attend(y_BTD.reshape(batch * length, d)).astype(jnp.float32)

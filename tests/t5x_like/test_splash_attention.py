@@ -106,8 +106,7 @@ def test_calls_the_kernel_cannot_serve_fall_back_with_a_log_line(caplog):
 
 
 @pytest.mark.parametrize("family,why", [("t5", "relative position bias"),
-                                        ("xlnet", "relative attention"),
-                                        ("bart", "wired to BERT only")])
+                                        ("xlnet", "relative attention")])
 def test_families_without_the_kernel_say_so(caplog, family, why):
   models._SAID.discard(family)  # pylint: disable=protected-access
   cfg = config_lib.ModelConfig(family=family, vocab_size=128, hidden_size=32, num_layers=1,
@@ -139,3 +138,46 @@ def test_train_steps_on_a_sharded_mesh_equal_xla():
   state_s, losses_s, _, _ = _train(splash, batches, 2)
   np.testing.assert_allclose(losses_s, losses_x, rtol=1e-5)
   assert_params_close(state_x.params, state_s.params, atol=1e-5)
+
+
+def _bart(kernel: str):
+  from t5x_like.models import bart
+  return bart.BartForConditionalGeneration(bart.BartConfig(
+      vocab_size=128, hidden_size=H * K, num_layers=1, num_decoder_layers=1, num_heads=H,
+      intermediate_size=64, max_position_embeddings=L, dropout_rate=0.0,
+      attention_dropout_rate=0.0, attention_kernel=kernel))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_bart_with_splash_equals_xla(packed):
+  """Encoder self-attention, causal decoder self-attention and cross-attention all on the
+  kernel: logits and gradients at real decoder positions equal XLA's."""
+  seg = _segments()
+  dec = np.zeros_like(seg)  # decoder rows: the same examples, other lengths
+  dec[0, :40], dec[0, 40:100] = 1, 2
+  dec[1, :70] = 1
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 128, (B, L)).astype(np.int32) * (seg > 0)
+  dec_ids = rng.integers(5, 128, (B, L)).astype(np.int32) * (dec > 0)
+  if packed:
+    kwargs = {"segment_ids": seg, "decoder_segment_ids": dec}
+  else:
+    kwargs = {"attention_mask": (seg > 0).astype(np.int32),
+              "decoder_attention_mask": (dec > 0).astype(np.int32)}
+  xla, splash = _bart("xla"), _bart("splash")
+  params = xla.init(jax.random.key(1), ids, dec_ids, **kwargs)
+  real = dec > 0
+
+  def loss(model):
+    def f(p):
+      logits = model.apply(p, ids, dec_ids, **kwargs)
+      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+  (_, logits_x), grads_x = loss(xla)(params)
+  (_, logits_s), grads_s = loss(splash)(params)
+  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
+  hlo = jax.jit(splash.apply).lower(params, ids, dec_ids, **kwargs).as_text()
+  assert hlo.count("while") >= 3  # the kernel ran for all three attentions
