@@ -48,14 +48,14 @@ def _window(side: bench_train.Side, start: int, steps: int, every: int,
   return step_s, save_s, time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", default="bert_small", choices=sorted(bench_train.SHAPES))
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--json", default=None)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   total = args.steps * 3 * args.rounds + 10
   config = bench_train.shape_config(args.shape, total)
@@ -119,6 +119,7 @@ def main() -> None:
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2)
+  return result
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ The encoder-decoder benchmarks are matmul-bound on CPU; this isolates the GEMMs.
 dw = x^T @ dy), XLA jitted and torch eager, interleaved, median of repeats. Run from the
 repo root:
 
-  python -m benchmarks.bench_gemm [--repeats 30]
+  python -m benchmarks.bench_gemm [--repeats 30] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -66,9 +67,10 @@ def measure(tokens: int, d_in: int, d_out: int, repeats: int) -> tuple[float, fl
   return flop / statistics.median(xla_s) / 1e9, flop / statistics.median(torch_s) / 1e9
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--json", type=str, default=None, help="also write results here")
   args = parser.parse_args(argv)
   import torch
   torch.set_num_threads(TORCH_THREADS)
@@ -79,7 +81,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     xla, tor = measure(t, i, o, args.repeats)
     rows.append({"tokens": t, "d_in": i, "d_out": o, "xla_gflops": xla, "torch_gflops": tor})
     print(f"| {t} × {i} → {o} | {xla:.1f} | {tor:.1f} | {xla / tor:.2f} |")
-  return rows
+  report = {"repeats": args.repeats, "torch_threads": TORCH_THREADS, "jax": jax.__version__,
+            "torch": torch.__version__, "results": rows}
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  return report
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ SHAPES: dict[str, tuple[str, ...]] = {
                    "model.vocab_size=8000", "data.seq_len=128", "train.batch_size=16",
                    "model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"),
 }
-# One CPU device, whatever else the environment asks for.
-COMMON_OVERRIDES = ("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "optim.grad_accum_steps=1")
+# One CPU device, whatever else the environment asks for; a constant learning rate on both
+# sides (HF's loop below has no schedule).
+COMMON_OVERRIDES = ("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "optim.grad_accum_steps=1",
+                    "optim.schedule=constant", "optim.warmup_steps=0")
 NUM_BATCHES = 4  # distinct pre-built batches, cycled on both sides
 
 

@@ -1,0 +1,104 @@
+"""`python -m benchmarks.run_all`: children run, results kept per suite, section rendered."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from benchmarks import run_all
+
+PROSE_BEFORE = "# Benchmarks\n\nMethod notes written by hand.\n\n"
+PROSE_AFTER = "\n## How each benchmark works\n\nMore prose.\n"
+
+
+def _doc(tmp_path):
+  path = tmp_path / "bench.md"
+  path.write_text(PROSE_BEFORE + run_all.BEGIN + "\nold\n" + run_all.END + "\n" + PROSE_AFTER,
+                  encoding="utf-8")
+  return path
+
+
+def test_quick_run_writes_section_and_keeps_other_suites(tmp_path):
+  doc = _doc(tmp_path)
+  assert run_all.main(["--quick", "--only", "span_corruption,denoising",
+                       "--out", str(doc)]) == 0
+  text = doc.read_text(encoding="utf-8")
+  assert text.startswith(PROSE_BEFORE) and text.endswith(PROSE_AFTER)
+  assert "\nold\n" not in text and text.count(run_all.BEGIN) == 1
+  results = json.loads(doc.with_suffix(".json").read_text(encoding="utf-8"))
+  assert set(results["suites"]) == {"span_corruption", "denoising"}
+  for entry in results["suites"].values():
+    assert entry["quick"] and entry["exit_code"] == 0
+    assert entry["peak_rss_mb"] > 10 and entry["wall_s"] > 0 and entry["child_cpu_s"] > 0
+    assert entry["report"]["results"][0]["tokens_per_s"] > 0
+  # Each suite's table and target row come from its own child's report.
+  span = results["suites"]["span_corruption"]["report"]
+  assert f"| {span['results'][0]['variant']} | {span['results'][0]['tokens_per_s']:,.0f} |" in text
+  assert "span corruption objective, raw tokens/s on one core" in text
+  assert "### denoising: " in text and "### train_bert" not in text
+
+  # Re-running one suite replaces only that suite's entry.
+  denoising_before = results["suites"]["denoising"]
+  assert run_all.main(["--quick", "--only", "span_corruption", "--out", str(doc)]) == 0
+  results2 = json.loads(doc.with_suffix(".json").read_text(encoding="utf-8"))
+  assert results2["suites"]["denoising"] == denoising_before
+  assert results2["suites"]["span_corruption"] != results["suites"]["span_corruption"]
+
+
+def test_failing_suite_keeps_previous_results_and_exits_1(tmp_path, monkeypatch, capsys):
+  doc = _doc(tmp_path)
+  assert run_all.main(["--quick", "--only", "span_corruption", "--out", str(doc)]) == 0
+  before = doc.with_suffix(".json").read_text(encoding="utf-8")
+  broken = tuple(dataclasses.replace(s, module="no_such_benchmark")
+                 if s.name == "span_corruption" else s for s in run_all.SUITES)
+  monkeypatch.setattr(run_all, "SUITES", broken)
+  assert run_all.main(["--quick", "--only", "span_corruption", "--out", str(doc)]) == 1
+  assert "failed: span_corruption (exit code 1)" in capsys.readouterr().err
+  after = json.loads(doc.with_suffix(".json").read_text(encoding="utf-8"))
+  assert after["suites"] == json.loads(before)["suites"]
+
+
+def test_markdown_without_markers_is_refused_unchanged(tmp_path):
+  doc = tmp_path / "bench.md"
+  doc.write_text("# Benchmarks\n\nno markers here\n", encoding="utf-8")
+  with pytest.raises(SystemExit, match="has no '<!-- run_all:begin -->'"):
+    run_all.write_markdown(doc, run_all.BEGIN + "\nx\n" + run_all.END + "\n")
+  assert doc.read_text(encoding="utf-8") == "# Benchmarks\n\nno markers here\n"
+
+
+def test_unknown_suite_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as e:
+    run_all.main(["--only", "train_gpt"])
+  assert e.value.code == 2 and "unknown suites ['train_gpt']" in capsys.readouterr().err
+
+
+def _train_entry(rows):
+  report = {"xla_matmul_peak": 1.9e11, "torch_matmul_peak": 1.8e11, "torch": "2", "transformers":
+            "5", "torch_threads": 2, "results": rows}
+  return {"command": "python -m benchmarks.bench_train", "quick": False, "exit_code": 0,
+          "utc": "2026-11-22 12:00", "wall_s": 60.0, "other_cpu_cores": 0.0,
+          "peak_rss_mb": 1500.0, "report": report}
+
+
+def _row(shape, ratio, mfu):
+  return {"shape": shape, "batch_size": 16, "seq_len": 128, "ours_tokens_per_s": 1000.0 * ratio,
+          "hf_tokens_per_s": 1000.0, "ratio": ratio, "ours_mfu": mfu, "hf_mfu": 0.3,
+          "ours_median_s": 0.5, "hf_median_s": 0.6, "ours_compile_s": 3.0,
+          "ours_first_loss": 9.0, "ours_last_loss": 7.0, "hf_first_loss": 9.0,
+          "hf_last_loss": 7.0}
+
+
+def test_targets_judge_each_shape_and_the_bert_small_mfu():
+  suite = next(s for s in run_all.SUITES if s.name == "train_bert")
+  entry = _train_entry([_row("bert_tiny", 1.25, 0.30), _row("bert_small", 1.24, 0.70)])
+  got = {(t.what, t.met) for t in run_all.suite_targets(suite, entry)}
+  assert got == {("bert_tiny: train tokens/s vs HF BertForMaskedLM", True),
+                 ("bert_small: train tokens/s vs HF BertForMaskedLM", False),
+                 ("bert_small: MFU (measured matmul peak)", True)}
+  text = run_all.render({"suites": {"train_bert": entry}})
+  assert "| bert_small: train tokens/s vs HF BertForMaskedLM | 1.24× | ≥ 1.25× | **NOT met** |" \
+      in text
+  assert "| bert_small: MFU (measured matmul peak) | 70.0% | ≥ 70% | met |" in text
+  assert "| bert_tiny | 16×128 = 2,048 | 1,250 | 1,000 | 1.25× | 30.0% |" in text
