@@ -81,6 +81,23 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
                       f"({'; '.join(diffs)}); use a new --workdir or the original settings")
 
 
+def _summary_writer(logdir: str) -> Any:
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch, when installed, only to accept torch tensors (2+ s of every
+  run's start-up here); this loop logs Python floats, so torch is hidden while it imports.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir)
+
+
 class MetricsWriter:
   """metrics.jsonl + TensorBoard event files, written by process 0 only."""
 
@@ -91,8 +108,7 @@ class MetricsWriter:
     if self.enabled:
       # Kept open for the run's lifetime and closed in close().
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
     if not self.enabled:
