@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -57,6 +58,7 @@ class Suite:
   quick_args: tuple[str, ...]
   targets: Callable[[Report], list[Target]]
   table: Callable[[Report], list[str]]
+  needs: tuple[str, ...] = ()  # importable packages the suite's child needs
 
 
 def _pct(x: float) -> str:
@@ -169,25 +171,26 @@ def _gemm_table(report: Report) -> list[str]:
   return lines
 
 
+_HF = ("torch", "transformers")
 _TRAIN_FULL = ("--steps", "20", "--warmup", "3", "--rounds", "4")
 _TRAIN_QUICK = ("--steps", "2", "--warmup", "1", "--rounds", "2")
 
 SUITES: tuple[Suite, ...] = (
     Suite("train_bert", "bench_train", "Train: BERT MLM vs HF BertForMaskedLM",
           ("--shapes", "bert_tiny,bert_small", *_TRAIN_FULL), ("--shapes", "bert_tiny", *_TRAIN_QUICK),
-          _train_targets("BertForMaskedLM", 1.25, {"bert_small": 0.70}), _train_table),
+          _train_targets("BertForMaskedLM", 1.25, {"bert_small": 0.70}), _train_table, _HF),
     Suite("train_t5", "bench_train_t5", "Train: T5 span corruption vs HF "
           "T5ForConditionalGeneration", ("--shapes", "t5_small_bench", *_TRAIN_FULL),
           ("--shapes", "t5_tiny", *_TRAIN_QUICK),
-          _train_targets("T5ForConditionalGeneration", 1.2), _train_table),
+          _train_targets("T5ForConditionalGeneration", 1.2), _train_table, _HF),
     Suite("train_bart", "bench_train_bart", "Train: BART denoising vs HF "
           "BartForConditionalGeneration", ("--shapes", "bart_small_bench", *_TRAIN_FULL),
           ("--shapes", "bart_tiny", *_TRAIN_QUICK),
-          _train_targets("BartForConditionalGeneration", 1.2), _train_table),
+          _train_targets("BartForConditionalGeneration", 1.2), _train_table, _HF),
     Suite("train_xlnet", "bench_train_xlnet", "Train: XLNet permutation LM vs HF "
           "XLNetLMHeadModel", ("--shapes", "xlnet_small_bench", *_TRAIN_FULL),
           ("--shapes", "xlnet_tiny", *_TRAIN_QUICK),
-          _train_targets("XLNetLMHeadModel", 1.2), _train_table),
+          _train_targets("XLNetLMHeadModel", 1.2), _train_table, _HF),
     Suite("checkpoint", "bench_checkpoint", "Checkpoint cost during training (ours only)",
           ("--shape", "bert_small", "--steps", "20", "--every", "10", "--rounds", "3"),
           ("--shape", "bert_tiny", "--steps", "4", "--every", "2", "--rounds", "1"),
@@ -197,7 +200,8 @@ SUITES: tuple[Suite, ...] = (
           ("--length", "512", "--n", "2000", "--repeats", "5"),
           ("--length", "128", "--n", "64", "--repeats", "2"),
           _mlm_targets, _objective_table("tokens/s", (("selected/record", "selected_per_record",
-                                                      ".1f"), ("vs HF", "vs_hf", ".2f")))),
+                                                      ".1f"), ("vs HF", "vs_hf", ".2f"))),
+          ("transformers",)),
     Suite("span_corruption", "bench_span_corruption", "Span corruption objective (T5), inputs "
           "512, one core", ("--inputs-length", "512", "--n", "2000", "--repeats", "7"),
           ("--inputs-length", "128", "--n", "64", "--repeats", "2"),
@@ -215,7 +219,8 @@ SUITES: tuple[Suite, ...] = (
           _rate_target("permutation LM objective, row tokens/s on one core"),
           _objective_table("row tokens/s")),
     Suite("gemm", "bench_gemm", "f32 GEMMs of the train-step shapes, XLA vs torch (context, no "
-          "target)", ("--repeats", "30"), ("--repeats", "2"), lambda report: [], _gemm_table),
+          "target)", ("--repeats", "30"), ("--repeats", "2"), lambda report: [], _gemm_table,
+          ("torch",)),
 )
 SUITE_NAMES = tuple(s.name for s in SUITES)
 
@@ -385,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
   if unknown or not names:
     parser.error(f"unknown suites {unknown}; known: {', '.join(SUITE_NAMES)}")
   out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
+  missing = sorted({p for s in SUITES if s.name in names for p in s.needs
+                    if importlib.util.find_spec(p) is None})
+  if missing:
+    needing = [s.name for s in SUITES if s.name in names and set(s.needs) & set(missing)]
+    raise SystemExit(f"error: suites {', '.join(needing)} compare against HF peers and need "
+                     f"{', '.join(missing)}, which are not installed: pip install -e '.[bench]' "
+                     "(or leave them out with --only)")
 
   results_path = out.with_suffix(".json") if out else None
   results: dict[str, Any] = {"suites": {}}

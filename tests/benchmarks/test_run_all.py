@@ -102,3 +102,16 @@ def test_targets_judge_each_shape_and_the_bert_small_mfu():
       in text
   assert "| bert_small: MFU (measured matmul peak) | 70.0% | ≥ 70% | met |" in text
   assert "| bert_tiny | 16×128 = 2,048 | 1,250 | 1,000 | 1.25× | 30.0% |" in text
+
+
+def test_missing_hf_packages_are_named_before_anything_runs(tmp_path, monkeypatch):
+  real = run_all.importlib.util.find_spec
+  monkeypatch.setattr(run_all.importlib.util, "find_spec",
+                      lambda name: None if name == "transformers" else real(name))
+  doc = _doc(tmp_path)
+  before = doc.read_text(encoding="utf-8")
+  with pytest.raises(SystemExit, match=r"suites train_t5, mlm_objective compare against HF "
+                     r"peers and need transformers, which are not installed: pip install"):
+    run_all.main(["--only", "span_corruption,train_t5,mlm_objective", "--out", str(doc)])
+  assert doc.read_text(encoding="utf-8") == before
+  assert not doc.with_suffix(".json").exists()
