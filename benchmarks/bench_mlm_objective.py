@@ -36,8 +36,8 @@ def make_blocks(n: int, length: int, vocab: VocabInfo, seed: int) -> np.ndarray:
   return blocks.astype(np.int32)
 
 
-def hf_collator(vocab: VocabInfo, mlm_probability: float):
-  """HF's collator over a word-level fast tokenizer with our ids, built offline."""
+def hf_tokenizer(vocab: VocabInfo):
+  """A word-level HF fast tokenizer with our special pieces at our ids, built offline."""
   import tokenizers
   import transformers
 
@@ -52,8 +52,16 @@ def hf_collator(vocab: VocabInfo, mlm_probability: float):
   assert len(tokenizer) == vocab.vocab_size
   assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id,
           tokenizer.mask_token_id) == (vocab.pad_id, vocab.cls_id, vocab.sep_id, vocab.mask_id)
+  return tokenizer
+
+
+def hf_collator(vocab: VocabInfo, mlm_probability: float):
+  """HF's MLM collator over `hf_tokenizer(vocab)`."""
+  import transformers
+
   return transformers.DataCollatorForLanguageModeling(
-      tokenizer=tokenizer, mlm_probability=mlm_probability, return_tensors="np", seed=0)
+      tokenizer=hf_tokenizer(vocab), mlm_probability=mlm_probability, return_tensors="np",
+      seed=0)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,7 +5,10 @@ Tokens/s counts row tokens (`A <sep> B <sep> <cls>`, i.e. --length per record) t
 by default: the bundled corpus encoded with the bundled tokenizer, documents joined by EOS;
 `--synthetic` uses random ids of a synthetic vocabulary (word starts ~1/3) instead. Rows also
 time a few perm_size / num_predict settings and the perm_mask construction alone, for
-comparison. Run from the repo root:
+comparison, and the peer: HF's `DataCollatorForPermutationLanguageModeling` (numpy, batches of
+--hf-batch) on the same rows, with plm_probability 1/6 and max_span_length 5 (the paper's K
+and span length; HF draws spans in its own way and builds [L, L] target mappings). Run from
+the repo root:
 
   python benchmarks/bench_permutation_lm.py --length 512 --n 2000 --repeats 7 [--synthetic] \\
       [--json out.json]
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--synthetic", action="store_true",
                       help="random ids of a synthetic 8000-id vocabulary instead of real text")
+  parser.add_argument("--hf-batch", type=int, default=32, help="HF collator batch size")
   parser.add_argument("--json", type=str, default=None, help="also write results here")
   args = parser.parse_args(argv)
 
@@ -86,6 +90,27 @@ def main(argv: list[str] | None = None) -> dict:
       return predicted
     return run
 
+  # The same rows for HF: block <sep> <sep> <cls>, as make_example lays them out.
+  ends = np.tile(np.asarray([vocab.sep_id, vocab.sep_id, vocab.cls_id], np.int32),
+                 (len(blocks), 1))
+  hf_rows = list(np.concatenate([blocks, ends], axis=1).astype(np.int64))
+  collator = None
+  if args.length % 2 == 0:  # HF's collator refuses odd lengths
+    import transformers
+
+    from benchmarks.bench_mlm_objective import hf_tokenizer
+    collator = transformers.DataCollatorForPermutationLanguageModeling(
+        tokenizer=hf_tokenizer(vocab), plm_probability=1 / 6, max_span_length=5,
+        return_tensors="np")
+
+  def hf() -> int:
+    predicted = 0
+    for start in range(0, args.n, args.hf_batch):
+      batch = collator(hf_rows[start:start + args.hf_batch])
+      assert batch["perm_mask"].shape[1:] == (args.length, args.length)
+      predicted += int(np.count_nonzero(batch["labels"] != -100))
+    return predicted
+
   def perm_mask_only() -> int:
     # The one broadcast comparison and float cast, as make_example builds them.
     rank = np.random.default_rng(0).permutation(args.length)
@@ -102,26 +127,37 @@ def main(argv: list[str] | None = None) -> dict:
       ("max_span 1 (single tokens)", pl.PermutationLMParams(max_span=1), seeded),
       ("perm_mask [L, L] float32 alone", None, None),
   ]
+  if collator is not None:
+    runs.insert(-1, (f"HF DataCollatorForPermutationLanguageModeling (np, batch {args.hf_batch})",
+                     None, "hf"))
   row_tokens = args.n * args.length
   results = []
   for name, params, wrap in runs:
-    fn = wrap(params) if wrap else perm_mask_only
-    times, _ = one_core.time_runs(fn, args.repeats)
+    fn = hf if wrap == "hf" else wrap(params) if wrap else perm_mask_only
+    times, predicted = one_core.time_runs(fn, args.repeats)
     median = statistics.median(times)
     results.append({"variant": name, "params": params.__dict__ if params else None,
                     "median_s": median, "min_s": min(times), "max_s": max(times),
-                    "tokens_per_s": row_tokens / median, "us_per_record": 1e6 * median / args.n})
+                    "tokens_per_s": row_tokens / median, "us_per_record": 1e6 * median / args.n,
+                    "predicted_per_record": predicted / args.n})
+  hf_rate = next((r["tokens_per_s"] for r in results if r["variant"].startswith("HF ")), None)
+  for r in results:  # whole objectives only, not the perm_mask part alone
+    whole = not r["variant"].startswith("perm_mask")
+    r["vs_hf"] = r["tokens_per_s"] / hf_rate if hf_rate and whole else None
 
   data = ("synthetic vocab 8000 (word starts 1/3)" if args.synthetic else
           f"real text ({os.path.basename(CORPUS)}, bundled 8k tokenizer, EOS between documents)")
   print(f"XLNet permutation LM, row length {args.length} (raw blocks of {raw_length}), {data}, "
         f"n={args.n}, median of {args.repeats} after one warm-up, one core, "
         f"numpy {np.__version__}, {platform.processor() or platform.machine()}\n")
-  print("| variant | row tokens/s | µs/record | spread (min–max µs/record) |")
-  print("|---|---:|---:|---:|")
+  print("| variant | row tokens/s | µs/record | spread (min–max µs/record) | predicted/record "
+        "| vs HF |")
+  print("|---|---:|---:|---:|---:|---:|")
   for r in results:
+    vs = "–" if r["vs_hf"] is None else f"{r['vs_hf']:.2f}×"
     print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['us_per_record']:.1f} | "
-          f"{1e6 * r['min_s'] / args.n:.1f}–{1e6 * r['max_s'] / args.n:.1f} |")
+          f"{1e6 * r['min_s'] / args.n:.1f}–{1e6 * r['max_s'] / args.n:.1f} | "
+          f"{r['predicted_per_record']:.1f} | {vs} |")
   rate = results[0]["tokens_per_s"]
   verdict = "met" if rate >= TARGET_TOKENS_PER_S else "NOT met"
   print(f"\nTarget >= {TARGET_TOKENS_PER_S:,} row tokens/s (default, rng per record): "
