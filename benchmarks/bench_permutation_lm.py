@@ -28,6 +28,7 @@ from benchmarks import one_core  # first: sets one-thread BLAS/OpenMP before num
 import argparse
 import json
 import platform
+import random
 import statistics
 from collections.abc import Callable
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         return_tensors="np")
 
   def hf() -> int:
+    random.seed(0)  # HF's collator draws spans from the global `random` and numpy generators
+    np.random.seed(0)
     predicted = 0
     for start in range(0, args.n, args.hf_batch):
       batch = collator(hf_rows[start:start + args.hf_batch])

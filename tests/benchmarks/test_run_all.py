@@ -22,13 +22,13 @@ def _doc(tmp_path):
 
 def test_quick_run_writes_section_and_keeps_other_suites(tmp_path):
   doc = _doc(tmp_path)
-  assert run_all.main(["--quick", "--only", "span_corruption,denoising",
+  assert run_all.main(["--quick", "--only", "span_corruption,denoising,permutation_lm",
                        "--out", str(doc)]) == 0
   text = doc.read_text(encoding="utf-8")
   assert text.startswith(PROSE_BEFORE) and text.endswith(PROSE_AFTER)
   assert "\nold\n" not in text and text.count(run_all.BEGIN) == 1
   results = json.loads(doc.with_suffix(".json").read_text(encoding="utf-8"))
-  assert set(results["suites"]) == {"span_corruption", "denoising"}
+  assert set(results["suites"]) == {"span_corruption", "denoising", "permutation_lm"}
   for entry in results["suites"].values():
     assert entry["quick"] and entry["exit_code"] == 0
     assert entry["peak_rss_mb"] > 10 and entry["wall_s"] > 0 and entry["child_cpu_s"] > 0
@@ -38,6 +38,15 @@ def test_quick_run_writes_section_and_keeps_other_suites(tmp_path):
   assert f"| {span['results'][0]['variant']} | {span['results'][0]['tokens_per_s']:,.0f} |" in text
   assert "span corruption objective, raw tokens/s on one core" in text
   assert "### denoising: " in text and "### train_bert" not in text
+  # The permutation LM suite runs HF's collator on the same rows as the peer: both predict
+  # about L/6 tokens per row (ours exactly round(128 / 6) = 21; HF's spans vary, over 64 rows
+  # its mean is well inside 21 +- 6).
+  rows = {r["variant"].split(" (")[0]: r
+          for r in results["suites"]["permutation_lm"]["report"]["results"]}
+  assert rows["default"]["predicted_per_record"] == 21 and rows["default"]["vs_hf"] > 0
+  hf = rows["HF DataCollatorForPermutationLanguageModeling"]
+  assert 15 < hf["predicted_per_record"] < 27 and hf["vs_hf"] == 1.0
+  assert rows["perm_mask [L, L] float32 alone"]["vs_hf"] is None
 
   # Re-running one suite replaces only that suite's entry.
   denoising_before = results["suites"]["denoising"]
