@@ -310,7 +310,18 @@ def machine_facts() -> dict[str, Any]:
 
 
 def suite_targets(suite: Suite, entry: dict[str, Any]) -> list[Target]:
-  return suite.targets(entry["report"]) if "report" in entry else []
+  """The suite's targets judged on its report; [] if it has none (or a report of an older
+  benchmark version that lacks a field: `_stale` then says so in its table)."""
+  try:
+    return suite.targets(entry["report"]) if "report" in entry else []
+  except (KeyError, IndexError, StopIteration, TypeError):
+    return []
+
+
+def _stale(suite: Suite, error: Exception) -> list[str]:
+  return [(f"(This suite's stored report cannot be rendered — {type(error).__name__}: "
+          f"{error} — it is probably from an older version of the benchmark; re-run it with "
+          f"`python -m benchmarks.run_all --only {suite.name}`.)")]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -333,7 +344,7 @@ def render(results: dict[str, Any]) -> str:
     if e is None:
       continue
     quick = " (quick)" if e["quick"] else ""
-    others = "–" if e["other_cpu_cores"] is None else f"{e['other_cpu_cores']:.2f}"
+    others = "–" if e.get("other_cpu_cores") is None else f"{e['other_cpu_cores']:.2f}"
     lines.append(f"| {suite.name}{quick} | {e['utc']} | {e['wall_s']:.0f} | {others} | "
                  f"{e['peak_rss_mb']:,.0f} | `{e['command']}` |")
   lines += ["", ("Other processes' CPU: CPU time the whole machine used during the suite minus the "
@@ -346,8 +357,10 @@ def render(results: dict[str, Any]) -> str:
     e = entries.get(suite.name)
     if e is None:
       continue
+    quick = " (quick settings)" if e["quick"] else ""
     for t in suite_targets(suite, e):
-      lines.append(f"| {t.what} | {t.figure} | {t.goal} | {'met' if t.met else '**NOT met**'} |")
+      lines.append(f"| {t.what}{quick} | {t.figure} | {t.goal} | "
+                   f"{'met' if t.met else '**NOT met**'} |")
   for suite in SUITES:
     e = entries.get(suite.name)
     if e is None or "report" not in e:
@@ -355,7 +368,10 @@ def render(results: dict[str, Any]) -> str:
     quick = " — quick smoke settings, not comparable" if e["quick"] else ""
     lines += ["", f"### {suite.name}: {suite.title}{quick}", "",
               f"`{e['command']}` — {e['utc']} UTC, {e['wall_s']:.0f} s.", ""]
-    lines += suite.table(e["report"])
+    try:
+      lines += suite.table(e["report"])
+    except (KeyError, IndexError, StopIteration, TypeError) as error:
+      lines += _stale(suite, error)
   lines.append(END)
   return "\n".join(lines) + "\n"
 

@@ -124,3 +124,13 @@ def test_missing_hf_packages_are_named_before_anything_runs(tmp_path, monkeypatc
     run_all.main(["--only", "span_corruption,train_t5,mlm_objective", "--out", str(doc)])
   assert doc.read_text(encoding="utf-8") == before
   assert not doc.with_suffix(".json").exists()
+
+
+def test_a_stored_report_missing_a_field_is_named_not_a_crash():
+  entry = _train_entry([_row("bert_small", 1.3, 0.5)])
+  del entry["report"]["results"][0]["ours_mfu"]
+  del entry["other_cpu_cores"]  # written by older versions of run_all
+  text = run_all.render({"suites": {"train_bert": entry}})
+  assert "cannot be rendered — KeyError: 'ours_mfu'" in text
+  assert "python -m benchmarks.run_all --only train_bert" in text
+  assert "| train_bert | 2026-11-22 12:00 | 60 | – |" in text
