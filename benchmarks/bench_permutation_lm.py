@@ -123,20 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
     return 0
 
   quarter = _divisor_near(args.length, args.length // 4)
-  runs = [
-      ("default (num_predict L/6, perm_size L)", pl.PermutationLMParams(), seeded),
-      (f"perm_size {quarter}", pl.PermutationLMParams(perm_size=quarter), seeded),
-      ("num_predict L/3", pl.PermutationLMParams(num_predict=args.length // 3), seeded),
-      ("max_span 1 (single tokens)", pl.PermutationLMParams(max_span=1), seeded),
-      ("perm_mask [L, L] float32 alone", None, None),
-  ]
+  runs = [(name, params, seeded(params)) for name, params in (
+      ("default (num_predict L/6, perm_size L)", pl.PermutationLMParams()),
+      (f"perm_size {quarter}", pl.PermutationLMParams(perm_size=quarter)),
+      ("num_predict L/3", pl.PermutationLMParams(num_predict=args.length // 3)),
+      ("max_span 1 (single tokens)", pl.PermutationLMParams(max_span=1)))]
   if collator is not None:
-    runs.insert(-1, (f"HF DataCollatorForPermutationLanguageModeling (np, batch {args.hf_batch})",
-                     None, "hf"))
+    runs.append((f"HF DataCollatorForPermutationLanguageModeling (np, batch {args.hf_batch})",
+                 None, hf))
+  runs.append(("perm_mask [L, L] float32 alone", None, perm_mask_only))
   row_tokens = args.n * args.length
   results = []
-  for name, params, wrap in runs:
-    fn = hf if wrap == "hf" else wrap(params) if wrap else perm_mask_only
+  for name, params, fn in runs:
     times, predicted = one_core.time_runs(fn, args.repeats)
     median = statistics.median(times)
     results.append({"variant": name, "params": params.__dict__ if params else None,
