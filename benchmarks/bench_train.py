@@ -83,12 +83,12 @@ def make_batches(config: Config, vocab: VocabInfo, count: int,
   return batches
 
 
-def torch_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
-  """f32 FLOP/s of a square matmul in torch, measured as `flops.measured_matmul_peak` does."""
+def torch_matmul_peak(size: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
+  """FLOP/s of a square matmul in torch, measured as `flops.measured_matmul_peak` does."""
   import torch
 
-  a = torch.ones((size, size), dtype=torch.float32)
-  b = torch.ones((size, size), dtype=torch.float32)
+  a = torch.ones((size, size), dtype=getattr(torch, dtype))
+  b = torch.ones((size, size), dtype=getattr(torch, dtype))
   torch.mm(a, b)
   times = []
   for _ in range(repeats):
@@ -216,7 +216,8 @@ def add_side_stats(row: dict[str, Any], ours: Side, hf: Side, tokens: int,
 
 
 def parse_args(argv: list[str] | None, description: str, shapes: dict[str, Any],
-               default_shapes: str) -> tuple[argparse.Namespace, list[str]]:
+               default_shapes: str, dtypes: bool = False
+               ) -> tuple[argparse.Namespace, list[str]]:
   """The benchmarks' common command line; returns (args, the shape names asked for)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--shapes", type=str, default=default_shapes,
@@ -225,6 +226,11 @@ def parse_args(argv: list[str] | None, description: str, shapes: dict[str, Any],
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
   parser.add_argument("--rounds", type=int, default=4, help="interleaved ours/HF rounds")
   parser.add_argument("--json", type=str, default=None, help="also write results here")
+  if dtypes:
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both sides: bfloat16 = ours with "
+                        "model.dtype=bfloat16 (float32 parameters and optimiser), HF under "
+                        "torch.autocast(bfloat16), as HF Trainer's --bf16")
   args = parser.parse_args(argv)
   names = [s.strip() for s in args.shapes.split(",") if s.strip()]
   unknown = [s for s in names if s not in shapes]
@@ -235,18 +241,31 @@ def parse_args(argv: list[str] | None, description: str, shapes: dict[str, Any],
   return args, names
 
 
-def measure_peaks() -> tuple[float, float, float]:
-  """(XLA, torch, max) f32 matmul FLOP/s, with torch on TORCH_THREADS threads."""
+def measure_peaks(dtype: str = "float32") -> tuple[float, float, float]:
+  """(XLA, torch, max) matmul FLOP/s in `dtype`, with torch on TORCH_THREADS threads."""
   import torch
 
   torch.set_num_threads(TORCH_THREADS)
-  xla_peak = flops.measured_matmul_peak("float32")
-  torch_peak = torch_matmul_peak()
+  xla_peak = flops.measured_matmul_peak(dtype)
+  torch_peak = torch_matmul_peak(dtype=dtype)
   return xla_peak, torch_peak, max(xla_peak, torch_peak)
 
 
+def autocast(side: Side, dtype: str) -> Side:
+  """The HF side run under `torch.autocast("cpu", bfloat16)` for dtype bfloat16 (HF
+  Trainer's --bf16: float32 weights and optimiser, bf16 matmuls); unchanged for float32."""
+  if dtype == "float32":
+    return side
+  import torch
+
+  def run(i: int) -> float:
+    with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+      return side.run(i)
+  return Side(run)
+
+
 def write_report(path: str | None, xla_peak: float, torch_peak: float,
-                 rows: list[dict[str, Any]]) -> dict[str, Any]:
+                 rows: list[dict[str, Any]], dtype: str = "float32") -> dict[str, Any]:
   """The run's versions, peaks and rows; also written to `path` as JSON when given."""
   import torch
   import transformers
@@ -254,7 +273,7 @@ def write_report(path: str | None, xla_peak: float, torch_peak: float,
   report = {"cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "torch_threads": TORCH_THREADS,
             "xla_matmul_peak": xla_peak, "torch_matmul_peak": torch_peak,
-            "peak": max(xla_peak, torch_peak), "results": rows}
+            "peak": max(xla_peak, torch_peak), "dtype": dtype, "results": rows}
   if path:
     with open(path, "w") as f:
       json.dump(report, f, indent=2)

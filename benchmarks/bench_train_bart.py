@@ -37,6 +37,7 @@ from benchmarks.bench_train import (
   TORCH_THREADS,
   Side,
   add_side_stats,
+  autocast,
   build_ours,
   measure_peaks,
   parse_args,
@@ -66,9 +67,10 @@ COMMON_OVERRIDES = ("mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "optim.grad_a
 NUM_BATCHES = 4
 
 
-def shape_config(name: str, total_steps: int) -> Config:
+def shape_config(name: str, total_steps: int, dtype: str = "float32") -> Config:
   config = load_config("bart_tiny", [*SHAPES[name], *COMMON_OVERRIDES,
-                                     f"train.steps={total_steps}"])
+                                     f"train.steps={total_steps}",
+                                     f"model.dtype={dtype}"])
   return data_glue.resolve_lengths(config)
 
 
@@ -143,18 +145,19 @@ def build_hf(config: Config, batches: list[dict[str, np.ndarray]]) -> Side:
 
 
 def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
-                vocab: VocabInfo) -> dict[str, Any]:
-  config = shape_config(name, total_steps=warmup + steps + 1)
+                vocab: VocabInfo, dtype: str = "float32") -> dict[str, Any]:
+  config = shape_config(name, total_steps=warmup + steps + 1, dtype=dtype)
   batches = make_batches(config, vocab, NUM_BATCHES, seed=0)
   ours, compile_s = build_ours(config, batches)
-  hf = build_hf(config, batches)
+  hf = autocast(build_hf(config, batches), dtype)
   run_interleaved(ours, hf, steps, warmup, rounds)
   m, d, b = config.model, config.data, config.train.batch_size
   tokens = b * (d.seq_len + d.target_len)
   flops_per_step = flops.train_flops_per_step(config)
   source_fill = float(np.mean([np.mean(x["segment_ids"] > 0) for x in batches]))
   row: dict[str, Any] = {
-      "shape": name, "batch_size": b, "inputs": d.seq_len, "targets": d.target_len,
+      "shape": name, "dtype": dtype, "batch_size": b, "inputs": d.seq_len,
+      "targets": d.target_len,
       "hidden_size": m.hidden_size, "num_layers": m.num_layers,
       "num_decoder_layers": m.num_decoder_layers, "num_heads": m.num_heads,
       "intermediate_size": m.intermediate_size, "vocab_size": m.vocab_size,
@@ -164,22 +167,24 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "bart_small_bench")
+  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "bart_small_bench",
+                             dtypes=True)
   import torch
   import transformers
 
   # XLA's CPU backend flushes float32 denormals to zero; x86 handles them in microcode (~100x
   # slower), and Adam's second moments of tiny gradients reach them: flush in torch too.
   torch.set_flush_denormal(True)
-  xla_peak, torch_peak, peak = measure_peaks()
+  xla_peak, torch_peak, peak = measure_peaks(args.dtype)
   vocab = VocabInfo.synthetic(8000, sentence_end_every=20)
-  rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab) for s in shapes]
+  rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab, args.dtype)
+          for s in shapes]
 
   print(f"BART train step, median of {args.steps} steps after {args.warmup} warm-up, "
         f"{args.rounds} interleaved rounds; {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}); jax {jax.__version__}, torch "
         f"{torch.__version__} ({TORCH_THREADS} threads), transformers {transformers.__version__}")
-  print(f"f32 1024^3 matmul peak: XLA {xla_peak / 1e9:.1f} GFLOP/s, torch "
+  print(f"{args.dtype} 1024^3 matmul peak: XLA {xla_peak / 1e9:.1f} GFLOP/s, torch "
         f"{torch_peak / 1e9:.1f} GFLOP/s; MFU uses {peak / 1e9:.1f} GFLOP/s\n")
   print("| shape | B×(source+target) | source fill | ours tokens/s | HF tokens/s | ours/HF | "
         "ours MFU | HF MFU | ours ms/step | HF ms/step | ours compile s | "
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{1e3 * r['ours_median_s']:.1f} | {1e3 * r['hf_median_s']:.1f} | "
           f"{r['ours_compile_s']:.1f} | {r['ours_first_loss']:.2f}→{r['ours_last_loss']:.2f} / "
           f"{r['hf_first_loss']:.2f}→{r['hf_last_loss']:.2f} |")
-  return write_report(args.json, xla_peak, torch_peak, rows)
+  return write_report(args.json, xla_peak, torch_peak, rows, args.dtype)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from benchmarks.bench_train import (
   TORCH_THREADS,
   Side,
   add_side_stats,
+  autocast,
   build_ours,
   measure_peaks,
   parse_args,
@@ -63,8 +64,9 @@ NUM_BATCHES = 4
 NUM_SENTINELS = 100
 
 
-def shape_config(name: str, total_steps: int) -> Config:
-  return load_config("t5_tiny", [*SHAPES[name], *COMMON_OVERRIDES, f"train.steps={total_steps}"])
+def shape_config(name: str, total_steps: int, dtype: str = "float32") -> Config:
+  return load_config("t5_tiny", [*SHAPES[name], *COMMON_OVERRIDES, f"train.steps={total_steps}",
+                                 f"model.dtype={dtype}"])
 
 
 def make_batches(config: Config, vocab: VocabInfo, count: int,
@@ -137,17 +139,18 @@ def build_hf(config: Config, batches: list[dict[str, np.ndarray]]) -> Side:
 
 
 def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
-                vocab: VocabInfo) -> dict[str, Any]:
-  config = shape_config(name, total_steps=warmup + steps + 1)
+                vocab: VocabInfo, dtype: str = "float32") -> dict[str, Any]:
+  config = shape_config(name, total_steps=warmup + steps + 1, dtype=dtype)
   batches = make_batches(config, vocab, NUM_BATCHES, seed=0)
   ours, compile_s = build_ours(config, batches)
-  hf = build_hf(config, batches)
+  hf = autocast(build_hf(config, batches), dtype)
   run_interleaved(ours, hf, steps, warmup, rounds)
   m, d, b = config.model, config.data, config.train.batch_size
   tokens = b * (d.seq_len + d.target_len)
   flops_per_step = flops.train_flops_per_step(config)
   row: dict[str, Any] = {
-      "shape": name, "batch_size": b, "inputs": d.seq_len, "targets": d.target_len,
+      "shape": name, "dtype": dtype, "batch_size": b, "inputs": d.seq_len,
+      "targets": d.target_len,
       "hidden_size": m.hidden_size, "num_layers": m.num_layers,
       "num_decoder_layers": m.num_decoder_layers, "num_heads": m.num_heads,
       "head_dim": m.head_dim, "intermediate_size": m.intermediate_size,
@@ -157,7 +160,8 @@ def bench_shape(name: str, steps: int, warmup: int, rounds: int, peak: float,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "t5_small_bench")
+  args, shapes = parse_args(argv, __doc__.splitlines()[0], SHAPES, "t5_small_bench",
+                             dtypes=True)
   import torch
   import transformers
 
@@ -165,15 +169,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   # x86 handles in microcode (~100x slower) unless flushed to zero; XLA's CPU backend
   # flushes them, so torch does too here (it made HF's step 16 s instead of 0.7 s).
   torch.set_flush_denormal(True)
-  xla_peak, torch_peak, peak = measure_peaks()
+  xla_peak, torch_peak, peak = measure_peaks(args.dtype)
   vocab = VocabInfo.synthetic(8000, num_sentinels=NUM_SENTINELS)
-  rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab) for s in shapes]
+  rows = [bench_shape(s, args.steps, args.warmup, args.rounds, peak, vocab, args.dtype)
+          for s in shapes]
 
   print(f"T5 train step, median of {args.steps} steps after {args.warmup} warm-up, "
         f"{args.rounds} interleaved rounds; {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}); jax {jax.__version__}, torch "
         f"{torch.__version__} ({TORCH_THREADS} threads), transformers {transformers.__version__}")
-  print(f"f32 1024^3 matmul peak: XLA {xla_peak / 1e9:.1f} GFLOP/s, torch "
+  print(f"{args.dtype} 1024^3 matmul peak: XLA {xla_peak / 1e9:.1f} GFLOP/s, torch "
         f"{torch_peak / 1e9:.1f} GFLOP/s; MFU uses {peak / 1e9:.1f} GFLOP/s\n")
   print("| shape | B×(inputs+targets) | ours tokens/s | HF tokens/s | ours/HF | ours MFU | "
         "HF MFU | ours ms/step | HF ms/step | ours compile s | loss first→last (ours / HF) |")
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{1e3 * r['ours_median_s']:.1f} | {1e3 * r['hf_median_s']:.1f} | "
           f"{r['ours_compile_s']:.1f} | {r['ours_first_loss']:.2f}→{r['ours_last_loss']:.2f} / "
           f"{r['hf_first_loss']:.2f}→{r['hf_last_loss']:.2f} |")
-  return write_report(args.json, xla_peak, torch_peak, rows)
+  return write_report(args.json, xla_peak, torch_peak, rows, args.dtype)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 Each suite is one benchmark module run as its own child process (`python -m
 benchmarks.<module> ... --json F`), one after another, so no two ever compete for the cores
 and each child's peak memory is its own. Kept per suite: the child's JSON report, its wall
-time, its peak resident memory (`ru_maxrss` from `os.wait4`), the 1-minute load average when
-it started, the exact command and the UTC time. Results live in a JSON file next to the
+time, its peak resident memory (`ru_maxrss` from `os.wait4`), the CPU other processes and
+other guests (steal) used meanwhile, the exact command and the UTC time. Results live in a JSON file next to the
 Markdown (docs/benchmarks.json): a suite not run this time keeps its last results and date,
 and a suite that fails keeps its previous results (the run then exits 1). The part of the
 Markdown between the two `run_all` markers is rendered from that file: every target with its
@@ -46,7 +46,10 @@ class Target:
   what: str
   figure: str
   goal: str
-  met: bool
+  met: bool | None  # None: not judged (quick settings, or a report that cannot be read)
+
+  def verdict(self) -> str:
+    return "not judged" if self.met is None else ("met" if self.met else "**NOT met**")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +111,8 @@ def _checkpoint_targets(report: Report) -> list[Target]:
 
 
 def _train_table(report: Report) -> list[str]:
-  lines = [(f"f32 1024³ matmul peak: XLA {report['xla_matmul_peak'] / 1e9:.1f} GFLOP/s, torch "
+  dtype = report.get("dtype", "float32")
+  lines = [(f"{dtype} 1024³ matmul peak: XLA {report['xla_matmul_peak'] / 1e9:.1f} GFLOP/s, torch "
            f"{report['torch_matmul_peak'] / 1e9:.1f} GFLOP/s (MFU uses the larger); torch "
            f"{report['torch']}, transformers {report['transformers']}, "
            f"{report['torch_threads']} torch threads."), "",
@@ -151,14 +155,16 @@ def _objective_table(unit: str, extra: tuple[tuple[str, str, str], ...] = ()
 
 def _checkpoint_table(report: Report) -> list[str]:
   lines = [(f"train state {report['state_mb']:.1f} MB, compile {report['compile_s']:.1f} s; "
-           f"medians over {report['rounds']} interleaved rounds of {report['steps']} steps, a "
-           f"save every {report['every']} steps."), "",
-           ("| saving | median step (ms) | save() blocks (ms) | one save, in step times | "
-           "overhead per step |"), "|---|---:|---:|---:|---:|",
-           f"| none | {report['step_ms']['none']:.1f} | – | – | – |"]
+           f"{report['rounds']} interleaved rounds of {report['steps']} steps per kind, a save "
+           f"every {report['every']} steps. Overhead: the whole window (steps, save() calls, "
+           "the wait for the last write) over the same round's no-save window, minus one, "
+           "median over rounds."), "",
+           ("| saving | median step (ms) | save() blocks (ms) | final wait (ms) | "
+           "one save, in step times | overhead on the window |"), "|---|---:|---:|---:|---:|---:|",
+           f"| none | {report['step_ms']['none']:.1f} | – | – | – | – |"]
   for kind in ("async", "sync"):
     lines.append(f"| {kind} | {report['step_ms'][kind]:.1f} | "
-                 f"{report['save_blocking_ms'][kind]:.1f} | "
+                 f"{report['save_blocking_ms'][kind]:.1f} | {report['final_wait_ms'][kind]:.1f} | "
                  f"{report['save_cost_steps'][kind]:.2f} | {100 * report['overhead'][kind]:+.1f}% |")
   return lines
 
@@ -188,6 +194,16 @@ SUITES: tuple[Suite, ...] = (
           "BartForConditionalGeneration", ("--shapes", "bart_small_bench", *_TRAIN_FULL),
           ("--shapes", "bart_tiny", *_TRAIN_QUICK),
           _train_targets("BartForConditionalGeneration", 1.2), _train_table, _HF),
+    Suite("train_t5_bf16", "bench_train_t5", "Train: T5 in bf16 mixed precision (ours "
+          "model.dtype=bfloat16, HF under torch.autocast bf16; context, no target)",
+          ("--shapes", "t5_small_bench", "--dtype", "bfloat16", *_TRAIN_FULL),
+          ("--shapes", "t5_tiny", "--dtype", "bfloat16", *_TRAIN_QUICK),
+          lambda report: [], _train_table, _HF),
+    Suite("train_bart_bf16", "bench_train_bart", "Train: BART in bf16 mixed precision (ours "
+          "model.dtype=bfloat16, HF under torch.autocast bf16; context, no target)",
+          ("--shapes", "bart_small_bench", "--dtype", "bfloat16", *_TRAIN_FULL),
+          ("--shapes", "bart_tiny", "--dtype", "bfloat16", *_TRAIN_QUICK),
+          lambda report: [], _train_table, _HF),
     Suite("train_xlnet", "bench_train_xlnet", "Train: XLNet permutation LM vs HF "
           "XLNetLMHeadModel", ("--shapes", "xlnet_small_bench", *_TRAIN_FULL),
           ("--shapes", "xlnet_tiny", *_TRAIN_QUICK),
@@ -242,15 +258,17 @@ def _child_env() -> dict[str, str]:
   return env
 
 
-def _busy_cpu_s() -> float | None:
-  """Seconds of CPU time all processes have used since boot (/proc/stat), None off Linux."""
+def _cpu_s() -> tuple[float, float] | None:
+  """(CPU seconds all of this machine's processes have used since boot, seconds stolen by
+  the hypervisor) from /proc/stat; None off Linux."""
   try:
     with open("/proc/stat", encoding="ascii") as f:
       fields = [int(x) for x in f.readline().split()[1:]]
   except (OSError, ValueError):
     return None
-  # user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
-  return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+  # user nice system idle iowait irq softirq steal ...: busy = user..softirq minus idle/iowait.
+  tick = os.sysconf("SC_CLK_TCK")
+  return (sum(fields[:7]) - fields[3] - fields[4]) / tick, fields[7] / tick
 
 
 def run_suite(suite: Suite, quick: bool, workdir: Path) -> dict[str, Any]:
@@ -261,18 +279,21 @@ def run_suite(suite: Suite, quick: bool, workdir: Path) -> dict[str, Any]:
   shown = " ".join(["python", "-m", f"benchmarks.{suite.module}", *args])
   started = datetime.datetime.now(datetime.timezone.utc)
   print(f"\n=== {suite.name}: {shown}", flush=True)
-  busy0, t0 = _busy_cpu_s(), time.perf_counter()
+  cpu0, t0 = _cpu_s(), time.perf_counter()
   proc = subprocess.Popen(argv, cwd=REPO, env=_child_env())
   _, status, usage = os.wait4(proc.pid, 0)
   proc.returncode = code = os.waitstatus_to_exitcode(status)
-  wall, busy1 = time.perf_counter() - t0, _busy_cpu_s()
-  # How busy the machine was with anything but this benchmark: the noise indicator.
-  others = None if busy0 is None or busy1 is None else max(
-      0.0, (busy1 - busy0 - usage.ru_utime - usage.ru_stime) / wall)
+  wall, cpu1 = time.perf_counter() - t0, _cpu_s()
+  # How busy the machine was with anything but this benchmark (the noise indicator), and how
+  # much CPU the hypervisor gave to other guests (steal), per second of the suite.
+  others = steal = None
+  if cpu0 is not None and cpu1 is not None:
+    others = max(0.0, (cpu1[0] - cpu0[0] - usage.ru_utime - usage.ru_stime) / wall)
+    steal = (cpu1[1] - cpu0[1]) / wall
   entry = {"suite": suite.name, "command": shown, "quick": quick, "exit_code": code,
            "utc": started.strftime("%Y-%m-%d %H:%M"), "wall_s": wall,
            "child_cpu_s": usage.ru_utime + usage.ru_stime, "other_cpu_cores": others,
-           "peak_rss_mb": usage.ru_maxrss / 1024}
+           "steal_cores": steal, "peak_rss_mb": usage.ru_maxrss / 1024}
   if code == 0:
     try:
       entry["report"] = json.loads(json_path.read_text(encoding="utf-8"))
@@ -310,18 +331,30 @@ def machine_facts() -> dict[str, Any]:
 
 
 def suite_targets(suite: Suite, entry: dict[str, Any]) -> list[Target]:
-  """The suite's targets judged on its report; [] if it has none (or a report of an older
-  benchmark version that lacks a field: `_stale` then says so in its table)."""
-  try:
-    return suite.targets(entry["report"]) if "report" in entry else []
-  except (KeyError, IndexError, StopIteration, TypeError):
+  """The suite's targets judged on its report ([] if it has none). Figures from quick
+  settings are shown but not judged; a report this version cannot read (an older benchmark's)
+  gives one "not judged" row naming the suite (`_stale` says more in its table)."""
+  if "report" not in entry:
     return []
+  try:
+    targets = suite.targets(entry["report"])
+  except (KeyError, IndexError, StopIteration, TypeError):
+    return [Target(f"{suite.name}: stored report unreadable, re-run with --only "
+                   f"{suite.name}", "–", "–", None)]
+  if entry.get("quick"):
+    return [dataclasses.replace(t, what=f"{t.what} (quick settings)", met=None)
+            for t in targets]
+  return targets
 
 
 def _stale(suite: Suite, error: Exception) -> list[str]:
   return [(f"(This suite's stored report cannot be rendered — {type(error).__name__}: "
           f"{error} — it is probably from an older version of the benchmark; re-run it with "
           f"`python -m benchmarks.run_all --only {suite.name}`.)")]
+
+
+def _cores(entry: dict[str, Any], key: str) -> str:
+  return "–" if entry.get(key) is None else f"{entry[key]:.2f}"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -333,23 +366,26 @@ def render(results: dict[str, Any]) -> str:
            "by hand. Each suite ran as its own process, alone, one after another; the sections "
            "after this one describe what each benchmark compares and how."), ""]
   if facts:
-    lines += [(f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), Python {facts['python']}, "
-              f"jax {facts['jax']}, flax {facts['flax']}, optax {facts['optax']}, numpy "
-              f"{facts['numpy']}, torch {facts['torch']}, transformers {facts['transformers']}."),
+    fact = lambda k: facts.get(k, "?")
+    lines += [(f"Machine: {fact('nproc')} CPUs ({fact('cpu')}), Python {fact('python')}, "
+              f"jax {fact('jax')}, flax {fact('flax')}, optax {fact('optax')}, numpy "
+              f"{fact('numpy')}, torch {fact('torch')}, transformers {fact('transformers')}."),
               ""]
-  lines += [("| suite | run at (UTC) | wall s | other processes' CPU (cores) | peak host MB | "
-            "command |"), "|---|---|---:|---:|---:|---|"]
+  lines += [("| suite | run at (UTC) | wall s | other processes' CPU (cores) | steal (cores) | "
+            "peak host MB | command |"), "|---|---|---:|---:|---:|---:|---|"]
   for suite in SUITES:
     e = entries.get(suite.name)
     if e is None:
       continue
-    quick = " (quick)" if e["quick"] else ""
-    others = "–" if e.get("other_cpu_cores") is None else f"{e['other_cpu_cores']:.2f}"
-    lines.append(f"| {suite.name}{quick} | {e['utc']} | {e['wall_s']:.0f} | {others} | "
-                 f"{e['peak_rss_mb']:,.0f} | `{e['command']}` |")
+    quick = " (quick)" if e.get("quick") else ""
+    lines.append(f"| {suite.name}{quick} | {e.get('utc', '?')} | {e.get('wall_s', 0):.0f} | "
+                 f"{_cores(e, 'other_cpu_cores')} | {_cores(e, 'steal_cores')} | "
+                 f"{e.get('peak_rss_mb', 0):,.0f} | `{e.get('command', '?')}` |")
   lines += ["", ("Other processes' CPU: CPU time the whole machine used during the suite minus the "
             "suite's own, per second (0 = a quiet machine; this VM has "
-            f"{facts.get('nproc', '?')} cores). Peak host MB: the suite process's peak resident "
+            f"{facts.get('nproc', '?')} cores). Steal: CPU time the hypervisor gave to other "
+            "guests instead, per second (a busy host slows every suite without showing in "
+            "the first figure). Peak host MB: the suite process's peak resident "
             "memory; the train suites hold both sides (JAX and PyTorch) in one process, the "
             "checkpoint suite only ours."), "",
             "### Targets", "", "| target | measured | goal | |", "|---|---:|---:|---|"]
@@ -357,23 +393,37 @@ def render(results: dict[str, Any]) -> str:
     e = entries.get(suite.name)
     if e is None:
       continue
-    quick = " (quick settings)" if e["quick"] else ""
     for t in suite_targets(suite, e):
-      lines.append(f"| {t.what}{quick} | {t.figure} | {t.goal} | "
-                   f"{'met' if t.met else '**NOT met**'} |")
+      lines.append(f"| {t.what} | {t.figure} | {t.goal} | {t.verdict()} |")
   for suite in SUITES:
     e = entries.get(suite.name)
     if e is None or "report" not in e:
       continue
-    quick = " — quick smoke settings, not comparable" if e["quick"] else ""
+    quick = " — quick smoke settings, not comparable" if e.get("quick") else ""
     lines += ["", f"### {suite.name}: {suite.title}{quick}", "",
-              f"`{e['command']}` — {e['utc']} UTC, {e['wall_s']:.0f} s.", ""]
+              f"`{e.get('command', '?')}` — {e.get('utc', '?')} UTC, {e.get('wall_s', 0):.0f} s.",
+              ""]
     try:
       lines += suite.table(e["report"])
     except (KeyError, IndexError, StopIteration, TypeError) as error:
       lines += _stale(suite, error)
   lines.append(END)
   return "\n".join(lines) + "\n"
+
+
+def check_markdown(path: Path) -> None:
+  """Refuses, before any suite runs, an output that `write_markdown` could not update."""
+  if path.suffix == ".json":
+    raise SystemExit(f"error: --out {path} names the results file itself; give the Markdown "
+                     f"(results go to {path.with_suffix('.json').name} beside it)")
+  if not path.parent.is_dir():
+    raise SystemExit(f"error: --out {path}: directory {path.parent} does not exist")
+  if path.exists():
+    text = path.read_text(encoding="utf-8")
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+      raise SystemExit(f"error: {path} has no '{BEGIN}' ... '{END}' section to replace; add "
+                       "the two marker lines where the generated summary should go")
 
 
 def write_markdown(path: Path, section: str) -> None:
@@ -416,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(missing)}, which are not installed: pip install -e '.[bench]' "
                      "(or leave them out with --only)")
 
+  if out is not None:
+    check_markdown(out)
   results_path = out.with_suffix(".json") if out else None
   results: dict[str, Any] = {"suites": {}}
   if results_path is not None and results_path.exists():
@@ -423,6 +475,16 @@ def main(argv: list[str] | None = None) -> int:
       results = json.loads(results_path.read_text(encoding="utf-8"))
     except ValueError as e:
       raise SystemExit(f"error: {results_path} is not valid JSON ({e}); fix or remove it")
+    if not isinstance(results, dict) or not isinstance(results.get("suites", {}), dict):
+      raise SystemExit(f"error: {results_path} is not a run_all results file; fix or remove it")
+    results.setdefault("suites", {})
+  if args.quick:
+    full = [n for n in names if n in results["suites"]
+            and not results["suites"][n].get("quick")]
+    if full:
+      raise SystemExit(f"error: --quick would replace the full-settings results of "
+                       f"{', '.join(full)} in {results_path}; write smoke runs elsewhere "
+                       "(--quick --out /tmp/quick.md)")
   results["machine"] = machine_facts()
 
   failed = []
@@ -450,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = results["suites"].get(suite.name)
     if suite.name in names and entry is not None:
       for t in suite_targets(suite, entry):
-        print(f"{'met    ' if t.met else 'NOT met'}  {t.what}: {t.figure} (goal {t.goal})")
+        print(f"{t.verdict().strip('*'):10s}  {t.what}: {t.figure} (goal {t.goal})")
   if failed:
     print("failed: " + "; ".join(failed), file=sys.stderr)
     return 1

@@ -127,14 +127,13 @@ class BartAttention(nn.Module):
       out_proj = layers.Dense((c.hidden_size,), ("heads", "kv"), ("embed",), dtype=dtype,
                               param_dtype=pdtype, kernel_init=init, name="out_proj")
       return _per_token(out_proj, out_BQHK, num_in=2)
-    scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
-                             preferred_element_type=jnp.float32)
+    scores_BHQK = layers.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK)
     if mask is not None:
       scores_BHQK = jnp.where(mask, scores_BHQK, jnp.finfo(jnp.float32).min)
     probs_BHQK = jax.nn.softmax(scores_BHQK, axis=-1).astype(dtype)
     if c.attention_dropout_rate > 0 and not self.deterministic:
       probs_BHQK = nn.Dropout(c.attention_dropout_rate)(probs_BHQK, deterministic=False)
-    out_BQHK = jnp.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BKHK)
+    out_BQHK = layers.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BKHK).astype(dtype)
     out_BQHK = layers.constrain(out_BQHK, _ACT_BLHK)
     out_proj = layers.Dense((c.hidden_size,), ("heads", "kv"), ("embed",), dtype=dtype,
                             param_dtype=pdtype, kernel_init=init, name="out_proj")

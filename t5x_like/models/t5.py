@@ -170,8 +170,7 @@ class T5Attention(nn.Module):
     q_BQHK = layers.constrain(q_BQHK, ("act_batch", "act_length", "act_heads", None))
     k_BKHK = layers.constrain(k_BKHK, ("act_batch", "act_length", "act_heads", None))
     v_BKHK = layers.constrain(v_BKHK, ("act_batch", "act_length", "act_heads", None))
-    scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
-                             preferred_element_type=jnp.float32)
+    scores_BHQK = layers.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK)
     if position_bias_HQK is not None:
       scores_BHQK = _add_position_bias(scores_BHQK, position_bias_HQK)
     if mask is not None:
@@ -179,7 +178,7 @@ class T5Attention(nn.Module):
     probs_BHQK = jax.nn.softmax(scores_BHQK, axis=-1).astype(dtype)
     if c.dropout_rate > 0 and not self.deterministic:
       probs_BHQK = nn.Dropout(c.dropout_rate)(probs_BHQK, deterministic=False)
-    out_BQHK = jnp.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BKHK)
+    out_BQHK = layers.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BKHK).astype(dtype)
     out_BQHK = layers.constrain(out_BQHK, ("act_batch", "act_length", "act_heads", None))
     o = layers.Dense((d,), ("heads", "kv"), ("embed",), use_bias=False, dtype=dtype,
                      param_dtype=pdtype, kernel_init=_normal(f * (h * k) ** -0.5), name="o")
@@ -341,7 +340,8 @@ class T5ForConditionalGeneration(nn.Module):
     if not c.tie_word_embeddings:
       self.lm_head = layers.Dense((c.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                   dtype=dtype, param_dtype=pdtype,
-                                  kernel_init=_normal(c.initializer_factor))
+                                  kernel_init=_normal(c.initializer_factor),
+                                  out_dtype=jnp.float32)
 
   def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
              segment_ids: jax.Array | None = None, positions: jax.Array | None = None,

@@ -48,12 +48,20 @@ def test_quick_run_writes_section_and_keeps_other_suites(tmp_path):
   assert 15 < hf["predicted_per_record"] < 27 and hf["vs_hf"] == 1.0
   assert rows["perm_mask [L, L] float32 alone"]["vs_hf"] is None
 
-  # Re-running one suite replaces only that suite's entry.
-  denoising_before = results["suites"]["denoising"]
+  # Re-running one suite replaces only that suite's entry: mark the stored span-corruption
+  # entry, re-run it alone; the mark is gone, the other suites' entries are untouched.
+  results["suites"]["span_corruption"]["utc"] = "1999-01-01 00:00"
+  doc.with_suffix(".json").write_text(json.dumps(results), encoding="utf-8")
   assert run_all.main(["--quick", "--only", "span_corruption", "--out", str(doc)]) == 0
   results2 = json.loads(doc.with_suffix(".json").read_text(encoding="utf-8"))
-  assert results2["suites"]["denoising"] == denoising_before
-  assert results2["suites"]["span_corruption"] != results["suites"]["span_corruption"]
+  assert results2["suites"]["denoising"] == results["suites"]["denoising"]
+  assert results2["suites"]["permutation_lm"] == results["suites"]["permutation_lm"]
+  assert results2["suites"]["span_corruption"]["utc"].startswith("20")
+  assert results2["suites"]["span_corruption"]["report"]["results"][0]["tokens_per_s"] > 0
+  # Quick figures are shown but never judged.
+  text = doc.read_text(encoding="utf-8")
+  assert "span corruption objective, raw tokens/s on one core (quick settings)" in text
+  assert "| not judged |" in text and "| met |" not in text and "NOT met" not in text
 
 
 def test_failing_suite_keeps_previous_results_and_exits_1(tmp_path, monkeypatch, capsys):
@@ -133,4 +141,57 @@ def test_a_stored_report_missing_a_field_is_named_not_a_crash():
   text = run_all.render({"suites": {"train_bert": entry}})
   assert "cannot be rendered — KeyError: 'ours_mfu'" in text
   assert "python -m benchmarks.run_all --only train_bert" in text
-  assert "| train_bert | 2026-11-22 12:00 | 60 | – |" in text
+  assert "| train_bert | 2026-11-22 12:00 | 60 | – | – |" in text
+  # Its targets are not dropped silently: one row says they were not judged, and why.
+  assert ("| train_bert: stored report unreadable, re-run with --only train_bert | – | – | "
+          "not judged |") in text
+  # A results file from before `quick` and the machine's package list were recorded renders.
+  del entry["quick"]
+  text = run_all.render({"suites": {"train_bert": entry}, "machine": {"nproc": 2}})
+  assert "Machine: 2 CPUs (?), Python ?" in text
+
+
+def test_objective_and_checkpoint_targets_judge_their_figures():
+  def judge(name, report):
+    suite = next(s for s in run_all.SUITES if s.name == name)
+    return [(t.figure, t.met) for t in run_all.suite_targets(suite, {"report": report})]
+
+  def rate(tokens_per_s):
+    return {"target_tokens_per_s": 2e6, "results": [{"tokens_per_s": tokens_per_s}]}
+  assert judge("span_corruption", rate(2.0e6)) == [("2.00 M/s", True)]
+  assert judge("span_corruption", rate(1.99e6)) == [("1.99 M/s", False)]
+
+  def mlm(vs_hf):
+    return {"results": [{"variant": "HF DataCollatorForLanguageModeling", "vs_hf": 1.0},
+                        {"variant": "ours make_example, token, rng per record", "vs_hf": vs_hf}]}
+  assert judge("mlm_objective", mlm(1.5)) == [("1.50×", True)]
+  assert judge("mlm_objective", mlm(1.49)) == [("1.49×", False)]
+
+  def ckpt(overhead):
+    return {"shape": "bert_small", "every": 10, "overhead": {"async": overhead, "sync": 0.3}}
+  assert judge("checkpoint", ckpt(0.049)) == [("+4.9%", True)]
+  assert judge("checkpoint", ckpt(0.05)) == [("+5.0%", False)]
+  assert judge("checkpoint", ckpt(-0.017)) == [("-1.7%", True)]
+
+
+def test_quick_run_never_replaces_full_results(tmp_path, monkeypatch):
+  doc = _doc(tmp_path)
+  stored = {"suites": {"train_bert": _train_entry([_row("bert_small", 1.3, 0.5)])}}
+  doc.with_suffix(".json").write_text(json.dumps(stored), encoding="utf-8")
+  monkeypatch.setattr(run_all, "run_suite", lambda *a: pytest.fail("a suite ran"))
+  with pytest.raises(SystemExit, match="--quick would replace the full-settings results of "
+                     "train_bert"):
+    run_all.main(["--quick", "--only", "train_bert", "--out", str(doc)])
+  assert json.loads(doc.with_suffix(".json").read_text(encoding="utf-8")) == stored
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bench.json", "names the results file itself"),
+    ("missing_dir/bench.md", "does not exist"),
+    ("no_markers.md", "has no '<!-- run_all:begin -->'"),
+])
+def test_bad_output_is_refused_before_any_suite_runs(tmp_path, monkeypatch, name, message):
+  (tmp_path / "no_markers.md").write_text("# Benchmarks\n", encoding="utf-8")
+  monkeypatch.setattr(run_all, "run_suite", lambda *a: pytest.fail("a suite ran"))
+  with pytest.raises(SystemExit, match=message):
+    run_all.main(["--only", "span_corruption", "--out", str(tmp_path / name)])
