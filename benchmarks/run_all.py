@@ -3,6 +3,7 @@
   python -m benchmarks.run_all                        # every suite, full settings
   python -m benchmarks.run_all --only train_t5,checkpoint
   python -m benchmarks.run_all --quick --out /tmp/quick.md   # smoke run, tiny settings
+  python -m benchmarks.run_all --render                # re-render from docs/benchmarks.json
 
 Each suite is one benchmark module run as its own child process (`python -m
 benchmarks.<module> ... --json F`), one after another, so no two ever compete for the cores
@@ -100,11 +101,26 @@ def _mlm_targets(report: Report) -> list[Target]:
                  f"{row['vs_hf']:.2f}×", "≥ 1.50×", row["vs_hf"] >= 1.5)]
 
 
+def smallest_preset_save_interval() -> tuple[int, str]:
+  """(checkpoint.every, preset) of the preset that saves most often."""
+  from t5x_like import config as config_lib
+
+  return min((config_lib.load_config(name).checkpoint.every, name)
+             for name in config_lib.list_presets())
+
+
 def _checkpoint_targets(report: Report) -> list[Target]:
+  """The async save's cost per step as measured (a save every `every` steps), and the same
+  measured cost of one save spread over the shortest interval a preset uses."""
   overhead = report["overhead"]["async"]
+  every, preset = smallest_preset_save_interval()
+  at_preset = report["save_cost_steps"]["async"] / every
   return [Target(f"async checkpoint save, cost per step ({report['shape']}, every "
-                 f"{report['every']} steps)", f"{100 * overhead:+.1f}%", "< 5%",
-                 overhead < 0.05)]
+                 f"{report['every']} steps, as measured)", f"{100 * overhead:+.1f}%", "< 5%",
+                 overhead < 0.05),
+          Target(f"async checkpoint save, cost per step at the shortest preset interval "
+                 f"(every {every} steps, {preset}; measured cost of one save / {every})",
+                 f"{100 * at_preset:+.2f}%", "< 5%", at_preset < 0.05)]
 
 
 # ---- tables ----------------------------------------------------------------------------
@@ -447,15 +463,19 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"comma-separated suites (default all): {', '.join(SUITE_NAMES)}")
   parser.add_argument("--quick", action="store_true",
                       help="tiny settings, to check that everything runs (figures meaningless)")
+  parser.add_argument("--render", action="store_true",
+                      help="run nothing: re-render the Markdown from the stored results")
   parser.add_argument("--out", default=None,
                       help=f"Markdown to update (default {DEFAULT_OUT.relative_to(REPO)}; with "
                       "--quick, none: the summary is only printed); results go to the same "
                       "name with .json")
   args = parser.parse_args(argv)
-  names = SUITE_NAMES if args.only is None else tuple(
+  if args.render and (args.only or args.quick):
+    parser.error("--render runs nothing; it takes no --only or --quick")
+  names = () if args.render else SUITE_NAMES if args.only is None else tuple(
       s.strip() for s in args.only.split(",") if s.strip())
   unknown = [n for n in names if n not in SUITE_NAMES]
-  if unknown or not names:
+  if unknown or not (names or args.render):
     parser.error(f"unknown suites {unknown}; known: {', '.join(SUITE_NAMES)}")
   out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
   missing = sorted({p for s in SUITES if s.name in names for p in s.needs

@@ -167,11 +167,16 @@ def test_objective_and_checkpoint_targets_judge_their_figures():
   assert judge("mlm_objective", mlm(1.5)) == [("1.50×", True)]
   assert judge("mlm_objective", mlm(1.49)) == [("1.49×", False)]
 
+  every, preset = run_all.smallest_preset_save_interval()
+  assert (every, preset) == (150, "bart_tiny")  # the tiny presets save every 150 steps
+
   def ckpt(overhead):
-    return {"shape": "bert_small", "every": 10, "overhead": {"async": overhead, "sync": 0.3}}
-  assert judge("checkpoint", ckpt(0.049)) == [("+4.9%", True)]
-  assert judge("checkpoint", ckpt(0.05)) == [("+5.0%", False)]
-  assert judge("checkpoint", ckpt(-0.017)) == [("-1.7%", True)]
+    return {"shape": "bert_small", "every": 10, "overhead": {"async": overhead, "sync": 0.3},
+            "save_cost_steps": {"async": overhead * 10, "sync": 3.0}}
+  assert judge("checkpoint", ckpt(0.049)) == [("+4.9%", True), ("+0.33%", True)]
+  assert judge("checkpoint", ckpt(0.05)) == [("+5.0%", False), ("+0.33%", True)]
+  assert judge("checkpoint", ckpt(-0.017)) == [("-1.7%", True), ("-0.11%", True)]
+  assert judge("checkpoint", ckpt(0.76)) == [("+76.0%", False), ("+5.07%", False)]
 
 
 def test_quick_run_never_replaces_full_results(tmp_path, monkeypatch):
@@ -195,3 +200,16 @@ def test_bad_output_is_refused_before_any_suite_runs(tmp_path, monkeypatch, name
   monkeypatch.setattr(run_all, "run_suite", lambda *a: pytest.fail("a suite ran"))
   with pytest.raises(SystemExit, match=message):
     run_all.main(["--only", "span_corruption", "--out", str(tmp_path / name)])
+
+
+def test_render_reruns_nothing_and_rewrites_the_section(tmp_path, monkeypatch):
+  doc = _doc(tmp_path)
+  stored = {"suites": {"train_bert": _train_entry([_row("bert_small", 1.3, 0.5)])}}
+  doc.with_suffix(".json").write_text(json.dumps(stored), encoding="utf-8")
+  monkeypatch.setattr(run_all, "run_suite", lambda *a: pytest.fail("a suite ran"))
+  assert run_all.main(["--render", "--out", str(doc)]) == 0
+  text = doc.read_text(encoding="utf-8")
+  assert "\nold\n" not in text and text.startswith(PROSE_BEFORE) and text.endswith(PROSE_AFTER)
+  assert "| bert_small: train tokens/s vs HF BertForMaskedLM | 1.30× | ≥ 1.25× | met |" in text
+  with pytest.raises(SystemExit):
+    run_all.main(["--render", "--only", "train_bert", "--out", str(doc)])
