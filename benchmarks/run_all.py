@@ -369,6 +369,31 @@ def _stale(suite: Suite, error: Exception) -> list[str]:
           f"`python -m benchmarks.run_all --only {suite.name}`.)")]
 
 
+_VERSIONED = ("python", "jax", "flax", "optax", "numpy", "torch", "transformers")
+
+
+def _version_notes(entries: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+  """Lines naming the suites whose stored results were measured with other package versions
+  than the machine line says (or before run_all recorded versions per suite)."""
+  notes = []
+  for suite in SUITES:
+    e = entries.get(suite.name)
+    if e is None:
+      continue
+    own = e.get("machine")
+    if own is None:
+      notes.append(f"{suite.name}: package versions not recorded (run before they were kept "
+                   "per suite)")
+      continue
+    diff = [f"{k} {own.get(k, '?')}" for k in _VERSIONED if own.get(k) != facts.get(k)]
+    if diff:
+      notes.append(f"{suite.name}: measured with {', '.join(diff)}")
+  if not notes:
+    return []
+  return ["", "Suites measured under other versions than the machine line: "
+          + "; ".join(notes) + "."]
+
+
 def _cores(entry: dict[str, Any], key: str) -> str:
   return "–" if entry.get(key) is None else f"{entry[key]:.2f}"
 
@@ -383,7 +408,7 @@ def render(results: dict[str, Any]) -> str:
            "after this one describe what each benchmark compares and how."), ""]
   if facts:
     fact = lambda k: facts.get(k, "?")
-    lines += [(f"Machine: {fact('nproc')} CPUs ({fact('cpu')}), Python {fact('python')}, "
+    lines += [(f"Machine (the latest run): {fact('nproc')} CPUs ({fact('cpu')}), Python {fact('python')}, "
               f"jax {fact('jax')}, flax {fact('flax')}, optax {fact('optax')}, numpy "
               f"{fact('numpy')}, torch {fact('torch')}, transformers {fact('transformers')}."),
               ""]
@@ -397,6 +422,7 @@ def render(results: dict[str, Any]) -> str:
     lines.append(f"| {suite.name}{quick} | {e.get('utc', '?')} | {e.get('wall_s', 0):.0f} | "
                  f"{_cores(e, 'other_cpu_cores')} | {_cores(e, 'steal_cores')} | "
                  f"{e.get('peak_rss_mb', 0):,.0f} | `{e.get('command', '?')}` |")
+  lines += _version_notes(entries, facts)
   lines += ["", ("Other processes' CPU: CPU time the whole machine used during the suite minus the "
             "suite's own, per second (0 = a quiet machine; this VM has "
             f"{facts.get('nproc', '?')} cores). Steal: CPU time the hypervisor gave to other "
@@ -505,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
       raise SystemExit(f"error: --quick would replace the full-settings results of "
                        f"{', '.join(full)} in {results_path}; write smoke runs elsewhere "
                        "(--quick --out /tmp/quick.md)")
-  results["machine"] = machine_facts()
+  facts = machine_facts()
+  if names:  # --render keeps the stored machine line
+    results["machine"] = facts
 
   failed = []
   with tempfile.TemporaryDirectory(prefix="run_all_") as workdir:
@@ -516,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
       if entry["exit_code"] != 0:
         failed.append(f"{suite.name} ({entry['error']})")
         continue  # the previous results of this suite, if any, stay
+      entry["machine"] = facts
       results["suites"][suite.name] = entry
       if results_path is not None:  # saved after every suite: a later failure loses nothing
         tmp = results_path.with_name(results_path.name + ".tmp")

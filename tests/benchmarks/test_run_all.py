@@ -58,6 +58,7 @@ def test_quick_run_writes_section_and_keeps_other_suites(tmp_path):
   assert results2["suites"]["permutation_lm"] == results["suites"]["permutation_lm"]
   assert results2["suites"]["span_corruption"]["utc"].startswith("20")
   assert results2["suites"]["span_corruption"]["report"]["results"][0]["tokens_per_s"] > 0
+  assert results2["suites"]["span_corruption"]["machine"] == results2["machine"]
   # Quick figures are shown but never judged.
   text = doc.read_text(encoding="utf-8")
   assert "span corruption objective, raw tokens/s on one core (quick settings)" in text
@@ -148,7 +149,24 @@ def test_a_stored_report_missing_a_field_is_named_not_a_crash():
   # A results file from before `quick` and the machine's package list were recorded renders.
   del entry["quick"]
   text = run_all.render({"suites": {"train_bert": entry}, "machine": {"nproc": 2}})
-  assert "Machine: 2 CPUs (?), Python ?" in text
+  assert "Machine (the latest run): 2 CPUs (?), Python ?" in text
+  assert "train_bert: package versions not recorded" in text
+
+
+def test_suites_measured_under_other_versions_are_named():
+  facts = {"nproc": 2, "cpu": "x", "python": "3.11", "jax": "0.10.2", "flax": "1",
+           "optax": "1", "numpy": "2", "torch": "2.13", "transformers": "5.24"}
+  old = _train_entry([_row("bert_small", 1.3, 0.5)])
+  old["machine"] = dict(facts, transformers="5.23")
+  new = _train_entry([_row("bert_tiny", 2.0, 0.4)])
+  new["machine"] = dict(facts)
+  suites = {"train_bert": old, "train_xlnet": new}
+  text = run_all.render({"suites": suites, "machine": facts})
+  assert "Suites measured under other versions than the machine line: train_bert: measured " \
+      "with transformers 5.23." in text
+  assert "train_xlnet: measured" not in text
+  text = run_all.render({"suites": {"train_xlnet": new}, "machine": facts})
+  assert "other versions" not in text
 
 
 def test_objective_and_checkpoint_targets_judge_their_figures():
