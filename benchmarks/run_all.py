@@ -9,10 +9,10 @@ Each suite is one benchmark module run as its own child process (`python -m
 benchmarks.<module> ... --json F`), one after another, so no two ever compete for the cores
 and each child's peak memory is its own. Kept per suite: the child's JSON report, its wall
 time, its peak resident memory (`ru_maxrss` from `os.wait4`), the CPU other processes and
-other guests (steal) used meanwhile, the exact command and the UTC time. Results live in a JSON file next to the
-Markdown (docs/benchmarks.json): a suite not run this time keeps its last results and date,
-and a suite that fails keeps its previous results (the run then exits 1). The part of the
-Markdown between the two `run_all` markers is rendered from that file: every target with its
+other guests (steal) used meanwhile, the package versions, the exact command and the UTC
+time. Results live in a JSON file next to the Markdown (docs/benchmarks.json): a suite not
+run this time keeps its last results and date, and a suite that fails keeps its previous
+results (the run then exits 1). The part of the Markdown between the two `run_all` markers is rendered from that file: every target with its
 figure and met / NOT met, then one table per suite. The rest of the file (methods, profiles)
 is prose and is left alone.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -101,6 +102,7 @@ def _mlm_targets(report: Report) -> list[Target]:
                  f"{row['vs_hf']:.2f}×", "≥ 1.50×", row["vs_hf"] >= 1.5)]
 
 
+@functools.cache
 def smallest_preset_save_interval() -> tuple[int, str]:
   """(checkpoint.every, preset) of the preset that saves most often."""
   from t5x_like import config as config_lib
@@ -408,8 +410,8 @@ def render(results: dict[str, Any]) -> str:
            "after this one describe what each benchmark compares and how."), ""]
   if facts:
     fact = lambda k: facts.get(k, "?")
-    lines += [(f"Machine (the latest run): {fact('nproc')} CPUs ({fact('cpu')}), Python {fact('python')}, "
-              f"jax {fact('jax')}, flax {fact('flax')}, optax {fact('optax')}, numpy "
+    lines += [(f"Machine (the latest run): {fact('nproc')} CPUs ({fact('cpu')}), Python "
+              f"{fact('python')}, jax {fact('jax')}, flax {fact('flax')}, optax {fact('optax')}, numpy "
               f"{fact('numpy')}, torch {fact('torch')}, transformers {fact('transformers')}."),
               ""]
   lines += [("| suite | run at (UTC) | wall s | other processes' CPU (cores) | steal (cores) | "
@@ -461,11 +463,16 @@ def check_markdown(path: Path) -> None:
   if not path.parent.is_dir():
     raise SystemExit(f"error: --out {path}: directory {path.parent} does not exist")
   if path.exists():
-    text = path.read_text(encoding="utf-8")
-    begin, end = text.find(BEGIN), text.find(END)
-    if begin < 0 or end < begin:
-      raise SystemExit(f"error: {path} has no '{BEGIN}' ... '{END}' section to replace; add "
-                       "the two marker lines where the generated summary should go")
+    _marked_section(path, path.read_text(encoding="utf-8"))
+
+
+def _marked_section(path: Path, text: str) -> tuple[int, int]:
+  """(start of BEGIN, start of END) in `text`; refuses a file without the two markers."""
+  begin, end = text.find(BEGIN), text.find(END)
+  if begin < 0 or end < begin:
+    raise SystemExit(f"error: {path} has no '{BEGIN}' ... '{END}' section to replace; add the "
+                     "two marker lines where the generated summary should go")
+  return begin, end
 
 
 def write_markdown(path: Path, section: str) -> None:
@@ -474,10 +481,7 @@ def write_markdown(path: Path, section: str) -> None:
     path.write_text("# Benchmarks\n\n" + section, encoding="utf-8")
     return
   text = path.read_text(encoding="utf-8")
-  begin, end = text.find(BEGIN), text.find(END)
-  if begin < 0 or end < begin:
-    raise SystemExit(f"error: {path} has no '{BEGIN}' ... '{END}' section to replace; add the "
-                     "two marker lines where the generated summary should go")
+  begin, end = _marked_section(path, text)
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text[:begin] + section + text[end + len(END) + 1:], encoding="utf-8")
   os.replace(tmp, path)
@@ -531,9 +535,8 @@ def main(argv: list[str] | None = None) -> int:
       raise SystemExit(f"error: --quick would replace the full-settings results of "
                        f"{', '.join(full)} in {results_path}; write smoke runs elsewhere "
                        "(--quick --out /tmp/quick.md)")
-  facts = machine_facts()
   if names:  # --render keeps the stored machine line
-    results["machine"] = facts
+    results["machine"] = facts = machine_facts()
 
   failed = []
   with tempfile.TemporaryDirectory(prefix="run_all_") as workdir:

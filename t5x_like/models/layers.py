@@ -20,6 +20,7 @@ import jax.numpy as jnp
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
+
 def gelu_erf(x: jax.Array) -> jax.Array:
   """Exact GELU as torch writes it, `x/2 * (1 + erf(x/sqrt(2)))` (HF "gelu").
 
