@@ -220,7 +220,13 @@ def make_pack_row(config: Config, vocab: vocab_lib.VocabInfo | None = None,
     lengths = dict.fromkeys(("input_ids", "attention_mask", "token_type_ids", "labels"),
                             d.seq_len)
     pad = {"input_ids": vocab.pad_id}
-    return lambda examples: packing.pack_one(examples, lengths, pad_values=pad)
+
+    def mlm_row(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+      row = packing.pack_one(examples, lengths, pad_values=pad)
+      row["dropped_by_objective"] = np.int32(sum(int(ex["dropped_by_objective"])
+                                                 for ex in examples))
+      return row
+    return mlm_row
 
   def seq2seq_row(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     row = packing.pack_one(examples, {"input_ids": d.seq_len, "labels": d.target_len},

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from data_pipelines import storage
+from data_pipelines.objectives import mlm
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "pretrain", "configs")
@@ -587,16 +588,13 @@ def validate(c: Config) -> None:
 
 
 def max_predictions(c: Config) -> int:
-  """Static number of positions the MLM head scores per sequence."""
+  """Static number of positions the MLM head scores per row: objective.max_predictions, or
+  (0) the objective's own bound, `data_pipelines.objectives.mlm.default_max_predictions`."""
   if c.objective.max_predictions:
     return c.objective.max_predictions
-  # Probabilistic rounding int(p*n + U) selects at most ceil(p*n) of n <= L-2 candidates.
-  bound = math.ceil(c.objective.mask_prob * (c.data.seq_len - 2))
-  if c.data.pack_documents:
-    # k packed segments: sum of ceil(p*n_k) <= p*(L - 2k) + k; rows rarely hold many short
-    # documents, so allow a few extra slots and report the rest as dropped_predictions.
-    bound += 8
-  return bound
+  return mlm.default_max_predictions(c.data.seq_len, c.objective.mask_prob,
+                                     whole_word=c.objective.whole_word,
+                                     packed=c.data.pack_documents)
 
 
 __all__ = [

@@ -68,32 +68,45 @@ class MLMParams:
       raise ValueError(f"MLMParams.max_predictions must be >= 1, got {self.max_predictions}")
 
 
-def default_max_predictions(seq_len: int, mask_prob: float, whole_word: bool = False) -> int:
-  """A static bound on the selected tokens for sequences of `seq_len` (CLS and SEP included).
+def default_max_predictions(seq_len: int, mask_prob: float, whole_word: bool = False,
+                            packed: bool = False) -> int:
+  """The static number of positions the MLM head scores per row (CLS and SEP included).
+
+  This is the one place the bound is computed: the training task, the FLOP count and the data
+  pipeline all read it through `t5x_like.config.max_predictions`.
 
   Token mode: a block has n <= seq_len - 2 candidates and the objective selects
   floor(x) or floor(x) + 1 tokens with x = mask_prob * n, the latter only when x is not an
-  integer, so at most ceil(mask_prob * (seq_len - 2)). This bound is tight: a block without
-  specials reaches it. (With it, selection is never truncated.)
+  integer, so at most ceil(mask_prob * (seq_len - 2)). This bound is tight (a block without
+  specials reaches it) and selection is never truncated.
 
   Whole-word mode: the budget is counted in words, so the number of pieces varies with the
-  lengths of the words drawn. Pieces of ~w = ceil(p * n_words) words sampled without
-  replacement have mean ≈ p * n and a standard deviation of a few pieces at length 512; 20%
-  headroom over the token-mode bound (≈ 2 standard deviations there) keeps truncation rare.
-  When it happens, whole words are dropped (see `make_example`), never split.
+  lengths of the words drawn. With m = mask_prob * (seq_len - 2) expected pieces, the bound is
+  ceil(m + 3 sqrt(m)): the piece count's standard deviation was measured at ~0.8 sqrt(m) on the
+  bundled English and Korean corpora (7.0 at L=512, 3.4 at L=128), so this is ~4 standard
+  deviations and cuts < 0.05% of the predictions at both lengths (see docs/objectives.md). A
+  fixed relative margin would be too loose at L=512 and too tight at L=128. When the bound is
+  exceeded whole words are dropped (see `make_example`), never split, and the count is
+  reported as `dropped_by_objective`.
+
+  Packed rows (several documents per row): each segment rounds its own count up, so k
+  segments can exceed the single-block bound by up to k; 8 extra slots cover the rows seen in
+  practice and the device reports the rest as dropped predictions.
 
   Args:
     seq_len: full model length L (the objective's block is L - 2 tokens).
     mask_prob: MLMParams.mask_prob.
     whole_word: MLMParams.whole_word.
+    packed: documents are packed several to a row (data.pack_documents).
 
   Returns:
     An int in [1, seq_len - 2] (at least 1 even for seq_len <= 2, as MLMParams requires).
   """
   n_body = max(seq_len - 2, 0)
-  bound = math.ceil(mask_prob * n_body)
-  if whole_word:
-    bound = math.ceil(1.2 * bound)
+  expected = mask_prob * n_body
+  bound = math.ceil(expected + 3.0 * math.sqrt(expected)) if whole_word else math.ceil(expected)
+  if packed:
+    bound += 8
   return max(1, min(bound, n_body))
 
 
@@ -147,24 +160,27 @@ def _probabilistic_round(x: float, rng: np.random.Generator) -> int:
   return base + int(rng.random() < x - base)
 
 
-def _select_tokens(cand: np.ndarray, rng: np.random.Generator, params: MLMParams) -> np.ndarray:
+def _select_tokens(cand: np.ndarray, rng: np.random.Generator, params: MLMParams,
+                   ) -> tuple[np.ndarray, int]:
   """Positions (into the block) of the selected tokens, token mode.
 
   Args:
     cand: bool[B], True where the block token may be selected.
 
   Returns:
-    int[K] positions, K = probabilistic_round(mask_prob * n) clipped to max_predictions.
+    (int[K] positions, cut): K = probabilistic_round(mask_prob * n) clipped to
+    max_predictions; cut = how many the clip removed.
   """
   cand_pos = np.flatnonzero(cand)
   n = cand_pos.size
-  num = min(_probabilistic_round(params.mask_prob * n, rng), params.max_predictions)
+  want = _probabilistic_round(params.mask_prob * n, rng)
+  num = min(want, params.max_predictions)
   if num == 0:
-    return cand_pos[:0]
+    return cand_pos[:0], want
   # The first `num` entries of a uniform shuffle are a uniform subset without replacement; for
   # n ~ 500 an in-place shuffle of the fresh position array is the cheapest way NumPy offers.
   rng.shuffle(cand_pos)
-  return cand_pos[:num]
+  return cand_pos[:num], want - num
 
 
 def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
@@ -176,11 +192,12 @@ def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
     cand: bool[B], True where the block token may be selected.
 
   Returns:
-    int[K] positions covering whole words only, K <= max_predictions.
+    (int[K] positions covering whole words only, K <= max_predictions; cut = the pieces of
+    the budgeted words that did not fit).
   """
   n_body = block.shape[0]
   if n_body == 0:
-    return np.empty(0, np.intp)
+    return np.empty(0, np.intp), 0
   follows_non_cand = np.empty(n_body, bool)
   follows_non_cand[0] = True  # the first block token follows [CLS]
   np.logical_not(cand[:-1], out=follows_non_cand[1:])
@@ -188,7 +205,7 @@ def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
   n_words = int(np.count_nonzero(starts))
   budget = _probabilistic_round(params.mask_prob * n_words, rng)
   if budget == 0:
-    return np.empty(0, np.intp)
+    return np.empty(0, np.intp), 0
   # Every candidate run begins with a start, so each candidate gets the id of its own word;
   # non-candidates get a stale id but are excluded through `cand`.
   word_of = np.cumsum(starts) - 1
@@ -196,10 +213,12 @@ def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
   order = rng.permutation(n_words)[:budget]
   # Keep the longest prefix of the random order that fits; dropping from the end keeps the
   # choice uniform over words and never splits one.
-  fits = np.searchsorted(np.cumsum(word_len[order]), params.max_predictions, side="right")
+  pieces = np.cumsum(word_len[order])
+  fits = np.searchsorted(pieces, params.max_predictions, side="right")
   chosen = np.zeros(n_words, bool)
   chosen[order[:fits]] = True
-  return np.flatnonzero(cand & chosen[word_of])
+  kept = int(pieces[fits - 1]) if fits else 0
+  return np.flatnonzero(cand & chosen[word_of]), int(pieces[-1]) - kept
 
 
 def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
@@ -230,7 +249,9 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
 
   Returns:
     int32 features of shape [L]: `input_ids` (masked, framed), `attention_mask` (0 at pad),
-    `token_type_ids` (zeros), `labels` (original id at selected positions, -100 elsewhere).
+    `token_type_ids` (zeros), `labels` (original id at selected positions, -100 elsewhere);
+    and the int32 scalar `dropped_by_objective`: the selections that max_predictions cut
+    (pieces of the dropped words), which the training metrics add to `dropped_predictions`.
   """
   tables = vocab_tables(vocab)
   block = np.asarray(block)
@@ -238,9 +259,9 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
   cand = tables.is_candidate.take(block)
   if params.whole_word:
-    pos = _select_words(block, cand, rng, params, tables)
+    pos, cut = _select_words(block, cand, rng, params, tables)
   else:
-    pos = _select_tokens(cand, rng, params)
+    pos, cut = _select_tokens(cand, rng, params)
 
   original = block[pos]
   u, v = rng.random((2, pos.size))
@@ -268,4 +289,5 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
       "attention_mask": (input_ids != vocab.pad_id).astype(np.int32),
       "token_type_ids": np.zeros(seq_len, np.int32),
       "labels": labels,
+      "dropped_by_objective": np.int32(cut),
   }

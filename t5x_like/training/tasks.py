@@ -66,7 +66,9 @@ class MLMTask:
   def __init__(self, config: Config):
     self.config = config
     self.model = models.build(config.model)
-    self.features = models.features(config.model, packed=config.data.pack_documents)
+    # `dropped_by_objective` [B]: selections the objective cut to fit num_predictions.
+    self.features = models.features(config.model, packed=config.data.pack_documents) + (
+        "dropped_by_objective",)
     self.num_predictions = max_predictions(config)
     self.seq_len = config.data.seq_len
     self.z_loss = config.objective.z_loss
@@ -104,8 +106,11 @@ class MLMTask:
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
     logits_BPV = logits_BPV.astype(jnp.float32)
     loss_sum, aux = _token_losses(logits_BPV, targets_BP, valid_BP, self.z_loss)
-    # selected positions beyond the static P would silently escape the loss
+    # Selections beyond the static P would silently escape the loss: count those the device
+    # could not gather and those the objective already cut (absent in hand-made batches).
     aux["dropped"] = jnp.sum(selected_BL) - jnp.sum(valid_BP)
+    if "dropped_by_objective" in batch:
+      aux["dropped"] = aux["dropped"] + jnp.sum(batch["dropped_by_objective"])
     return loss_sum, aux
 
 

@@ -72,7 +72,10 @@ def test_structure(block, seed, mask_prob, whole_word, tight):
                          max_predictions=max_predictions)
   out = mlm.make_example(block, _rng(seed), params, VOCAB)
 
-  assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+  assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels",
+                      "dropped_by_objective"}
+  cut = out.pop("dropped_by_objective")
+  assert cut.shape == () and cut.dtype == np.int32
   for value in out.values():
     assert value.shape == (seq_len,) and value.dtype == np.int32
   ids, labels = out["input_ids"], out["labels"]
@@ -90,6 +93,11 @@ def test_structure(block, seed, mask_prob, whole_word, tight):
   assert np.all((corrupted == VOCAB.mask_id) | ~VOCAB.is_special[corrupted])
   count = int(selected.sum())
   assert count <= max_predictions
+  # What the cap cut is reported: the same generator state without a cap selects count + cut.
+  uncapped = mlm.MLMParams(mask_prob=mask_prob, whole_word=whole_word, max_predictions=seq_len)
+  free = mlm.make_example(block, _rng(seed), uncapped, VOCAB)
+  assert int(free["dropped_by_objective"]) == 0
+  assert int((free["labels"] != -100).sum()) == count + int(cut)
 
   candidates = int((~VOCAB.is_special[block]).sum())
   if not whole_word:

@@ -20,8 +20,9 @@ from tests import gcs_emulator
 from tests.pretrain.conftest import tiny_overrides
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "pretrain.cli", *args], env=env,
+def _run(args: list[str], env: dict[str, str], cwd: str | None = None,
+         ) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "pretrain.cli", *args], env=env, cwd=cwd,
                         capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -46,7 +47,11 @@ def test_train_resume_and_export_with_everything_on_gs(tmp_path, corpus):
            *tiny_overrides("gs://bucket/corpus", "gs://bucket/cache",
                            **{"train.steps": 4, "checkpoint.every": 2, "train.eval_every": 2,
                               "train.export_at_end": "true"})]
-    first = _run(run, env_a)
+    # An empty working directory of its own: what the run leaves there is checked below,
+    # whatever the clone's working directory holds (README command 1 writes runs/ there).
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    first = _run(run, env_a, cwd=str(cwd))
     assert first.returncode == 0, first.stderr[-3000:]
 
     listing = sorted(fs.find("bucket/runs/tiny"))
@@ -62,7 +67,7 @@ def test_train_resume_and_export_with_everything_on_gs(tmp_path, corpus):
     assert len(prepared) == 1 and any(p.endswith("manifest.json") for p in
                                       fs.find(f"bucket/cache/{prepared[0]}"))
     # Nothing of the run was written to the local working directory or beside the corpus.
-    assert not os.path.exists("gs:") and not os.path.exists(os.path.join(os.getcwd(), "runs"))
+    assert not os.listdir(cwd)
 
     # "Another VM": an empty local disk, four more steps.
     env_b = _env(str(tmp_path), "vm-b", url)
