@@ -1,8 +1,8 @@
 """Greedy, order-preserving packing of variable-length examples into fixed-length rows.
 
-seqio's `trim_and_pack` semantics (OBJECTIVES.md §6): examples are taken in order and placed
-into the current row while every packed feature still fits; otherwise the row is closed and a
-new one started. Each feature group gets `segment_ids` (1, 2, ... per example, 0 on padding)
+seqio's `trim_and_pack` semantics (docs/objectives.md, "Packing"): examples are taken in
+order and placed into the current row while every packed feature still fits; otherwise the row
+is closed and a new one started. Each feature group gets `segment_ids` (1, 2, ... per example, 0 on padding)
 and `positions` (restarting at 0 per example). Features that belong to the same stream
 (e.g. the encoder's `input_ids` and `attention_mask`) share one group; an encoder-decoder packs
 `input_ids` into the "" group and `labels` into the "decoder_" group, so both streams of an

@@ -86,7 +86,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-  """Self-supervised objective and its noise parameters (OBJECTIVES.md)."""
+  """Self-supervised objective and its noise parameters (docs/objectives.md)."""
   name: str = dataclasses.field(default="mlm", metadata=_choices(
       "mlm", "span_corruption", "denoising", "permutation_lm"))
   mask_prob: float = 0.15

@@ -1,4 +1,6 @@
-"""BART denoising objective (OBJECTIVES.md §3) as pure NumPy, with fairseq's per-example semantics.
+"""BART denoising objective as pure NumPy, with fairseq's per-example semantics.
+
+Reference semantics and every deliberate deviation: docs/objectives.md, "BART denoising".
 
 The target is the clean block framed as `<s> block </s>`; the source is the target passed through
 the noises of fairseq's `DenoisingDataset` in its order, each skipped when its ratio is 0:
@@ -38,7 +40,10 @@ Choices where fairseq gives no answer for our blocks, or where we deviate on pur
 - Token masking and deletion choose among the non-special interior tokens that no earlier stage
   has placed (a `<mask>` or random token from infilling is never masked or deleted again).
 - Rotation shifts the interior by s uniform in [1, n - 1] for n interior tokens, always a real
-  cyclic shift (fairseq's offset 1 leaves the document unchanged); skipped when n < 2.
+  cyclic shift; skipped when n < 2. fairseq's `add_rolling_noise` draws its offset from
+  [1, L - 1] for L = n + 2 tokens, and both ends are no-ops there (offset 1 moves nothing,
+  offset L - 1 moves the whole interior back onto itself), so fairseq rotates with probability
+  rotate * (n - 1) / (n + 1); ours is fairseq's distribution given that a rotation happened.
 - The Poisson span lengths follow fairseq's truncation (k = 0..127, cut after the first k > λ
   whose pmf is < 1e-7). fairseq's loop also stops at k = 0 when e^-λ < 1e-7 (λ > ~16), making
   every span zero-length; that collapse is not reproduced. λ must be >= 0.01.

@@ -1,6 +1,6 @@
 """Masked-LM objective (BERT / RoBERTa, optional whole-word masking) as pure NumPy.
 
-Follows OBJECTIVES.md §1 Decision: dynamic masking with a per-record generator seeded by the
+Follows docs/objectives.md ("Masked LM"): dynamic masking with a per-record generator seeded by the
 pipeline from (seed, epoch, index); an exact selection count by probabilistic rounding over the
 candidate positions; specials (CLS/SEP/EOS/pad/mask/unk/sentinels) are never selected and never
 drawn as random replacements; 80/10/10 mask/random/keep by default.

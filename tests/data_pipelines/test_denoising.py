@@ -1,4 +1,4 @@
-"""Invariants of the BART denoising objective (OBJECTIVES.md §3).
+"""Invariants of the BART denoising objective (docs/objectives.md, BART denoising).
 
 Blocks hold distinct normal ids (plus repeated specials), so every normal token of a source can
 be traced back to its one position in the target.
@@ -280,7 +280,9 @@ def test_infilling_insertion_cap_binds_for_tiny_blocks():
   assert zeros > 50  # P(0) = e^-0.3 ≈ 0.74: the cap did bind
 
 
-@pytest.mark.parametrize("lam", [3.0, 0.7, 8.0])
+# 20: beyond λ ≈ 16 fairseq's truncated table collapses to zero-length spans (e^-λ < 1e-7
+# stops its loop at k = 0); ours keeps the Poisson shape (docs/objectives.md).
+@pytest.mark.parametrize("lam", [3.0, 0.7, 8.0, 20.0])
 def test_span_lengths_are_poisson(lam):
   budget = 60000
   lengths, num_zero = dn.span_lengths(budget, np.random.default_rng(0), lam)
@@ -459,6 +461,29 @@ def test_rotation_probability_and_uniform_shift():
   assert abs(rotated / draws - 0.5) < 4 * math.sqrt(0.25 / draws)
   chi2 = sum((counts[k] - rotated / 3) ** 2 / (rotated / 3) for k in (1, 2, 3))
   assert set(counts) == {0, 1, 2, 3} and chi2 < 18.4  # 2 dof: P(chi2 > 18.4) ≈ 1e-4
+
+
+def _fairseq_roll(tokens: np.ndarray, offset: int) -> np.ndarray:
+  """fairseq `add_rolling_noise` for a given offset (it draws offset uniform in [1, L - 1])."""
+  return np.concatenate([tokens[:1], tokens[offset:-1], tokens[1:offset], tokens[-1:]])
+
+
+@pytest.mark.parametrize("length", [2, 3, 7])
+def test_rotation_is_fairseqs_given_a_rotation_happened(length):
+  # docs/objectives.md: fairseq's offsets 1 and L - 1 are both no-ops; ours draws only the
+  # L - 3 real shifts, each the same rotation as one fairseq offset.
+  block = np.array(VOCAB.normal_ids[:length], np.int32)
+  framed = np.concatenate([[BOS], block, [EOS]])
+  fairseq = {o: _fairseq_roll(framed, o).tolist() for o in range(1, len(framed))}
+  assert fairseq[1] == framed.tolist() and fairseq[len(framed) - 1] == framed.tolist()
+  real = {tuple(v) for o, v in fairseq.items() if v != framed.tolist()}
+  assert len(real) == length - 1
+  ours = set()
+  for seed in range(40 * length):
+    source, s = _noise(block, seed, **dict(OFF, rotate=1.0))
+    assert "rotation" in s and source.tolist() == fairseq[s["rotation"] + 1]
+    ours.add(tuple(source.tolist()))
+  assert ours == real
 
 
 # --- parameters, lengths, vocab -------------------------------------------------------------

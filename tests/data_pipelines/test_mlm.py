@@ -1,4 +1,4 @@
-"""Invariants of the masked-LM objective (OBJECTIVES.md §1)."""
+"""Invariants of the masked-LM objective (docs/objectives.md, masked LM)."""
 
 from __future__ import annotations
 

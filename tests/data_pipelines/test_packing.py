@@ -1,5 +1,6 @@
-"""Packing invariants (OBJECTIVES.md §6): greedy and order-preserving, segment ids from 1 and 0
-only in the trailing pad, positions restart per example, unpacking gives the examples back."""
+"""Packing invariants (docs/objectives.md, "Packing"): greedy and order-preserving, segment ids
+from 1 and 0 only in the trailing pad, positions restart per example, unpacking gives the
+examples back."""
 
 from __future__ import annotations
 
