@@ -171,9 +171,11 @@ class Tokenizer:
     word_start[: self.sp_vocab_size] |= np.array([p.startswith("▁") for p in pieces], bool)
     # Byte pieces continue whatever character they encode; they never open a word themselves.
     word_start[: self.sp_vocab_size] &= ~is_byte
+    start_piece = word_start.copy()
+    start_piece[: self.sp_vocab_size] |= vocab.xlnet_start_pieces(pieces, is_byte)
     return vocab.VocabInfo(vocab_size=self.vocab_size, is_special=is_special,
                            word_start=word_start, sentinel_ids=self.sentinel_ids,
-                           sentence_end=self.sentence_end)
+                           sentence_end=self.sentence_end, start_piece=start_piece)
 
   def missing_roles(self, roles: Iterable[str]) -> list[str]:
     """Every role has its fixed id here."""
@@ -412,6 +414,7 @@ class HFTokenizer:
     else:
       starts = np.array([p.startswith(marker) for p in self._pieces], bool)
     word_start = (starts & ~is_byte) | is_special
+    start_piece = word_start | vocab.xlnet_start_pieces(self._pieces, is_byte)
     sentence_end = np.array([bool(_SENTENCE_END_RE.search(p)) for p in self._pieces], bool)
     sentence_end &= ~(is_special | is_byte)
     ids = self.special_ids
@@ -424,8 +427,8 @@ class HFTokenizer:
     unk = first("unk", "pad")
     self._vocab_info = vocab.VocabInfo(
         vocab_size=v, is_special=is_special, word_start=word_start,
-        sentinel_ids=self.sentinel_ids, sentence_end=sentence_end, pad_id=pad,
-        unk_id=pad if unk is None else unk,
+        sentinel_ids=self.sentinel_ids, sentence_end=sentence_end, start_piece=start_piece,
+        pad_id=pad, unk_id=pad if unk is None else unk,
         bos_id=_or(first("cls", "bos"), pad), eos_id=_or(first("eos", "sep"), pad),
         sep_id=_or(first("sep", "eos"), pad), mask_id=_or(first("mask"), pad))
     return self._vocab_info

@@ -7,6 +7,7 @@ tests can drive with a synthetic vocabulary.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,6 +20,24 @@ BOS_ID = 3  # also the [CLS] of the encoder families
 SEP_ID = 4
 MASK_ID = 5
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>", "<s>", "<sep>", "<mask>")
+# The one-character pieces XLNet's `_is_start_piece` (zihangdai/xlnet data_utils.py) counts as
+# word starts: ASCII punctuation less `'`, `=` and `>` (its literal spells `"` twice where `'`
+# would be; `<` is covered by its `<` prefix rule).
+XLNET_START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
+
+
+def xlnet_start_pieces(pieces: Sequence[str], is_byte: np.ndarray) -> np.ndarray:
+  """bool[len(pieces)]: XLNet's `_is_start_piece` over a vocabulary's piece strings.
+
+  A piece starts a word if it begins with `▁` (`▁` alone included), begins with `<`, or is one
+  character of XLNET_START_PUNCTUATION. Byte-fallback pieces `<0x..>` (is_byte, bool[len]) are
+  left out: XLNet's vocabulary has none, and read literally the `<` rule would make every byte
+  of a multi-byte character a word of its own. The tokenizers OR this with their `word_start`,
+  which carries the specials and the word marker of non-`▁` vocabularies (`Ġ`, `##`).
+  """
+  starts = np.array([p.startswith(("\u2581", "<")) or p in XLNET_START_PUNCTUATION
+                     for p in pieces], bool)
+  return starts & ~np.asarray(is_byte, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +55,10 @@ class VocabInfo:
     sentence_end: bool[vocab_size] or None; True for pieces that end a sentence (`.`, `?`,
       ...; never a special). BART's sentence permutation splits at these and at EOS; None
       means the vocabulary marks none, so only EOS ends a sentence.
+    start_piece: bool[vocab_size] or None; XLNet's word starts (`xlnet_start_pieces`, plus the
+      specials): `word_start` and also bare punctuation pieces (`,`, `.`) and pieces beginning
+      with `<`. Only the permutation-LM objective reads it (BERT whole-word masking and BART
+      keep `word_start`); None means `word_start`.
   """
 
   vocab_size: int
@@ -49,6 +72,7 @@ class VocabInfo:
   sep_id: int = SEP_ID
   mask_id: int = MASK_ID
   sentence_end: np.ndarray | None = None
+  start_piece: np.ndarray | None = None
 
   @property
   def cls_id(self) -> int:

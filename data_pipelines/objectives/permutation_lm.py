@@ -22,8 +22,12 @@ and L - R; 0 makes each part one block); the reuse part comes first in the order
 the rest sees all of the reuse part. So the cached states never saw the tokens after them.
 
 Prediction (`_sample_mask`). Candidates are the non-special tokens of the block. A word starts
-at a candidate whose piece is a word start (`vocab.word_start`), at a candidate after a
-non-candidate, and at position 0. Spans are walked left to right: n in [1, max_span] with
+at a candidate whose piece is a start piece, at a candidate after a non-candidate, and at
+position 0. Start pieces are the original's `_is_start_piece` (`vocab.start_piece`): a piece
+beginning with `▁` (`▁` alone included) or with `<`, or a bare punctuation piece of its set
+(ASCII punctuation less `'`, `=`, `>`; so `,` `.` `(` `"` each start a word), except that
+byte-fallback pieces `<0x..>` never do (XLNet's vocabulary has none; read literally they would
+each be a word). Other objectives keep the `▁` table (`vocab.word_start`). Spans are walked left to right: n in [1, max_span] with
 p ∝ 1/n, cut to the tokens still to choose; a context of c = floor(n * mask_alpha / mask_beta)
 tokens, l uniform in [0, c); the span starts at the first word start at or after cur + l and
 the walk resumes at its end + (c - l), so spans never touch. The span covers n tokens — what the
@@ -167,7 +171,10 @@ def layout(block: np.ndarray, a: int, vocab: VocabInfo) -> tuple[np.ndarray, np.
 def _candidates(row: np.ndarray, vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray]:
   """(bool[L] selectable, bool[L] word start) of a row: non-special ids; starts per the docs."""
   cand = ~np.asarray(vocab.is_special, bool)[row]
-  starts = cand & np.asarray(vocab.word_start, bool)[row]
+  # XLNet's own start pieces (bare punctuation and `<...>` too), not the `▁` table that BERT
+  # whole-word masking and BART use.
+  table = vocab.word_start if vocab.start_piece is None else vocab.start_piece
+  starts = cand & np.asarray(table, bool)[row]
   starts[1:] |= cand[1:] & ~cand[:-1]
   starts[0] = cand[0]
   return cand, starts

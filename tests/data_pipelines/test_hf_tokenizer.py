@@ -129,3 +129,15 @@ def test_load_tokenizer_specs(tmp_path):
   (bad / "tokenizer.json").write_text("{not json", encoding="utf-8")
   with pytest.raises(DataError, match="could not be loaded"):
     load_tokenizer(str(bad))
+
+
+def test_metaspace_xlnet_start_pieces(tmp_path):
+  """XLNet's start pieces (`VocabInfo.start_piece`, issue 17.6) from a tokenizer.json: a bare
+  `.` starts a word there but not in the `▁` table the other objectives use."""
+  tok = load_tokenizer(_metaspace_dir(tmp_path / "t5"))
+  info = tok.vocab_info()
+  ids = tok.encode("the cats sat on the mat.")
+  pieces = [tok.id_to_piece(i) for i in ids]
+  assert info.start_piece[ids].tolist() == [p.startswith("▁") or p == "." for p in pieces]
+  assert not info.word_start[ids[-1]]
+  assert info.start_piece[[0, 1, 2, 20, 21, 22]].all()  # specials, as in word_start

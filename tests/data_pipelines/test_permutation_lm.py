@@ -12,6 +12,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
+from data_pipelines import tokenizer
 from data_pipelines.errors import DataError
 from data_pipelines.objectives import permutation_lm as pl
 from data_pipelines.vocab import VocabInfo
@@ -308,6 +309,36 @@ def test_spans_start_on_word_starts_and_stop_at_specials():
     for b, e in zip(span_starts, ends):
       assert cand[b:e].all() and target[b:e].all()
     assert lengths.sum() <= 85
+
+
+def test_start_pieces_are_xlnets_is_start_piece():
+  """Issue 17.6: as the original's `_is_start_piece`, a piece starting with `▁` (`▁` alone
+  too) or `<`, or a bare punctuation piece of its set (ASCII less ' = >), starts a word; byte
+  pieces `<0x..>` do not. BERT whole-word masking and BART keep the `▁` table."""
+  tok = tokenizer.Tokenizer.load(tokenizer.bundled_tokenizer_path())
+  info = tok.vocab_info()
+  ids = tok.encode('Hello, world. (This) is "quoted"; ok?')
+  pieces = [tok.id_to_piece(int(i)) for i in ids]
+  assert pieces == ["▁H", "e", "ll", "o", ",", "▁wor", "l", "d", ".", "▁(", "This", ")", "▁is",
+                    '▁"', "quoted", '";', "▁", "ok", "?"]
+  starts = pl._candidates(ids.astype(np.int32), info)[1]
+  # '";' is punctuation but not one character: it continues "quoted", as in the original.
+  assert [p for p, s in zip(pieces, starts) if s] == [
+      "▁H", ",", "▁wor", ".", "▁(", ")", "▁is", '▁"', "▁", "?"]
+  # A span (one token here) may start at a bare punctuation piece, as in the original.
+  row, _ = pl.layout(ids.astype(np.int32), 5, info)
+  picked = {int(np.flatnonzero(pl.select_targets(row, np.random.default_rng(s),
+                                                 pl.PermutationLMParams(), info, 1)[0])[0])
+            for s in range(200)}
+  assert {4, 9} & picked  # "," (row position 4) or "." (9, after the inserted <sep>)
+  piece_id = {tok.id_to_piece(i): i for i in range(tok.sp_vocab_size)}
+  for piece, expected in [(",", True), (".", True), ("(", True), ('"', True), ("?", True),
+                          ("<", True), ("<?>", True), ("▁", True), ("▁the", True),
+                          ("'", False), ("=", False), (">", False), ("–", False),
+                          ("s", False), ("<0xE2>", False)]:
+    i = piece_id[piece]
+    assert info.start_piece[i] == expected, piece
+    assert info.word_start[i] == piece.startswith("▁"), piece  # the `▁` table is unchanged
 
 
 def test_span_lengths_and_context():
