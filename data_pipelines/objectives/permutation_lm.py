@@ -27,14 +27,19 @@ position 0. Start pieces are the original's `_is_start_piece` (`vocab.start_piec
 beginning with `▁` (`▁` alone included) or with `<`, or a bare punctuation piece of its set
 (ASCII punctuation less `'`, `=`, `>`; so `,` `.` `(` `"` each start a word), except that
 byte-fallback pieces `<0x..>` never do (XLNet's vocabulary has none; read literally they would
-each be a word). Other objectives keep the `▁` table (`vocab.word_start`). Spans are walked left to right: n in [1, max_span] with
-p ∝ 1/n, cut to the tokens still to choose; a context of c = floor(n * mask_alpha / mask_beta)
-tokens, l uniform in [0, c); the span starts at the first word start at or after cur + l and
-the walk resumes at its end + (c - l), so spans never touch. The span covers n tokens — what the
-original's n-gram loop actually does (it tests the start piece instead of the end piece, so it
-counts tokens, not words) — and stops early at a special (never selected). The walk ends when no
-word start is left. Then single candidates, uniform without replacement, top the selection up to
-exactly num_predict (the original's randint loop, in one draw).
+each be a word). Other objectives keep the `▁` table (`vocab.word_start`). Spans are walked left
+to right: n in [1, max_span] with p ∝ 1/n, cut to the tokens still to choose; a context of c =
+floor(n * mask_alpha / mask_beta) tokens, l uniform in [0, c); the span starts at the first word
+start at or after cur + l and the walk resumes at its end + (c - l), so spans never touch. The
+span covers n tokens — what the original's n-gram loop actually does (it tests the start piece
+instead of the end piece, so it counts tokens, not words) — and stops early at a special (never
+selected). The walk ends when no word start is left or, as the original's
+`if end >= seg_len: break`, when a span's n tokens would reach the end of the part:
+beg + n >= len(part), tested on n before a special cuts the span, since the original's spans
+run over specials (which it masks and later drops as functional). So a part's last token (the
+reuse part's last, the rest's <cls>) is never in a span. Then single candidates, uniform without
+replacement, top the selection up to exactly num_predict (the original's randint loop, in one
+draw).
 
 Order (`_local_perm`). One random permutation σ of the offsets 0..perm_size-1, shared by every
 perm_size block: rank(p) = p - p mod S + σ(p mod S), so blocks come in order. Three kinds of
@@ -219,7 +224,10 @@ def sample_spans(cand: np.ndarray, word_start: np.ndarray, rng: np.random.Genera
     if cur + left >= length:
       break
     beg = nxt[cur + left]
-    if beg >= length:
+    # The original's `if end >= seg_len: break`: a span whose n tokens would reach the end of
+    # the part ends the walk, even if a special before the end would cut it (the original's
+    # spans run over specials); the top-up below may still pick the last token.
+    if beg + n >= length:
       break
     end = min(beg + n, stop[beg])
     starts.append(beg)

@@ -367,6 +367,57 @@ def test_span_lengths_and_context():
   assert abs(gaps.mean() - 6 * mean_n) < 4 * gaps.std() / math.sqrt(gaps.size) + 0.05
 
 
+def test_no_span_reaches_the_end_of_a_part():
+  """Issue 17.7: as the original's `if end >= seg_len: break`, the walk ends where a span would
+  reach a part's last token, so over many draws no span ends there, while the top-up still
+  makes num_predict exact (and may pick the last token)."""
+  params = pl.PermutationLMParams()
+  cand = np.ones(40, bool)
+  reaching = 0
+  for seed in range(2000):
+    starts, lengths = pl.sample_spans(cand, cand, np.random.default_rng(seed), params, 7)
+    reaching += int((starts + lengths >= 40).any())
+  assert reaching == 0  # 338 of these 2000 draws had one before
+  # The same through select_targets on real rows (the <cls> is special anyway, so use a
+  # reuse-like part of normal tokens whose last token is selectable), num_predict exact.
+  last_by_top_up = 0
+  for seed in range(500):
+    part = _block(seed, 40, specials=False)
+    target, starts, lengths = pl.select_targets(part, np.random.default_rng(seed), params,
+                                                VOCAB, 7)
+    assert target.sum() == 7 and not (starts + lengths >= 40).any()
+    last_by_top_up += int(target[-1])
+  assert last_by_top_up > 0
+
+
+class _FixedDraws:
+  """Stands in for the generator in `sample_spans`: its one `random((2, k))` call gets the given
+  span-length draws (row 0) and context draws (row 1), padded with 0."""
+
+  def __init__(self, n_draws: list[float], ctx_draws: list[float]):
+    self.rows = (n_draws, ctx_draws)
+
+  def random(self, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape)
+    for r, values in enumerate(self.rows):
+      out[r, :len(values)] = values
+    return out
+
+
+def test_a_span_that_would_run_past_the_end_ends_the_walk_even_if_a_special_cuts_it():
+  """`x x x <sep> x x x x <sep> <cls>` (L = 10), every token a word start: n = 5 from
+  position 5 would reach the end (5 + 5 >= 10), so the original stops there; ours must not
+  keep it cut to [5, 8) at the <sep>. From position 4 (4 + 5 = 9 < 10) the original keeps
+  [4, 9) and drops the <sep> as functional: ours keeps [4, 8)."""
+  cand = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0, 0], bool)
+  params = pl.PermutationLMParams()  # max_span 5, context 6n = 30
+  n5 = 0.999  # the top of the CDF: n = 5
+  starts, lengths = pl.sample_spans(cand, cand, _FixedDraws([n5], [5.5 / 30]), params, 7)
+  assert starts.size == 0, (starts, lengths)
+  starts, lengths = pl.sample_spans(cand, cand, _FixedDraws([n5], [4.5 / 30]), params, 7)
+  assert starts.tolist() == [4] and lengths.tolist() == [4]
+
+
 def test_goal_cuts_the_last_span_and_top_up_is_exact():
   params = pl.PermutationLMParams(max_span=5)
   row, _ = pl.layout(_block(1, 97, specials=False), 50, VOCAB)
