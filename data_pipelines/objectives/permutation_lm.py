@@ -18,8 +18,12 @@ part whose content states the model caches as memory for the next row of the sam
 (the pipeline's stream order makes that row start right after them). As the original: the
 reuse part has segment id 0; it gets P - P // 2 of the predictions and the rest P // 2, each
 part sampled on its own; each part has its own factorisation order (perm_size must divide R
-and L - R; 0 makes each part one block); the reuse part comes first in the order: its rows see nothing of the rest, and
-the rest sees all of the reuse part. So the cached states never saw the tokens after them.
+and L - R; 0 makes each part one block); the reuse part comes first in the order: its rows see
+nothing of the rest, and the rest sees all of the reuse part. So the cached states never saw the
+tokens after them. Hence, as in the original (`get_dataset` puts ones([R, L - R]) beside the
+reuse part's `_local_perm`), perm_mask[:R, R:] is all 1: the rest's context columns are 1 in
+the reuse part's rows, so with R > 0 a non-target column of perm_mask is not all zero (the
+"context columns are all 0" below holds within each part, and for R = 0).
 
 Prediction (`_sample_mask`). Candidates are the non-special tokens of the block. A word starts
 at a candidate whose piece is a start piece, at a candidate after a non-candidate, and at
@@ -63,7 +67,11 @@ tokens stay at the end, as in the original's reversed stream). Words are those o
 text, as the original's `_sample_mask(reverse=True)` does by flipping the row back: the split
 point is a natural word boundary, and the span walk and top-up run on the flipped row, so a
 span still covers a word's pieces from its start. Which rows are reversed is the pipeline's
-business (the second half of each global batch, matching the model's negated distances).
+business (the second half of each global batch, matching the model's negated distances). The
+original pretrains with bi_data on (the README's data_utils.py command has --bi_data=True,
+train.py's flag defaults to True), and so do the xlnet_base / xlnet_large presets
+(`model.bi_data: true`; the batch must be even with half of it divisible by
+optim.grad_accum_steps, as the original needs bsz_per_host divisible by 2 * num_core_per_host).
 
 Every draw comes from the record's generator in a fixed order (split point, span draws, top-up,
 permutation), so the output is a function of (block, generator state). The span walk loops once

@@ -16,6 +16,7 @@ from data_pipelines import tokenizer
 from data_pipelines.errors import DataError
 from data_pipelines.objectives import permutation_lm as pl
 from data_pipelines.vocab import VocabInfo
+from t5x_like import config as config_lib
 
 VOCAB = VocabInfo.synthetic(4000, num_sentinels=8, word_start_every=3, seed=1)
 SEP, CLS, EOS, UNK = VOCAB.sep_id, VOCAB.cls_id, VOCAB.eos_id, VOCAB.unk_id
@@ -230,6 +231,35 @@ def test_reuse_layout_invariants(case):
   assert not (reach & (pm == 1))[np.ix_(target, target)].any()
   # Nothing in the reuse part depends on the rest (the cached memory saw only its past).
   assert not reach[:reuse, reuse:].any()
+
+
+def test_reuse_perm_mask_non_target_columns_are_not_all_zero():
+  """Issue 17.8 (documents the original): with reuse_len > 0 the reuse part's rows cannot see
+  any of the rest (the original's ones([R, L - R]) block), so the rest's context (non-target,
+  non-functional) columns hold 1s; context columns are all 0 within each part."""
+  block = _block(3, 45, specials=False)  # L = 48 = 24 + 24
+  for seed in range(20):
+    ex = _example(block, seed, reuse_len=24, perm_size=8, num_predict=8)
+    context = _kinds(ex)[2]
+    pm = ex["perm_mask"]
+    rest_context = np.flatnonzero(context[24:]) + 24
+    assert rest_context.size and (pm[:24, rest_context] == 1).all()
+    assert (pm[24:, rest_context] == 0).all()
+    assert (pm[:, np.flatnonzero(context[:24])] == 0).all()
+    assert (pm[:, context] != 0).any(axis=0).sum() == rest_context.size
+
+
+@pytest.mark.parametrize("preset", ["xlnet_base", "xlnet_large"])
+def test_presets_pretrain_with_the_originals_data_flags(preset):
+  """Issue 17.8: the XLNet README's pretraining data (data_utils.py --bi_data=True, train.py's
+  default) and flags: bi_data on, seq_len 512, reuse_len 256, mem_len 384, perm_size 256,
+  num_predict 85, mask_alpha 6 / mask_beta 1; the preset validates with bi_data (even batch,
+  half of it divisible by grad_accum_steps)."""
+  config = config_lib.load_config(preset)
+  m, o = config.model, config.objective
+  assert m.bi_data and (m.reuse_len, m.mem_len, config.data.seq_len) == (256, 384, 512)
+  assert (o.perm_size, o.num_predict, o.mask_alpha, o.mask_beta) == (256, 85, 6.0, 1.0)
+  assert (config.train.batch_size // 2) % config.optim.grad_accum_steps == 0
 
 
 def test_reuse_layout_bad_input():
