@@ -1,4 +1,6 @@
-"""XLNet permutation-LM objective (OBJECTIVES.md §4) as pure NumPy, with the original semantics.
+"""XLNet permutation-LM objective as pure NumPy, with the original semantics.
+
+Reference semantics and every deliberate deviation: docs/objectives.md, "XLNet permutation LM".
 
 Follows zihangdai/xlnet `data_utils.py`: `_sample_mask` picks the predicted tokens, `_local_perm`
 draws the factorization order and builds `perm_mask`, `get_dataset` the `target_mapping`. The

@@ -1,4 +1,4 @@
-"""Invariants of the XLNet permutation-LM objective (OBJECTIVES.md §4).
+"""Invariants of the XLNet permutation-LM objective (docs/objectives.md, "XLNet permutation LM").
 
 Statistical tests use fixed seeds and bounds at ~1e-4 tail probability for their sample sizes.
 """

@@ -70,13 +70,15 @@ def test_rows_have_the_features_the_task_takes():
 
 @pytest.fixture(scope="module")
 def runs():
-  """bi_data on 8 devices with 2 micro-batches against 1 device, one batch: sharding,
+  """bi_data on 8 devices with 2 micro-batches against 1 device: sharding,
   gradient accumulation (each micro-batch's halves are the global halves, forward and
   reversed, as the model's negated distances need) and bi_data in one comparison."""
   one = xlnet_config(model={"bi_data": True})
   eight = xlnet_config(model={"bi_data": True}, optim={"grad_accum_steps": 2},
                        mesh={"data": 2, "fsdp": 2, "tensor": 2})
-  batches = xlnet_batches(one, 4)
+  # One batch four times: on uniform random tokens the loss of four different batches need not
+  # fall in four steps (it is ln(V) noise), the loss of a batch seen again must.
+  batches = xlnet_batches(one, 1) * 4
   return _train(one, batches, 4), _train(eight, batches, 4)
 
 
