@@ -4,10 +4,13 @@ Documents are split into train and validation by a stable hash of their text and
 ArrayRecord record is one training row, in one of two modes (the manifest's `packing` field):
 
 - Blocks (`pack=None`, the default; `packing: null`): the documents of a split are
-  concatenated with a separator (EOS) between them — RoBERTa's FULL-SENTENCES, T5's
-  reduce_concat_tokens: a block may cross document boundaries. The stream is cut into blocks
-  of `block_length` tokens and the final partial block is dropped. A record is the raw
-  little-endian bytes of one block (`dtype`: uint16 when the vocabulary fits, else int32).
+  concatenated with a separator (EOS) between them — RoBERTa's FULL-SENTENCES — or, with
+  `separator_id=None` (`separator_id: null`), with nothing between them — T5's
+  reduce_concat_tokens, used for span corruption, whose noise would otherwise move separators
+  into the targets and teach the decoder to emit EOS mid-target. A block may cross document
+  boundaries. The stream is cut into blocks of `block_length` tokens and the final partial
+  block is dropped. A record is the raw little-endian bytes of one block (`dtype`: uint16 when
+  the vocabulary fits, else int32).
 - Documents (`pack=packing.PackSpec(...)`; `packing: {"key", "capacity", "min_length",
   "lengths_sha256"}`): attention never crosses documents and no compute goes to padding
   between them. Each document is cut into chunks of at most `block_length` raw tokens (the
@@ -92,7 +95,7 @@ class Manifest:
   vocab_size: int
   block_length: int
   dtype: str
-  separator_id: int
+  separator_id: int | None  # None: blocks mode without separators (or documents mode)
   validation_fraction: float
   splits: dict[str, SplitInfo]
   created: str
@@ -121,8 +124,9 @@ class Manifest:
     if not self.packed:
       parts = [f"{name}: {s.num_documents} documents, {s.num_tokens} tokens, {s.num_blocks} "
                f"blocks" for name, s in self.splits.items()]
-      return (f"prepared {self.corpus} (block length {self.block_length}, {self.dtype}) at "
-              f"{self.directory}: " + "; ".join(parts))
+      between = "" if self.separator_id is not None else ", no separator between documents"
+      return (f"prepared {self.corpus} (block length {self.block_length}, {self.dtype}"
+              f"{between}) at {self.directory}: " + "; ".join(parts))
     capacity = self.packing["capacity"]
     parts = []
     for name, s in self.splits.items():
@@ -147,8 +151,9 @@ def is_validation(text: str, validation_fraction: float) -> bool:
 
 
 def cut_blocks(documents: Iterable[np.ndarray], block_length: int,
-               separator_id: int = vocab.EOS_ID) -> Iterator[np.ndarray]:
-  """Joins documents with `separator_id` between them and yields [n, block_length] chunks.
+               separator_id: int | None = vocab.EOS_ID) -> Iterator[np.ndarray]:
+  """Joins documents with `separator_id` (None: nothing) between them and yields
+  [n, block_length] chunks.
 
   The concatenation of all yielded chunks equals the first floor(total / block_length) *
   block_length tokens of the joined stream; the final partial block is dropped.
@@ -258,7 +263,7 @@ class _ShardWriter:
 
 def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: str,
             validation_fraction: float = 0.02, shard_size: int = 4096,
-            separator_id: int = vocab.EOS_ID, text_field: str = "text",
+            separator_id: int | None = vocab.EOS_ID, text_field: str = "text",
             pack: PackSpec | None = None) -> Manifest:
   """Tokenizes a corpus into shards of rows under `out_dir` and returns its manifest.
 
@@ -270,7 +275,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     out_dir: the prepared directory (replaced atomically).
     validation_fraction: share of documents (by text hash) in the validation split.
     shard_size: records per ArrayRecord shard.
-    separator_id: blocks mode: the id between documents (unused in documents mode).
+    separator_id: blocks mode: the id between documents, None for none (T5 span corruption);
+      unused in documents mode.
     text_field: the JSON field holding the text.
     pack: None for blocks mode; else documents mode, packed for this spec (module docstring).
 
@@ -304,7 +310,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
           counts[split]["num_tokens"] += len(ids)
           writers[split].add(packers[split].add_document(np.asarray(ids)))
         else:
-          counts[split]["num_tokens"] += len(ids) + (counts[split]["num_documents"] > 1)
+          separated = separator_id is not None and counts[split]["num_documents"] > 1
+          counts[split]["num_tokens"] += len(ids) + separated
           writers[split].add([block] for block in streams[split].add(ids))
     for split, packer in packers.items():
       writers[split].add(packer.finish())
@@ -337,14 +344,16 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
 class _Stream:
   """Incremental `cut_blocks`: feed documents one at a time, get the blocks they complete."""
 
-  def __init__(self, block_length: int, separator_id: int):
+  def __init__(self, block_length: int, separator_id: int | None):
     self._length, self._separator = block_length, separator_id
     self._pending = np.zeros(0, np.int64)
     self._started = False
 
   def add(self, ids: np.ndarray) -> np.ndarray:
     """Returns int64[n, block_length] newly completed blocks (n may be 0)."""
-    parts = [self._pending, np.array([self._separator])] if self._started else [self._pending]
+    parts = [self._pending]
+    if self._started and self._separator is not None:
+      parts.append(np.array([self._separator]))
     self._started = True
     self._pending = np.concatenate([*parts, ids.astype(np.int64)])
     n = len(self._pending) // self._length
@@ -435,18 +444,23 @@ def load_manifest(directory: str) -> Manifest:
     raise DataError(f"{path} is not a valid manifest ({e})") from None
 
 
-def _describe(packing_field: dict | None) -> str:
-  if packing_field is None:
+def _describe(packing_field: dict | None, separated: bool | None = None) -> str:
+  if packing_field is None and separated is None:
     return "blocks of concatenated documents (no packing)"
+  if packing_field is None:
+    between = "a separator" if separated else "no separator"
+    return f"blocks of documents concatenated with {between} between them (no packing)"
   return (f"documents packed for {packing_field['key']!r} into rows of "
           f"{tuple(packing_field['capacity'])} (min_length {packing_field['min_length']})")
 
 
 def check_manifest(manifest: Manifest, tokenizer: Tokenizer, block_length: int | None = None,
-                   pack: PackSpec | None = None) -> None:
+                   pack: PackSpec | None = None, separated: bool | None = None) -> None:
   """Raises DataError when prepared data does not belong to this tokenizer / block length /
   packing mode. `pack=None` expects blocks mode; a PackSpec expects documents mode packed for
-  the same key, capacity, min_length and lengths (checked over the manifest's block_length)."""
+  the same key, capacity, min_length and lengths (checked over the manifest's block_length).
+  `separated` (blocks mode): True expects a separator between documents, False none, None
+  either."""
   where = f"prepared data at {manifest.directory}"
   if manifest.tokenizer_sha256 != tokenizer.sha256:
     raise DataError(f"{where} was made with tokenizer "
@@ -457,6 +471,10 @@ def check_manifest(manifest: Manifest, tokenizer: Tokenizer, block_length: int |
                     f"{manifest.block_length}, but the run needs {block_length}")
   wanted = packing_entry(pack, manifest.block_length) if pack else None
   if manifest.packing == wanted:
+    has_separator = manifest.separator_id is not None
+    if wanted is None and separated is not None and has_separator != separated:
+      raise DataError(f"{where} holds {_describe(None, has_separator)}, but the run needs "
+                      f"{_describe(None, separated)}; prepare the data again")
     return
   have = manifest.packing
   if (have is not None and wanted is not None
@@ -469,13 +487,20 @@ def check_manifest(manifest: Manifest, tokenizer: Tokenizer, block_length: int |
 
 
 def cache_key(corpus_spec: str, tokenizer: Tokenizer, block_length: int,
-              validation_fraction: float = 0.02, pack: PackSpec | None = None) -> str:
+              validation_fraction: float = 0.02, pack: PackSpec | None = None,
+              separated: bool = True) -> str:
   """`<readable corpus>-L<block_length>[-<readable pack key>]-<16 hex>` from everything that
-  changes the output; blocks mode (`pack=None`) keeps the key it had before packing existed."""
+  changes the output; blocks mode with separators (`pack=None`, `separated=True`) keeps the key
+  it had before packing and separator-less blocks existed. `separated` is ignored in documents
+  mode (no separators there)."""
   identity = [FORMAT_VERSION, sources.fingerprint(corpus_spec), tokenizer.sha256, block_length,
               validation_fraction]
   if pack is not None:
     identity.append(packing_entry(pack, block_length))
+  elif not separated:
+    # Not the separated blocks' key: caches prepared with EOS between documents (all before
+    # span corruption dropped them) are never reused for it.
+    identity.append({"separator": None})
   digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
   readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(corpus_spec.rstrip("/")))[-40:]
   mode = "" if pack is None else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", pack.key)[:40]
@@ -483,40 +508,44 @@ def cache_key(corpus_spec: str, tokenizer: Tokenizer, block_length: int,
 
 
 def prepared_dir(cache_root: str, corpus_spec: str, tokenizer: Tokenizer, block_length: int,
-                 validation_fraction: float = 0.02, pack: PackSpec | None = None) -> str:
+                 validation_fraction: float = 0.02, pack: PackSpec | None = None,
+                 separated: bool = True) -> str:
   """Where the prepared data for these inputs lives under `cache_root`."""
   return os.path.join(cache_root, cache_key(corpus_spec, tokenizer, block_length,
-                                            validation_fraction, pack))
+                                            validation_fraction, pack, separated))
 
 
 def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     block_length: int, validation_fraction: float = 0.02,
                     shard_size: int = 4096, text_field: str = "text",
-                    pack: PackSpec | None = None, remote_root: str | None = None
-                    ) -> Manifest:
+                    pack: PackSpec | None = None, remote_root: str | None = None,
+                    separated: bool = True) -> Manifest:
   """Returns the manifest of the cached preparation, preparing it first when missing.
 
-  `pack` selects documents mode (see `prepare`); None keeps blocks mode. `remote_root`
+  `pack` selects documents mode (see `prepare`); None keeps blocks mode, whose documents are
+  joined with the tokenizer's EOS, or with nothing when `separated` is False. `remote_root`
   (gs://): the shared cache; a complete preparation there is downloaded into `cache_root`
   instead of being prepared again, and a new one is uploaded there.
   """
+  separated = separated or pack is not None
   directory = prepared_dir(cache_root, corpus_spec, tokenizer, block_length,
-                           validation_fraction, pack)
+                           validation_fraction, pack, separated)
   remote = storage.join(remote_root, os.path.basename(directory)) if remote_root else None
   if remote and not os.path.isfile(os.path.join(directory, MANIFEST_NAME)) and \
       storage.exists(storage.join(remote, MANIFEST_NAME)):
     _download_prepared(remote, directory)
   if os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
     manifest = load_manifest(directory)
-    check_manifest(manifest, tokenizer, block_length, pack)
+    check_manifest(manifest, tokenizer, block_length, pack,
+                   separated=None if pack is not None else separated)
     _LOG.info("using %s", manifest.summary())
     return manifest
   # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
   # have it elsewhere than vocab.EOS_ID; BERT's has none, its [SEP] stands in).
   manifest = prepare(corpus_spec, tokenizer, block_length, directory,
                      validation_fraction=validation_fraction, shard_size=shard_size,
-                     separator_id=tokenizer.vocab_info().eos_id, text_field=text_field,
-                     pack=pack)
+                     separator_id=tokenizer.vocab_info().eos_id if separated else None,
+                     text_field=text_field, pack=pack)
   if remote:
     _upload_prepared(directory, remote)
   return manifest

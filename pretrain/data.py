@@ -330,7 +330,10 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
       validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
       pack=pack_spec(config),
-      remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None)
+      remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None,
+      # T5 concatenates documents with nothing between them (reduce_concat_tokens): a separator
+      # EOS inside a block would be noised into the targets like any token.
+      separated=config.objective.name != "span_corruption")
   return config, tokenizer, manifest
 
 

@@ -137,11 +137,12 @@ class DataConfig:
   # Decoder target length (encoder-decoder objectives); 0 = what the objective produces from a
   # full block (span corruption: random_spans_helper, 114 for inputs of 512).
   target_len: int = 0
-  # False: documents are concatenated (EOS between them) and cut into full blocks, so rows
-  # cross document boundaries (RoBERTa FULL-SENTENCES, T5's reduce_concat_tokens). True: each
-  # document (cut into chunks of at most a block) is its own example, several packed per
-  # row with segment ids and positions; attention never crosses documents and no compute is
-  # spent on padding beyond each row's tail.
+  # False: documents are concatenated and cut into full blocks, so rows cross document
+  # boundaries: with EOS between them (RoBERTa FULL-SENTENCES), or for span corruption with
+  # nothing between them (T5's reduce_concat_tokens: a noised EOS would teach the decoder to
+  # end mid-target). True: each document (cut into chunks of at most a block) is its own
+  # example, several packed per row with segment ids and positions; attention never crosses
+  # documents and no compute is spent on padding beyond each row's tail.
   pack_documents: bool = False
   text_field: str = "text"
   validation_fraction: float = 0.02

@@ -106,6 +106,45 @@ def test_failed_reprepare_keeps_previous(tok, corpus, tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "out"]
 
 
+def test_blocks_without_separator(tok, corpus, tmp_path):
+  # T5's reduce_concat_tokens: documents back to back, no EOS between them.
+  manifest = prepare.prepare(corpus, tok, BLOCK, str(tmp_path / "out"), separator_id=None,
+                             validation_fraction=0.1)
+  assert manifest.separator_id is None
+  assert prepare.load_manifest(manifest.directory).separator_id is None
+  assert "no separator between documents" in manifest.summary()
+  docs = list(sources.read_documents(corpus))
+  for split in prepare.SPLITS:
+    info = manifest.splits[split]
+    in_split = [d for d in docs if prepare.is_validation(d, 0.1) == (split == "validation")]
+    stream = np.concatenate([np.asarray(ids, np.int64) for ids in tok.encode_batch(in_split)])
+    assert info.num_tokens == len(stream) and info.num_blocks == len(stream) // BLOCK
+    np.testing.assert_array_equal(_all_blocks(manifest, split).reshape(-1),
+                                  stream[: info.num_blocks * BLOCK])
+
+
+def test_separator_choice_is_in_the_cache_key_and_checked(tok, corpus, tmp_path):
+  separated = prepare.cache_key(corpus, tok, BLOCK)
+  assert separated == prepare.cache_key(corpus, tok, BLOCK, separated=True)
+  bare = prepare.cache_key(corpus, tok, BLOCK, separated=False)
+  assert bare != separated and bare.startswith(f"corpus.jsonl-L{BLOCK}-")
+  # Documents mode has no separators either way: one key.
+  assert (prepare.cache_key(corpus, tok, BLOCK, pack=MLM_SPEC, separated=False)
+          == prepare.cache_key(corpus, tok, BLOCK, pack=MLM_SPEC))
+  root = str(tmp_path / "cache")
+  with_eos = prepare.ensure_prepared(root, corpus, tok, BLOCK)
+  without = prepare.ensure_prepared(root, corpus, tok, BLOCK, separated=False)
+  assert without.directory != with_eos.directory
+  assert with_eos.separator_id == vocab.EOS_ID and without.separator_id is None
+  with pytest.raises(DataError, match=r"holds blocks of documents concatenated with a separator "
+                                      r"between them \(no packing\), but the run needs blocks of "
+                                      r"documents concatenated with no separator"):
+    prepare.check_manifest(with_eos, tok, BLOCK, separated=False)
+  with pytest.raises(DataError, match="holds blocks of documents concatenated with no separator"):
+    prepare.check_manifest(without, tok, BLOCK, separated=True)
+  prepare.check_manifest(without, tok, BLOCK)  # None: either
+
+
 def test_ensure_prepared_caches_and_key_is_deterministic(tok, corpus, tmp_path):
   root = str(tmp_path / "cache")
   first = prepare.ensure_prepared(root, corpus, tok, BLOCK)
