@@ -84,10 +84,19 @@ def _denoising_block(config: Config) -> int:
 
 
 def _span_helper(config: Config) -> tuple[int, int]:
-  """(raw block tokens, targets) for span corruption with encoder inputs of data.seq_len."""
+  """(raw block tokens, targets) for span corruption with encoder inputs of data.seq_len: T5's
+  random_spans_helper blocks, with exact targets (span_corruption.block_lengths)."""
   p = span_params(config)
-  return span_corruption.random_spans_helper(config.data.seq_len, p.noise_density,
-                                             p.mean_noise_span_length)
+  raw, targets = span_corruption.block_lengths(config.data.seq_len, p)
+  inputs = span_corruption.output_lengths(raw, p)[0]
+  # Concatenated blocks make rows of exactly seq_len inputs (there is no encoder padding).
+  if not config.data.pack_documents and inputs != config.data.seq_len:
+    raise ConfigError(f"no block length corrupts to exactly data.seq_len "
+                      f"({config.data.seq_len}) inputs at objective.noise_density "
+                      f"{p.noise_density}, mean_noise_span_length {p.mean_noise_span_length} "
+                      f"(the nearest gives {inputs}); change data.seq_len or set "
+                      f"data.pack_documents=true")
+  return raw, targets
 
 
 def block_length(config: Config) -> int:
@@ -186,7 +195,7 @@ def make_objective(config: Config, tokenizer: Tokenizer, reverse: bool = False,
 
   def full_block(block: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     ex = span_corruption.make_example(block, rng, params, vocab)
-    # A full block corrupts to exactly seq_len inputs (random_spans_helper); targets may be
+    # A full block corrupts to exactly seq_len inputs (block_lengths); targets may be
     # padded up to a longer configured data.target_len.
     if len(ex["input_ids"]) != d.seq_len or len(ex["labels"]) > d.target_len:
       raise ValueError(f"span corruption of a {len(block)}-token block gave "

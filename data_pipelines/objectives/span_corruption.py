@@ -6,11 +6,28 @@ sentinel; the decoder target is each sentinel followed by the noise span it stan
 in EOS. Sentinels count down from the top of the vocabulary (`VocabInfo.sentinel_ids`:
 `<extra_id_0>` = vocab_size-1, then -2, ...), never above it.
 
-Semantics follow T5's `random_spans_helper`, `random_spans_noise_mask` and
-`noise_span_to_unique_sentinel` / `nonnoise_span_to_unique_sentinel`, with one deliberate
-difference: the span count is also capped by the noise and non-noise token counts so that every
-segment is non-empty even for extreme densities (T5 would produce empty segments there). For the
-usual settings (density 0.15, mean span 3, blocks of tens of tokens or more) the cap never binds.
+Semantics follow T5 (google-research/text-to-text-transfer-transformer, t5/data/preprocessors.py:
+`random_spans_helper`, `random_spans_noise_mask`, `noise_span_to_unique_sentinel` /
+`nonnoise_span_to_unique_sentinel`):
+
+- Counts: num_noise = round(float32(L) * float32(d)) and num_spans =
+  round(float32(num_noise) / float32(mu)), rounded half to even, in float32 as T5's
+  `random_spans_noise_mask` does (float64 differs at ~1% of lengths, e.g. 190 -> 28 vs 29).
+- `random_spans_helper` is T5's, float64 Python rounding and the "minor hack" at
+  noise_density == 0.5 included (512 -> (766, 512)).
+
+Deliberate differences, each for a correct fixed-shape pipeline:
+
+- The span count is also capped by the noise and non-noise token counts so that every segment
+  is non-empty even for extreme densities (T5 would produce empty segments there). For the usual
+  settings (density 0.15, mean span 3, blocks of tens of tokens or more) the cap never binds.
+- `block_lengths` (what the pipeline cuts) takes T5's tokens_length but the exact targets
+  length of the float32 counts, which can exceed the float64 helper's by a few tokens (172 ->
+  190 raw tokens, targets 40 vs 38), so no target is ever truncated.
+
+Documents: the pipeline's blocks for this objective concatenate documents with no separator
+between them, as T5's `reduce_concat_tokens` (see `data_pipelines.prepare`), so no target
+teaches the decoder to emit EOS before its end.
 """
 
 from __future__ import annotations
@@ -52,22 +69,26 @@ class SpanCorruptionParams:
 
 def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
                         mean_noise_span_length: float = 3.0) -> tuple[int, int]:
-  """Raw block length whose corrupted inputs fit `inputs_length` (T5's `random_spans_helper`).
+  """T5's `random_spans_helper`: raw block length whose corrupted inputs fit `inputs_length`.
 
-  For a raw length t: n = round(t * d) noise tokens, s = round(n / μ) spans, inputs have
-  t - n + s + 1 tokens and targets n + s + 1 (the +1 is EOS). The inputs length is
-  non-decreasing in t (each step adds 1 - Δn + Δs with Δn, Δs in {0, 1}), so the largest t
-  that fits is the last index of a vectorised scan. `round` is half-to-even, as in T5.
+  For a raw length t: n = round(t * d) noise tokens, s = round(n / mu) spans (float64, half to
+  even, as T5's Python `round`), inputs have t - n + s + 1 tokens and targets n + s + 1 (the +1
+  is EOS). The inputs length is non-decreasing in t (each step adds 1 - dn + ds with dn, ds in
+  {0, 1}), so T5's loop ends at the largest t that fits: the last index of a vectorised scan.
+  At d == 0.5, where the targets would come out one longer than the inputs, T5 takes one raw
+  token off and reports one target fewer (its "minor hack" to keep both a round number:
+  512 -> (766, 512), not (767, 513)); so do we.
+
+  The pipeline cuts `block_lengths` blocks, which differ from these only where T5's float64
+  formula disagrees with its own float32 mask (see there).
 
   Args:
-    inputs_length: the encoder length I the pipeline must produce (EOS included), >= 1.
+    inputs_length: the encoder length I (EOS included), >= 1.
     noise_density: SpanCorruptionParams.noise_density.
     mean_noise_span_length: SpanCorruptionParams.mean_noise_span_length.
 
   Returns:
-    (tokens_length, targets_length): the largest t with inputs(t) <= I, and n + s + 1 for it.
-    Blocks of exactly t tokens give inputs of length inputs(t) (== I for the usual lengths,
-    e.g. 512 -> (568, 114)) and targets of exactly targets_length.
+    (tokens_length, targets_length) exactly as T5's helper, e.g. 512 -> (568, 114).
   """
   SpanCorruptionParams(noise_density, mean_noise_span_length)  # validates
   if inputs_length < 1:
@@ -79,7 +100,43 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
   s = np.round(n / mean_noise_span_length)
   inputs = t - n + s + 1
   best = int(np.flatnonzero(inputs <= inputs_length)[-1])  # t = 0 always fits (inputs = 1)
-  return best, int(n[best] + s[best] + 1)
+  targets = int(n[best] + s[best] + 1)
+  if noise_density == 0.5 and targets > inputs[best]:
+    # T5 assumes one raw token fewer is one target fewer; it reports that, not a recount.
+    best, targets = best - 1, targets - 1
+  return best, targets
+
+
+def block_lengths(inputs_length: int, params: SpanCorruptionParams) -> tuple[int, int]:
+  """(raw tokens per block, targets length) the pipeline uses for encoder inputs of I.
+
+  The raw length is T5's `random_spans_helper` tokens_length whenever a block of it corrupts
+  to exactly I inputs (every usual length, e.g. 512 -> 568 at d = 0.15, 766 at d = 0.5);
+  otherwise (tiny I, float32 counts, or the d = 0.5 hack leaving I - 1 inputs) the largest raw
+  length that does; failing that (extreme params, e.g. mu = 1 with d > 0.5 gives only odd
+  inputs lengths) the largest whose inputs fit. The targets length is the exact one of
+  `output_lengths` (float32 counts), which can exceed T5's float64 figure (172 -> 190 raw
+  tokens: targets 40 where T5 says 38 and would truncate).
+
+  Args:
+    inputs_length: the encoder length I (EOS included), >= 8 in the pipeline.
+    params: span-corruption parameters.
+
+  Returns:
+    (tokens_length t >= 2, output_lengths(t)[1]); `output_lengths(t)[0]` is I except in the
+    last case above.
+  """
+  tokens, _ = random_spans_helper(inputs_length, params.noise_density,
+                                  params.mean_noise_span_length)
+  if tokens < 2 or output_lengths(tokens, params)[0] != inputs_length:
+    upper = int(np.ceil(inputs_length / (1.0 - params.noise_density))) + 2
+    lengths = np.arange(2, upper + 1)
+    num_noise, num_spans = noise_counts(lengths, params)
+    inputs = lengths - num_noise + num_spans + 1
+    exact = np.flatnonzero(inputs == inputs_length)
+    fits = exact if exact.size else np.flatnonzero(inputs <= inputs_length)
+    tokens = int(lengths[fits[-1]]) if fits.size else 2
+  return tokens, output_lengths(tokens, params)[1]
 
 
 def _check_length(length: int) -> None:
@@ -89,13 +146,35 @@ def _check_length(length: int) -> None:
                      "non-noise and one noise token)")
 
 
-def span_counts(length: int, params: SpanCorruptionParams) -> tuple[int, int]:
-  """(num_noise, num_spans) for a block of `length` >= 2 tokens."""
-  num_noise = min(max(round(length * params.noise_density), 1), length - 1)
-  num_spans = max(round(num_noise / params.mean_noise_span_length), 1)
+def noise_counts(lengths: np.ndarray, params: SpanCorruptionParams,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Vectorised (num_noise, num_spans) for blocks of `lengths` >= 2 tokens.
+
+  T5 computes both in float32 (`tf.round(to_float(length) * noise_density)`, half to even),
+  so we do too: float64 gives another count at ~1% of lengths (190 -> 28.499... vs 28.500002).
+
+  Args:
+    lengths: int[...] block lengths, each >= 2.
+    params: span-corruption parameters.
+
+  Returns:
+    int64[...] noise counts in [1, L - 1] and int64[...] span counts in [1, min(n, L - n)].
+  """
+  lengths = np.asarray(lengths, np.int64)
+  density = np.float32(params.noise_density)
+  num_noise = np.round(lengths.astype(np.float32) * density).astype(np.int64)
+  num_noise = np.clip(num_noise, 1, lengths - 1)
+  num_spans = np.round(num_noise.astype(np.float32)
+                       / np.float32(params.mean_noise_span_length)).astype(np.int64)
   # Both the noise and non-noise tokens are cut into num_spans non-empty segments.
-  num_spans = min(num_spans, num_noise, length - num_noise)
+  num_spans = np.minimum(np.maximum(num_spans, 1), np.minimum(num_noise, lengths - num_noise))
   return num_noise, num_spans
+
+
+def span_counts(length: int, params: SpanCorruptionParams) -> tuple[int, int]:
+  """(num_noise, num_spans) for a block of `length` >= 2 tokens (see `noise_counts`)."""
+  num_noise, num_spans = noise_counts(np.int64(length), params)
+  return int(num_noise), int(num_spans)
 
 
 def output_lengths(raw_length: int, params: SpanCorruptionParams) -> tuple[int, int]:
@@ -103,9 +182,10 @@ def output_lengths(raw_length: int, params: SpanCorruptionParams) -> tuple[int, 
 
   The noise count n and span count s depend only on the length and the params (see
   `random_spans_noise_mask`), so the lengths are deterministic: inputs L - n + s + 1 and
-  targets n + s + 1, EOS included. Unlike `random_spans_helper`'s formula this includes the
-  clipping of n to [1, L - 1] and the cap of s by n and L - n, so it is exact for every L >= 2,
-  e.g. 568 -> (512, 114) at the default params.
+  targets n + s + 1, EOS included. Unlike
+  `random_spans_helper`'s formula this uses the mask's float32 counts, the clipping of n to
+  [1, L - 1] and the cap of s by n and L - n, so it is exact for every L >= 2, e.g.
+  568 -> (512, 114) at the default params.
 
   Args:
     raw_length: L, the number of raw tokens in the block.
@@ -146,12 +226,11 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
                             params: SpanCorruptionParams) -> np.ndarray:
   """Noise mask with an exact noise count and span count (T5's `random_spans_noise_mask`).
 
-  num_noise = clip(round(L d), 1, L - 1), num_spans = max(round(num_noise / μ), 1) (also
-  <= num_noise and <= L - num_noise). Noise and non-noise tokens are each split into num_spans
-  non-empty segments, uniformly over compositions, and interleaved non-noise first, so the mask
-  starts with non-noise and ends with noise. L < 2 is raised to 2 for the draw and the mask cut
-  back, as in T5. The generator is consumed in a fixed order: the non-noise cuts, then the noise
-  cuts.
+  num_noise and num_spans as `noise_counts` (float32, clipped and capped). Noise and non-noise
+  tokens are each split into num_spans non-empty segments, uniformly over compositions, and
+  interleaved non-noise first, so the mask starts with non-noise and ends with noise. L < 2 is
+  raised to 2 for the draw and the mask cut back, as in T5. The generator is consumed in a fixed
+  order: the non-noise cuts, then the noise cuts.
 
   Args:
     length: L, the number of raw tokens (>= 0).
@@ -172,6 +251,14 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
   return np.repeat(flags, interleaved)[:orig_length]
 
 
+def _span_starts(in_span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(first, rest): bool[L] masks of each run's first position and of its other positions."""
+  prev = np.empty_like(in_span)
+  prev[0] = False
+  prev[1:] = in_span[:-1]
+  return in_span & ~prev, in_span & prev
+
+
 def _replace_spans(tokens: np.ndarray, in_span: np.ndarray, sentinels: np.ndarray,
                    eos_id: int) -> np.ndarray:
   """Replaces each run of True in `in_span` by the next sentinel, drops the rest, adds EOS.
@@ -185,14 +272,10 @@ def _replace_spans(tokens: np.ndarray, in_span: np.ndarray, sentinels: np.ndarra
   Returns:
     int32[L - (tokens in runs) + runs + 1].
   """
-  prev = np.empty_like(in_span)
-  prev[0] = False
-  prev[1:] = in_span[:-1]
-  first = in_span & ~prev
+  first, rest = _span_starts(in_span)
   out = tokens.astype(np.int32)  # a copy
   out[first] = sentinels[: int(np.count_nonzero(first))]
-  kept = out[~(in_span & prev)]  # drop the span tokens after each span's first
-  return np.append(kept, np.int32(eos_id)).astype(np.int32)
+  return np.append(out[~rest], np.int32(eos_id)).astype(np.int32)
 
 
 def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorruptionParams,
@@ -202,11 +285,10 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorrup
   With noise spans N_k and the non-noise spans B_k before them (k < s, non-noise first):
     input_ids = B_0 S_0 B_1 S_1 ... B_{s-1} S_{s-1} EOS
     labels    = S_0 N_0 S_1 N_1 ... S_{s-1} N_{s-1} EOS
-  with S_k = vocab.sentinel_ids[k] (vocab_size-1-k). For a block of exactly the
-  `random_spans_helper` tokens_length t, the lengths are t - n + s + 1 and n + s + 1.
+  with S_k = vocab.sentinel_ids[k] (vocab_size-1-k). For a block of exactly the `block_lengths` tokens_length t, they are t - n + s + 1 and n + s + 1.
 
   Args:
-    block: int[L] token ids, L >= 2 (normally the helper's tokens_length).
+    block: int[L] token ids, L >= 2 (normally `block_lengths`' tokens_length).
     rng: the record's generator; the output is a function of (block, generator state).
     params: span-corruption parameters.
     vocab: the vocabulary; must hold at least as many sentinels as spans.

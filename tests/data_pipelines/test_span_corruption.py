@@ -25,11 +25,38 @@ params_strategy = st.builds(
     mean_noise_span_length=st.floats(1.0, 12.0))
 
 
+def _t5_counts(lengths: np.ndarray, noise_density: float, mean_noise_span_length: float,
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """T5's random_spans_noise_mask counts, written as its TF ops in NumPy float32: round half to
+  even of float32(L) * float32(d), clipped to [1, L - 1]; then of float32(n) / float32(mu), >= 1.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  n = np.rint(lengths.astype(np.float32) * np.float32(noise_density)).astype(np.int64)
+  n = np.minimum(np.maximum(n, 1), lengths - 1)
+  s = np.rint(n.astype(np.float32) / np.float32(mean_noise_span_length)).astype(np.int64)
+  return n, np.maximum(s, 1)
+
+
 def _expected_counts(length: int, params: sc.SpanCorruptionParams) -> tuple[int, int]:
-  """Reference (num_noise, num_spans) straight from the spec, for length >= 2."""
-  n = int(np.clip(round(length * params.noise_density), 1, length - 1))
-  s = max(round(n / params.mean_noise_span_length), 1)
-  return n, min(s, n, length - n)
+  """Reference (num_noise, num_spans), for length >= 2: T5's, with s capped by n and L - n."""
+  n, s = _t5_counts(np.array(length), params.noise_density, params.mean_noise_span_length)
+  return int(n), int(min(s, n, length - n))
+
+
+def _t5_helper(inputs_length: int, d: float, mu: float) -> tuple[int, int]:
+  """T5's random_spans_helper as its plain loop: Python float64 `round`, the 0.5 hack."""
+  def lengths(t: int) -> tuple[int, int]:
+    n = round(t * d)
+    s = round(n / mu)
+    return t - n + s + 1, n + s + 1
+
+  t = inputs_length - 1
+  while lengths(t + 1)[0] <= inputs_length:
+    t += 1
+  inputs, targets = lengths(t)
+  if d == 0.5 and targets > inputs:
+    t, targets = t - 1, targets - 1
+  return t, targets
 
 
 def _runs(mask: np.ndarray) -> list[tuple[bool, int]]:
@@ -75,18 +102,60 @@ def test_random_spans_helper_known_values(inputs_length, expected):
 
 
 @SETTINGS
-@hypothesis.given(inputs_length=st.integers(1, 2000), params=params_strategy)
-def test_random_spans_helper_is_the_largest_fitting_length(inputs_length, params):
+@hypothesis.given(inputs_length=st.integers(1, 2000),
+                  params=params_strategy | st.builds(sc.SpanCorruptionParams, st.just(0.5),
+                                                     st.floats(1.0, 12.0)))
+def test_random_spans_helper_is_t5s(inputs_length, params):
   d, mu = params.noise_density, params.mean_noise_span_length
+  assert sc.random_spans_helper(inputs_length, d, mu) == _t5_helper(inputs_length, d, mu)
 
-  def lengths(t):
-    n = round(t * d)
-    s = round(n / mu)
-    return t - n + s + 1, n + s + 1
 
-  t, targets = sc.random_spans_helper(inputs_length, d, mu)
-  assert lengths(t)[0] <= inputs_length < lengths(t + 1)[0]
-  assert targets == lengths(t)[1]
+@pytest.mark.parametrize("inputs_length", [128, 256, 512, 1024, 2048])
+def test_random_spans_helper_half_density_takes_one_off_as_t5(inputs_length):
+  # T5 subtracts one raw token and one target at d == 0.5: 512 -> (766, 512), not (767, 513).
+  tokens, targets = sc.random_spans_helper(inputs_length, 0.5, 3.0)
+  assert (tokens, targets) == _t5_helper(inputs_length, 0.5, 3.0)
+  assert (tokens, targets) == (int(1.5 * inputs_length) - 2, inputs_length)
+  # The pipeline cuts those blocks too, and they corrupt to exactly (I, I).
+  params = sc.SpanCorruptionParams(0.5, 3.0)
+  assert sc.block_lengths(inputs_length, params) == (tokens, targets)
+  assert sc.output_lengths(tokens, params) == (inputs_length, inputs_length)
+
+
+def test_noise_counts_match_t5_float32_at_every_length():
+  # T5 rounds float32(L) * float32(d); float64 differs at ~1% of lengths, e.g. 190 * 0.15 is
+  # 28.500002 in float32 (-> 29) but 28.499999999999996 in float64 (-> 28).
+  lengths = np.arange(2, 20001)
+  for d, mu in [(0.15, 3.0), (0.5, 3.0), (0.3, 2.5), (0.05, 8.0)]:
+    params = sc.SpanCorruptionParams(d, mu)
+    n, s = _t5_counts(lengths, d, mu)
+    s = np.minimum(s, np.minimum(n, lengths - n))  # our cap; never binds at these settings
+    got = np.array([sc.span_counts(int(length), params) for length in lengths])
+    bad = np.flatnonzero((got[:, 0] != n) | (got[:, 1] != s))
+    assert bad.size == 0, (d, mu, lengths[bad[:5]].tolist(), got[bad[:5]].tolist())
+    np.testing.assert_array_equal(np.stack(sc.noise_counts(lengths, params), 1), got)
+  assert sc.span_counts(190, DEFAULT) == (29, 10)
+  mask = sc.random_spans_noise_mask(190, np.random.default_rng(0), DEFAULT)
+  assert int(mask.sum()) == 29 and len(_runs(mask)) == 20
+
+
+@SETTINGS
+@hypothesis.given(inputs_length=st.integers(8, 3000), params=params_strategy)
+def test_block_lengths_are_exact(inputs_length, params):
+  tokens, targets = sc.block_lengths(inputs_length, params)
+  inputs, exact_targets = sc.output_lengths(tokens, params)
+  assert targets == exact_targets
+  t5_tokens, _ = sc.random_spans_helper(inputs_length, params.noise_density,
+                                        params.mean_noise_span_length)
+  if inputs == inputs_length and sc.output_lengths(max(t5_tokens, 2), params)[0] == inputs:
+    assert tokens == t5_tokens  # T5's block whenever it corrupts to exactly I inputs
+  assert inputs <= inputs_length
+
+
+def test_block_lengths_size_targets_from_the_float32_counts():
+  # T5's float64 helper says 190 raw tokens -> 38 targets; its float32 mask gives n=29, s=10.
+  assert sc.random_spans_helper(172) == (190, 38)
+  assert sc.block_lengths(172, DEFAULT) == (190, 40)
 
 
 @SETTINGS
@@ -125,6 +194,13 @@ def test_full_blocks_have_exact_lengths(inputs_length, seed):
 def test_sentinels_lengths_and_round_trip(length, params, seed):
   block = _block(seed, length)
   ex = sc.make_example(block, np.random.default_rng(seed), params, VOCAB)
+  _check_round_trip(block, ex, params)
+
+
+def _check_round_trip(block: np.ndarray, ex: dict[str, np.ndarray],
+                      params: sc.SpanCorruptionParams) -> None:
+  """Exact lengths, one sentinel per span in the same order on both sides, block rebuilt."""
+  length = len(block)
   inputs, targets = ex["input_ids"], ex["labels"]
   n, s = _expected_counts(length, params)
   assert len(inputs) == length - n + s + 1

@@ -1,5 +1,6 @@
 """T5 span corruption through the real data path (OBJECTIVES.md §2): blocks of the bundled
-corpus concatenated without separators, so no target holds an EOS before its end."""
+corpus concatenated without separators, so no target holds an EOS before its end; T5's block
+lengths at noise_density 0.5."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from data_pipelines.objectives import mlm
 from pretrain import data as data_lib
-from t5x_like.config import load_config
+from t5x_like.config import ConfigError, load_config
 
 
 def _assert_eos_only_last(labels: np.ndarray, segment_ids: np.ndarray, eos_id: int) -> int:
@@ -49,3 +50,23 @@ def test_no_target_holds_eos_before_its_end(tmp_path, pack):
   if pack == "false":  # T5's reduce_concat_tokens: documents back to back
     assert run.manifest.separator_id is None and run.manifest.packing is None
 
+
+@pytest.mark.parametrize("seq_len,raw,targets", [(128, 190, 128), (512, 766, 512)])
+def test_half_density_blocks_are_t5s(seq_len, raw, targets):
+  # T5's random_spans_helper takes one raw token off at d == 0.5 so targets == inputs.
+  config = load_config("t5_tiny", ["objective.noise_density=0.5", f"data.seq_len={seq_len}"])
+  assert data_lib.block_length(config) == raw
+  assert data_lib.resolve_lengths(config).data.target_len == targets
+
+
+def test_blocks_that_cannot_fill_seq_len_are_refused():
+  # mu = 1 with d > 1/2 caps s at L - n: inputs 2 (L - n) + 1 are always odd, never 128.
+  config = load_config("t5_tiny", ["objective.noise_density=0.9",
+                                   "objective.mean_noise_span_length=1.0"])
+  with pytest.raises(ConfigError, match=r"no block length corrupts to exactly data.seq_len "
+                                        r"\(128\) inputs .*\(the nearest gives 127\)"):
+    data_lib.block_length(config)
+  packed = load_config("t5_tiny", ["objective.noise_density=0.9",
+                                   "objective.mean_noise_span_length=1.0",
+                                   "data.pack_documents=true"])
+  assert data_lib.block_length(packed) >= 2  # packed rows pad their inputs instead
