@@ -51,7 +51,8 @@ def resolve_vocab(config: Config, tokenizer: Tokenizer) -> Config:
 def span_params(config: Config) -> span_corruption.SpanCorruptionParams:
   o = config.objective
   return span_corruption.SpanCorruptionParams(noise_density=o.noise_density,
-                                              mean_noise_span_length=o.mean_noise_span_length)
+                                              mean_noise_span_length=o.mean_noise_span_length,
+                                              random_roll=o.random_roll)
 
 
 def denoising_params(config: Config) -> denoising.DenoisingParams:

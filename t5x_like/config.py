@@ -99,6 +99,9 @@ class ObjectiveConfig:
   # target length follow from random_spans_helper (512 -> 568 raw tokens, 114 targets).
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
+  # T5's random_roll: rotate each noise mask by a random offset (keeping spans whole), so a short
+  # document's single span is not always its last tokens. Off by default, as in T5.
+  random_roll: bool = False
   # BART denoising (fairseq semantics, applied in this order): sentence permutation, text
   # infilling (Poisson spans of whole words, one <mask> each), token masking, token deletion,
   # insertion, rotation. Each is a ratio in [0, 1]; 0 turns the noise off. data.seq_len is the
@@ -487,6 +490,9 @@ def validate(c: Config) -> None:
            f"objective.noise_density must be in (0, 1), got {o.noise_density}")
   _require(o.mean_noise_span_length >= 1.0,
            f"objective.mean_noise_span_length must be >= 1, got {o.mean_noise_span_length}")
+  # A no-op elsewhere: refuse it rather than let a run believe its masks are rolled.
+  _require(not o.random_roll or o.name == "span_corruption",
+           f"objective.random_roll applies to span_corruption only; objective.name is {o.name}")
   for key in ("text_infilling", "token_masking", "token_deletion", "permute_sentences",
               "rotate", "insert", "random_ratio"):
     value = getattr(o, key)

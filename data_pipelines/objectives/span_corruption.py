@@ -15,12 +15,20 @@ Semantics follow T5 (google-research/text-to-text-transfer-transformer, t5/data/
   `random_spans_noise_mask` does (float64 differs at ~1% of lengths, e.g. 190 -> 28 vs 29).
 - `random_spans_helper` is T5's, float64 Python rounding and the "minor hack" at
   noise_density == 0.5 included (512 -> (766, 512)).
+- `random_roll` (off by default, as in T5) rotates the mask by a random offset so that short
+  blocks, which have a single noise span that would always sit at the end, get it anywhere.
 
 Deliberate differences, each for a correct fixed-shape pipeline:
 
 - The span count is also capped by the noise and non-noise token counts so that every segment
   is non-empty even for extreme densities (T5 would produce empty segments there). For the usual
   settings (density 0.15, mean span 3, blocks of tens of tokens or more) the cap never binds.
+- `random_roll` draws T5's uniform offset conditioned on not cutting a noise span in two (T5
+  can split the wrapped span, giving num_spans + 1 spans and one token more in each output), so
+  the output lengths stay `output_lengths(L)` and the rows keep their fixed shapes. The targets
+  are built as `S_k N_k` pairs, so each target sentinel announces the span it replaces in the
+  inputs even when a rolled mask starts with noise (T5's `nonnoise_span_to_unique_sentinel`
+  misaligns them there). Without the roll both constructions give identical outputs.
 - `block_lengths` (what the pipeline cuts) takes T5's tokens_length but the exact targets
   length of the float32 counts, which can exceed the float64 helper's by a few tokens (172 ->
   190 raw tokens, targets 40 vs 38), so no target is ever truncated.
@@ -47,17 +55,20 @@ class SpanCorruptionParams:
   Attributes:
     noise_density: fraction of the block's tokens that are noise (moved to the targets).
     mean_noise_span_length: average number of tokens per noise span.
+    random_roll: rotate each mask by a random offset that keeps its noise spans whole (T5's
+      `random_roll`, off by default as in T5); see `random_spans_noise_mask`.
   """
 
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
+  random_roll: bool = False
 
   def __post_init__(self):
     # Invalid params would only surface as odd masks deep in a run; reject them at creation.
     self.validate()
 
   def validate(self) -> None:
-    """Raises ValueError with a one-line reason when a parameter is out of range."""
+    """Raises ValueError (TypeError for a non-bool random_roll) with a one-line reason."""
     # Written as `not (in range)` so that NaN is rejected too.
     if not 0.0 < self.noise_density < 1.0:
       raise ValueError("SpanCorruptionParams.noise_density must be in (0, 1), both ends "
@@ -65,6 +76,9 @@ class SpanCorruptionParams:
     if not self.mean_noise_span_length >= 1.0:
       raise ValueError("SpanCorruptionParams.mean_noise_span_length must be >= 1, got "
                        f"{self.mean_noise_span_length}")
+    if not isinstance(self.random_roll, (bool, np.bool_)):
+      raise TypeError(f"SpanCorruptionParams.random_roll must be a bool, got "
+                      f"{self.random_roll!r}")
 
 
 def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
@@ -182,7 +196,7 @@ def output_lengths(raw_length: int, params: SpanCorruptionParams) -> tuple[int, 
 
   The noise count n and span count s depend only on the length and the params (see
   `random_spans_noise_mask`), so the lengths are deterministic: inputs L - n + s + 1 and
-  targets n + s + 1, EOS included. Unlike
+  targets n + s + 1, EOS included, with or without `random_roll`. Unlike
   `random_spans_helper`'s formula this uses the mask's float32 counts, the clipping of n to
   [1, L - 1] and the cap of s by n and L - n, so it is exact for every L >= 2, e.g.
   568 -> (512, 114) at the default params.
@@ -229,8 +243,17 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
   num_noise and num_spans as `noise_counts` (float32, clipped and capped). Noise and non-noise
   tokens are each split into num_spans non-empty segments, uniformly over compositions, and
   interleaved non-noise first, so the mask starts with non-noise and ends with noise. L < 2 is
-  raised to 2 for the draw and the mask cut back, as in T5. The generator is consumed in a fixed
-  order: the non-noise cuts, then the noise cuts.
+  raised to 2 for the draw and the mask cut back, as in T5.
+
+  With `params.random_roll` the mask is then rotated (element i moves to i + offset mod L) by
+  T5's uniform offset in [0, L) conditioned on not cutting a noise span in two: the start is
+  drawn uniformly among the L - (num_noise - num_spans) positions not strictly inside a noise
+  span. The rotated mask has the same noise count, span count and span lengths, may start with
+  noise or end with non-noise, and a single span lands anywhere in a short block instead of
+  always at its end.
+
+  The generator is consumed in a fixed order: the non-noise cuts, the noise cuts, then (roll
+  only) the start; without the roll the draws are those of earlier versions.
 
   Args:
     length: L, the number of raw tokens (>= 0).
@@ -248,7 +271,12 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
   # [b0, a0, b1, a1, ...]: repeat False/True by the interleaved segment lengths.
   interleaved = np.stack([nonnoise_lengths, noise_lengths], axis=1).reshape(-1)
   flags = np.tile(np.array([False, True]), num_spans)
-  return np.repeat(flags, interleaved)[:orig_length]
+  mask = np.repeat(flags, interleaved)[:orig_length]
+  if params.random_roll and orig_length >= 2:
+    # A start p inside a span (noise at p - 1 and p, cyclically) would split it in two.
+    starts = np.flatnonzero(~(mask & np.roll(mask, 1)))
+    mask = np.roll(mask, -int(starts[rng.integers(starts.size)]))
+  return mask
 
 
 def _span_starts(in_span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +306,29 @@ def _replace_spans(tokens: np.ndarray, in_span: np.ndarray, sentinels: np.ndarra
   return np.append(out[~rest], np.int32(eos_id)).astype(np.int32)
 
 
+def _span_targets(tokens: np.ndarray, noise: np.ndarray, sentinels: np.ndarray,
+                  eos_id: int) -> np.ndarray:
+  """The noise spans, each after its sentinel, then EOS: S_0 N_0 S_1 N_1 ... EOS.
+
+  Args:
+    tokens: int[L] block.
+    noise: bool[L] noise mask with s runs.
+    sentinels: int[>= s] sentinel ids, used in order (the inputs' order).
+    eos_id: appended at the end.
+
+  Returns:
+    int32[n + s + 1]. For a mask that starts with non-noise and ends with noise this is T5's
+    `nonnoise_span_to_unique_sentinel`; for a rolled one it keeps S_k before N_k where T5's
+    would put a noise span first with no sentinel and shift every later one.
+  """
+  first, _ = _span_starts(noise)
+  spans = tokens[noise].astype(np.int32)
+  # Where each span's first token sits among the noise tokens: insert its sentinel before it.
+  at = np.flatnonzero(first[noise])
+  out = np.insert(spans, at, sentinels[: at.size])
+  return np.append(out, np.int32(eos_id)).astype(np.int32)
+
+
 def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorruptionParams,
                  vocab: VocabInfo) -> dict[str, np.ndarray]:
   """Span-corrupts one block of raw tokens into T5 encoder inputs and decoder targets.
@@ -285,7 +336,10 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorrup
   With noise spans N_k and the non-noise spans B_k before them (k < s, non-noise first):
     input_ids = B_0 S_0 B_1 S_1 ... B_{s-1} S_{s-1} EOS
     labels    = S_0 N_0 S_1 N_1 ... S_{s-1} N_{s-1} EOS
-  with S_k = vocab.sentinel_ids[k] (vocab_size-1-k). For a block of exactly the `block_lengths` tokens_length t, they are t - n + s + 1 and n + s + 1.
+  with S_k = vocab.sentinel_ids[k] (vocab_size-1-k), S_k in the targets announcing the span
+  S_k replaces in the inputs. With `params.random_roll` the mask may start with a noise span
+  (input_ids then start with S_0) or end with a non-noise one; the lengths do not change. For a
+  block of exactly the `block_lengths` tokens_length t, they are t - n + s + 1 and n + s + 1.
 
   Args:
     block: int[L] token ids, L >= 2 (normally `block_lengths`' tokens_length).
@@ -316,5 +370,5 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SpanCorrup
   noise = random_spans_noise_mask(length, rng, params)
   return {
       "input_ids": _replace_spans(block, noise, sentinels, vocab.eos_id),
-      "labels": _replace_spans(block, ~noise, sentinels, vocab.eos_id),
+      "labels": _span_targets(block, noise, sentinels, vocab.eos_id),
   }

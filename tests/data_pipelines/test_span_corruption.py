@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import math
 
 import hypothesis
@@ -218,6 +220,69 @@ def _check_round_trip(block: np.ndarray, ex: dict[str, np.ndarray],
   for kept, noise in zip(in_segments[:-1], tg_segments[1:]):
     rebuilt += kept + noise
   assert rebuilt == block.tolist()
+
+
+@SETTINGS
+@hypothesis.given(length=st.integers(2, 700), params=params_strategy,
+                  seed=st.integers(0, 2**32 - 1))
+def test_random_roll_keeps_counts_lengths_and_alignment(length, params, seed):
+  rolled = dataclasses.replace(params, random_roll=True)
+  mask = sc.random_spans_noise_mask(length, np.random.default_rng(seed), rolled)
+  n, s = _expected_counts(length, params)
+  assert mask.shape == (length,) and int(mask.sum()) == n
+  assert sum(1 for value, _ in _runs(mask) if value) == s  # no span cut in two by the roll
+  block = _block(seed, length)
+  ex = sc.make_example(block, np.random.default_rng(seed), rolled, VOCAB)
+  assert (len(ex["input_ids"]), len(ex["labels"])) == sc.output_lengths(length, params)
+  # S_k in the targets precedes the span S_k replaces in the inputs: substituting rebuilds.
+  _, tg_segments = _split_at_sentinels(ex["labels"])
+  assert tg_segments[0] == [] and all(tg_segments[1:])
+  spans = dict(zip(VOCAB.sentinel_ids[:s].tolist(), tg_segments[1:]))
+  rebuilt = [t for tok in ex["input_ids"][:-1].tolist() for t in spans.get(tok, [tok])]
+  assert rebuilt == block.tolist()
+
+
+def test_random_roll_moves_a_short_documents_single_span():
+  # L <= 30 at d=0.15, mu=3 has one span: without the roll it is always the last n tokens.
+  length, draws = 20, 3600
+  n, s = _expected_counts(length, DEFAULT)
+  assert (n, s) == (3, 1)
+  fixed = {sc.random_spans_noise_mask(length, np.random.default_rng(i), DEFAULT).tobytes()
+           for i in range(50)}
+  assert fixed == {(np.arange(length) >= length - n).tobytes()}
+  rolled = sc.SpanCorruptionParams(random_roll=True)
+  starts = collections.Counter()
+  for i in range(draws):
+    mask = sc.random_spans_noise_mask(length, np.random.default_rng([i, 1]), rolled)
+    assert int(mask.sum()) == n and len([v for v, _ in _runs(mask) if v]) == 1
+    starts[int(np.argmax(mask))] += 1
+  # T5's uniform offset, less the 2 offsets that would cut the span: 18 starts, equally likely.
+  assert sorted(starts) == list(range(length - n + 1))
+  expected = draws / (length - n + 1)
+  chi2 = sum((c - expected) ** 2 / expected for c in starts.values())
+  assert chi2 < 45.0  # 17 degrees of freedom: P(chi2 > 45) ≈ 2.5e-4
+
+
+def test_random_roll_off_is_unchanged():
+  # Outputs of make_example before random_roll existed (commit 53d969c), at the lengths where
+  # its float64 counts equal the float32 ones: the roll-off path draws and builds the same.
+  h = hashlib.sha256()
+  for params in [DEFAULT, sc.SpanCorruptionParams(0.3, 2.5)]:
+    for length in range(2, 301):
+      float32 = np.rint(np.float32(length) * np.float32(params.noise_density))
+      if float32 != round(length * params.noise_density):
+        continue
+      block = np.random.default_rng(length).choice(VOCAB.normal_ids, size=length)
+      ex = sc.make_example(block.astype(np.int32), np.random.default_rng([length, 1]), params,
+                           VOCAB)
+      h.update(ex["input_ids"].tobytes())
+      h.update(ex["labels"].tobytes())
+  assert h.hexdigest() == "71c308ffa66ef67912226d90690fdfb8bc802c51115de52312156499f1303e6b"
+
+
+def test_random_roll_must_be_a_bool():
+  with pytest.raises(TypeError, match="random_roll must be a bool"):
+    sc.SpanCorruptionParams(random_roll="yes")
 
 
 def test_same_generator_state_same_example():

@@ -1,6 +1,6 @@
 """T5 span corruption through the real data path (OBJECTIVES.md §2): blocks of the bundled
 corpus concatenated without separators, so no target holds an EOS before its end; T5's block
-lengths at noise_density 0.5."""
+lengths at noise_density 0.5; the `objective.random_roll` config key."""
 
 from __future__ import annotations
 
@@ -57,6 +57,27 @@ def test_half_density_blocks_are_t5s(seq_len, raw, targets):
   config = load_config("t5_tiny", ["objective.noise_density=0.5", f"data.seq_len={seq_len}"])
   assert data_lib.block_length(config) == raw
   assert data_lib.resolve_lengths(config).data.target_len == targets
+
+
+def test_random_roll_config_key():
+  assert load_config("t5_tiny").objective.random_roll is False  # T5's default
+  assert data_lib.span_params(load_config("t5_tiny")).random_roll is False
+  config = load_config("t5_tiny", ["objective.random_roll=true"])
+  assert data_lib.span_params(config).random_roll is True
+  with pytest.raises(ConfigError, match="objective.random_roll: expected bool"):
+    load_config("t5_tiny", ["objective.random_roll=sometimes"])
+  with pytest.raises(ConfigError, match="objective.random_roll applies to span_corruption"):
+    load_config("bert_tiny", ["objective.random_roll=true"])
+  # Wired into the objective: a 20-token document's single span moves with the seed.
+  config = load_config("t5_tiny", ["objective.random_roll=true", "data.pack_documents=true",
+                                   "model.vocab_size=8000"])
+  tokenizer = data_lib.load_tokenizer(config.data.tokenizer)
+  objective = data_lib.make_objective(data_lib.resolve_lengths(config), tokenizer)
+  block = np.arange(100, 120, dtype=np.int32)
+  sentinel = tokenizer.vocab_info().sentinel_ids[0]
+  where = {int(np.argmax(objective(block, np.random.default_rng(i))["input_ids"] == sentinel))
+           for i in range(40)}
+  assert len(where) > 5 and 0 in where  # without the roll: always 17, after 17 kept tokens
 
 
 def test_blocks_that_cannot_fill_seq_len_are_refused():
