@@ -1,4 +1,6 @@
-"""T5 span-corruption objective as pure NumPy (OBJECTIVES.md §2).
+"""T5 span-corruption objective as pure NumPy.
+
+Reference semantics and every deliberate deviation: docs/objectives.md, "T5 span corruption".
 
 A block of raw tokens is split into alternating non-noise / noise spans (non-noise first, noise
 last). The encoder input keeps the non-noise tokens and replaces each noise span by one

@@ -1,4 +1,4 @@
-"""Invariants of the T5 span-corruption objective (OBJECTIVES.md §2)."""
+"""Invariants of the T5 span-corruption objective (docs/objectives.md, "T5 span corruption")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""T5 span corruption through the real data path (OBJECTIVES.md §2): blocks of the bundled
+"""T5 span corruption through the real data path (docs/objectives.md): blocks of the bundled
 corpus concatenated without separators, so no target holds an EOS before its end; T5's block
 lengths at noise_density 0.5; the `objective.random_roll` config key."""
 
