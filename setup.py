@@ -2,35 +2,47 @@
 
 from setuptools import find_packages, setup
 
+# Lower bounds are the oldest versions the test suite has installed together and trained with
+# (tests/test_min_versions.py installs exactly these, pinned, in a fresh virtualenv). Keep this
+# a plain list literal: that test reads it with ast, without running setup().
+# jax 0.7.1: first release with jax.set_mesh (and it needs Python >= 3.11).
+# orbax-checkpoint 0.11.30: older releases either fail to import with jax 0.7.1 (< 0.11.17) or
+# fail to save arrays sharded over a multi-device mesh inside jax.set_mesh (< 0.11.30).
+# tokenizers: `pretrain train` imports the export code (tokenizer.json) even without export.
+# protobuf 5.26, etils 1.9.1, tensorboardX 2.6.1, array-record 0.7.1: the oldest releases
+# that install with the rest on Python 3.11.
+INSTALL_REQUIRES = [
+    "jax>=0.7.1",
+    "flax>=0.10.0",
+    "optax>=0.2.3",
+    "orbax-checkpoint>=0.11.30",
+    "grain>=0.2.10",
+    "array-record>=0.7.1",
+    "tensorflow-datasets>=4.9.7",
+    "sentencepiece>=0.2.0",
+    "tokenizers>=0.20.0",
+    "numpy>=1.26.0",
+    "pyyaml>=6.0",
+    "tqdm>=4.66.0",
+    "tensorboardX>=2.6.1",
+    "matplotlib>=3.8.0",
+    "etils[epath]>=1.9.1",
+    "safetensors>=0.4.0",
+    "protobuf>=5.26.0",
+]
+
 setup(
     name="t5x-like-pretrain",
     version="0.1.0",
     description=("Pretrain Transformer LMs in JAX/Flax with BERT/RoBERTa MLM, XLNet PLM, "
                  "T5 span corruption and BART denoising; TPU-first, HF-exportable."),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["t5x_like*", "data_pipelines*", "pretrain*"]),
     package_data={
         "pretrain": ["configs/*.yaml"],
         "data_pipelines": ["corpora/*", "corpora/*/*"],
     },
-    install_requires=[
-        "jax>=0.4.35",
-        "flax>=0.10",
-        "optax>=0.2.3",
-        "orbax-checkpoint>=0.11",
-        "grain>=0.2.10",
-        "array-record>=0.7",
-        "tensorflow-datasets>=4.9.7",
-        "sentencepiece>=0.2",
-        "numpy>=1.26",
-        "pyyaml>=6",
-        "tqdm>=4.66",
-        "tensorboardX>=2.6",
-        "matplotlib>=3.8",
-        "etils[epath]>=1.7",
-        "safetensors>=0.4",
-        "protobuf>=4",
-    ],
+    install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch==2.13.0 is the CPU wheel present on the development machines; see README.
         "export": ["transformers>=4.45", "tokenizers>=0.20", "torch==2.13.0"],
