@@ -18,6 +18,9 @@ from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 3  # e.g. a non-finite loss with train.on_nonfinite=stop
+# Written into the workdir (by process 0) when `train` reached train.steps; removed when a
+# later `train` on the workdir starts.
+DONE_MARKER = "DONE"
 _EXIT_AT_ONCE = False  # set when a checkpoint restore failed (see console_main)
 
 
@@ -88,6 +91,12 @@ def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
       local = exporting.export(run.config, params, run.tokenizer,
                                os.path.join(storage.local_mirror(args.workdir), "export"))
       storage.upload(local, out)
+  done = storage.join(args.workdir, DONE_MARKER)
+  if main and storage.exists(done):  # a finished run trained further: not done until it ends
+    if storage.is_remote(done):
+      storage.filesystem(done).rm(done)
+    else:
+      os.remove(done)
   result = loop.train(run.config, args.workdir, run.hooks, export_fn)
   summary = {"step": result["step"], "train": result["train"], "eval": result["eval"]}
   if result["preempted"]:
@@ -97,6 +106,9 @@ def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
   if export_fn is not None:
     summary["export"] = out
   if main:
+    if not result["preempted"]:
+      # Read by tpu_scripts/babysit.sh: a finished run is not relaunched after a preemption.
+      storage.write_text(done, json.dumps(summary) + "\n")
     print(json.dumps(summary))
   return 0
 
