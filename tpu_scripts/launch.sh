@@ -17,6 +17,11 @@ Runs "pretrain train PRETRAIN_TRAIN_ARGS" on all workers of TPU_NAME with nohup,
 background; the log of each worker is ~/pretrain-logs/RUN.log. The workdir must be on
 gs:// so that a relaunch (babysit.sh) resumes from its checkpoints.
 
+Every worker (of every slice) is checked first (set up, run not already running); if one
+is not ready nothing is started, so no half-started job waits in jax.distributed.initialize.
+With NODE_COUNT > 1 (multislice) the run gets mesh.dcn_data=NODE_COUNT unless the arguments
+set mesh.dcn_* themselves, whose product must then be NODE_COUNT.
+
 Options:
   --run NAME      name of the log/pid files (default: the workdir's last part)
 
@@ -39,8 +44,28 @@ main() {
   load_env
   parse_train_args "$@"
   resolve_run "$run"
-  ssh_cmd all "$(remote_command remote_launch "$RUN" "${TRAIN_ARGS[@]}")"
-  run "${CMD[@]}"
+  wire_dcn
+  if ! ssh_all_nodes all "$(remote_command remote_check "$RUN")"; then
+    die "not every worker is ready (see above); nothing was started"
+  fi
+  ssh_all_nodes all "$(remote_command remote_launch "$RUN" "${TRAIN_ARGS[@]}")"
+}
+
+# Multislice: the slices talk over the data-center network, the mesh's dcn_* axes.
+wire_dcn() {
+  local a product=1 given=0
+  ((NODE_COUNT > 1)) || return 0
+  for a in "${TRAIN_ARGS[@]}"; do
+    if [[ "$a" =~ ^mesh\.dcn_(data|fsdp|tensor)=([0-9]+)$ ]]; then
+      given=1
+      product=$((product * BASH_REMATCH[2]))
+    fi
+  done
+  if ((!given)); then
+    TRAIN_ARGS+=("mesh.dcn_data=$NODE_COUNT")
+  elif ((product != NODE_COUNT)); then
+    die "mesh.dcn_* multiply to $product, but NODE_COUNT=$NODE_COUNT slices were requested"
+  fi
 }
 
 main "$@"

@@ -10,6 +10,11 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
   exit 2
 fi
 
+# gcloud prints "Updates are available ..." and survey prompts on stderr after a command's
+# output; off for every call made from here (state parsing reads stdout only anyway).
+export CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK=1
+export CLOUDSDK_SURVEY_DISABLE_PROMPTS=1
+
 TPU_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck disable=SC2034  # read by the scripts that source this file
 REPO_ROOT=$(cd "$TPU_SCRIPTS_DIR/.." && pwd)
@@ -20,6 +25,7 @@ ENV_FILE=""
 FLAG_SPOT=""
 FLAG_BEST_EFFORT=""
 FLAG_QUEUED=""
+FLAG_VALID_UNTIL=""
 # The same flags again, verbatim, so that babysit.sh can hand them to the other scripts.
 PASS_FLAGS=()
 # Set by common_flag: how many words the caller must shift.
@@ -31,6 +37,9 @@ CMD=()
 # end of this file spell the same names, because they run where these variables don't exist).
 # shellcheck disable=SC2034  # read by the scripts that source this file
 REMOTE_TARBALL="pretrain-src.tar.gz"
+# The uv release that builds the workers' Python environment (pinned: same tool everywhere).
+# shellcheck disable=SC2034  # read by the scripts that source this file
+UV_VERSION="0.13.9"
 
 # ------------------------------------------------------------------------------ output
 
@@ -91,6 +100,7 @@ common_flag() {
     --best-effort) FLAG_BEST_EFFORT=1; FLAG_SPOT=0; FLAG_QUEUED=1; PASS_FLAGS+=("$1") ;;
     --on-demand) FLAG_SPOT=0; FLAG_BEST_EFFORT=0; PASS_FLAGS+=("$1") ;;
     --queued) FLAG_QUEUED=1; PASS_FLAGS+=("$1") ;;
+    --valid-until) need_value "$@"; FLAG_VALID_UNTIL=$2; SHIFT_BY=2; PASS_FLAGS+=("$1" "$2") ;;
     -h | --help) usage; exit 0 ;;
     -*) die "unknown flag: $1 (see --help)" ;;
     *) die "unexpected argument: $1 (see --help)" ;;
@@ -106,6 +116,8 @@ COMMON_HELP="Common options:
   --best-effort   best-effort queued resource (implies --queued)
   --on-demand     neither spot nor best-effort
   --queued        go through a queued resource (QUEUED=1)
+  --valid-until D a queued request expires when it has waited D (6h, 2d; VALID_UNTIL,
+                  default 24h; none = never)
   -h, --help      this help"
 
 check_uint() {
@@ -114,7 +126,7 @@ check_uint() {
 
 # ------------------------------------------------------------------------------ env file
 
-REQUIRED_VARS=(PROJECT ZONE ACCELERATOR_TYPE RUNTIME_VERSION TPU_NAME BUCKET)
+REQUIRED_VARS=(PROJECT ZONE ACCELERATOR_TYPE TPU_NAME BUCKET)
 
 load_env() {
   if [[ -z "$ENV_FILE" && -f "$TPU_SCRIPTS_DIR/env.sh" ]]; then
@@ -131,6 +143,47 @@ load_env() {
   validate_env
   QUEUED_RESOURCE_NAME=${QUEUED_RESOURCE_NAME:-${TPU_NAME}-qr}
   LOC=(--project="$PROJECT" --zone="$ZONE")
+  resolve_runtime
+  resolve_nodes
+}
+
+# The software version Cloud TPU documents for each generation
+# (https://cloud.google.com/tpu/docs/runtimes): JAX needs no other image.
+default_runtime() {
+  case "${1%%-*}" in
+    v2 | v3 | v4) echo tpu-ubuntu2204-base ;;
+    v5litepod) echo v2-alpha-tpuv5-lite ;;
+    v5p) echo v2-alpha-tpuv5 ;;
+    v6e) echo v2-alpha-tpuv6e ;;
+  esac
+}
+
+# RUNTIME_VERSION defaults by accelerator type; another value is kept, with a warning.
+resolve_runtime() {
+  local want
+  want=$(default_runtime "$ACCELERATOR_TYPE")
+  if [[ -z "${RUNTIME_VERSION:-}" ]]; then
+    RUNTIME_VERSION=$want
+  elif [[ "$RUNTIME_VERSION" != "$want" ]]; then
+    note "warning: RUNTIME_VERSION=$RUNTIME_VERSION, but $ACCELERATOR_TYPE is documented with $want (https://cloud.google.com/tpu/docs/runtimes)"
+  fi
+}
+
+# NODES: the TPU VM names. One, TPU_NAME, unless NODE_COUNT > 1 (multislice, through a
+# queued resource): NODE_PREFIX-0 .. NODE_PREFIX-(NODE_COUNT-1), as Cloud TPU names them.
+resolve_nodes() {
+  local i
+  NODE_COUNT=${NODE_COUNT:-1}
+  NODE_PREFIX=${NODE_PREFIX:-$TPU_NAME}
+  [[ "$NODE_COUNT" =~ ^[1-9][0-9]{0,2}$ ]] || die "NODE_COUNT must be a whole number >= 1 (got '$NODE_COUNT')"
+  NODES=("$TPU_NAME")
+  if ((NODE_COUNT > 1)); then
+    is_on QUEUED || die "NODE_COUNT > 1 (multislice) needs QUEUED=1 (a queued resource creates the slices)"
+    [[ "$NODE_PREFIX" =~ ^[a-z]([-a-z0-9]{0,55}[a-z0-9])?$ ]] ||
+      die "NODE_PREFIX '$NODE_PREFIX' is not a valid name prefix"
+    NODES=()
+    for ((i = 0; i < NODE_COUNT; i++)); do NODES+=("$NODE_PREFIX-$i"); done
+  fi
 }
 
 is_on() {
@@ -148,6 +201,11 @@ validate_env() {
   for v in SPOT BEST_EFFORT QUEUED; do
     [[ "${!v}" == 0 || "${!v}" == 1 ]] || die "$v must be 0 or 1 (got '${!v}')"
   done
+  # How long a queued request may wait for capacity before it expires (gcloud
+  # --valid-until-duration); "none" = no limit.
+  VALID_UNTIL=${FLAG_VALID_UNTIL:-${VALID_UNTIL:-24h}}
+  [[ "$VALID_UNTIL" == none || "$VALID_UNTIL" =~ ^[1-9][0-9]*[smhd]$ ]] ||
+    die "VALID_UNTIL must be a duration like 6h, 90m or 2d, or none (got '$VALID_UNTIL')"
   validate_accelerator "$ACCELERATOR_TYPE"
   # GCP resource names: lowercase letters, digits and hyphens, starting with a letter.
   [[ "$TPU_NAME" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
@@ -167,7 +225,8 @@ is_pow2() {
 }
 
 # Known Cloud TPU types: the number after the dash counts TensorCores for v2/v3/v4/v5p
-# (two per chip, so it is even: v4-32 is 16 chips) and chips for v5litepod/v6e.
+# (two per chip, so it is even: v4-32 is 16 chips) and chips for v5litepod/v6e, whose slices
+# are 1x1, 2x2, 2x4, 4x4, 4x8, 8x8, 8x16 and 16x16 chips (no v5litepod-2).
 validate_accelerator() {
   local t="$1" gen n ok=0
   if [[ "$t" =~ ^(v2|v3|v4|v5p|v5litepod|v6e)-([1-9][0-9]{0,4})$ ]]; then
@@ -178,10 +237,10 @@ validate_accelerator() {
       v3) if is_pow2 "$n" && ((n >= 8 && n <= 2048)); then ok=1; fi ;;
       v4) if ((n >= 8 && n <= 4096 && n % 8 == 0)); then ok=1; fi ;;
       v5p) if ((n >= 8 && n <= 12288 && n % 8 == 0)); then ok=1; fi ;;
-      v5litepod | v6e) if is_pow2 "$n" && ((n <= 256)); then ok=1; fi ;;
+      v5litepod | v6e) if is_pow2 "$n" && ((n != 2 && n <= 256)); then ok=1; fi ;;
     esac
   fi
-  ((ok)) || die "unknown accelerator type '$t' (known: v2-8..v2-512, v3-8..v3-2048, v4-8..v4-4096, v5p-8..v5p-12288, v5litepod-1..256, v6e-1..256; e.g. v4-32)"
+  ((ok)) || die "unknown accelerator type '$t' (known: v2-8..v2-512, v3-8..v3-2048, v4-8..v4-4096, v5p-8..v5p-12288, v5litepod-1/4/8/../256, v6e-1/4/8/../256; e.g. v4-32)"
 }
 
 # ------------------------------------------------------------------------------ train args
@@ -243,27 +302,36 @@ qr_gcloud() {
   fi
 }
 
+# Every command line ends in --quiet (no prompt can block an unattended run) except an
+# interactive delete.
 create_cmd() {
   if is_on QUEUED; then
     qr_gcloud
-    CMD=("${QR_GCLOUD[@]}" compute tpus queued-resources create "$QUEUED_RESOURCE_NAME"
-      --node-id="$TPU_NAME" "${LOC[@]}" --accelerator-type="$ACCELERATOR_TYPE"
-      --runtime-version="$RUNTIME_VERSION")
+    CMD=("${QR_GCLOUD[@]}" compute tpus queued-resources create "$QUEUED_RESOURCE_NAME")
+    if ((NODE_COUNT > 1)); then
+      CMD+=(--node-count="$NODE_COUNT" --node-prefix="$NODE_PREFIX")
+    else
+      CMD+=(--node-id="$TPU_NAME")
+    fi
+    CMD+=("${LOC[@]}" --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME_VERSION")
+    if [[ "$VALID_UNTIL" != none ]]; then CMD+=(--valid-until-duration="$VALID_UNTIL"); fi
     if is_on BEST_EFFORT; then CMD+=(--best-effort); fi
   else
     CMD=(gcloud compute tpus tpu-vm create "$TPU_NAME" "${LOC[@]}"
       --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION")
   fi
   if is_on SPOT; then CMD+=(--spot); fi
+  CMD+=(--quiet)
 }
 
 describe_cmd() {
   if is_on QUEUED; then
     qr_gcloud
     CMD=("${QR_GCLOUD[@]}" compute tpus queued-resources describe "$QUEUED_RESOURCE_NAME"
-      "${LOC[@]}" --format='value(state.state)')
+      "${LOC[@]}" --format='value(state.state)' --quiet)
   else
-    CMD=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)')
+    CMD=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)'
+      --quiet)
   fi
 }
 
@@ -280,14 +348,33 @@ delete_cmd() {
   if (($1)); then CMD+=(--quiet); fi
 }
 
-# $1 = worker (all or a number), $2 = remote command.
+# $1 = worker (all or a number), $2 = remote command, $3 = node (default TPU_NAME).
 ssh_cmd() {
-  CMD=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker="$1" "${LOC[@]}" --command="$2")
+  CMD=(gcloud compute tpus tpu-vm ssh "${3:-$TPU_NAME}" --worker="$1" "${LOC[@]}"
+    --command="$2" --quiet)
 }
 
-# $1 = local file, $2 = remote path relative to the home directory; to every worker.
+# $1 = local file, $2 = remote path relative to the home directory, $3 = node (default
+# TPU_NAME); to every worker of the node.
 scp_cmd() {
-  CMD=(gcloud compute tpus tpu-vm scp "$1" "$TPU_NAME:$2" --worker=all "${LOC[@]}")
+  CMD=(gcloud compute tpus tpu-vm scp "$1" "${3:-$TPU_NAME}:$2" --worker=all "${LOC[@]}"
+    --quiet)
+}
+
+# Runs the remote command $2 on worker(s) $1 of every node (every slice of a multislice
+# request), one node after the other; stops at the first node where it fails.
+ssh_all_nodes() {
+  local node
+  for node in "${NODES[@]}"; do
+    ssh_cmd "$1" "$2" "$node"
+    run "${CMD[@]}" || return 1
+  done
+}
+
+# The gcloud command that checks whether WORKDIR holds the DONE marker `pretrain train`
+# writes when it reaches train.steps.
+done_marker_cmd() {
+  CMD=(gcloud storage ls "${WORKDIR%/}/DONE" --project="$PROJECT" --quiet)
 }
 
 # ------------------------------------------------------------------------------ state
@@ -295,17 +382,24 @@ scp_cmd() {
 # Prints the TPU VM's state (READY, PREEMPTED, ...) or, with QUEUED=1, the queued
 # resource's (ACTIVE, SUSPENDED, ...); NOT_FOUND when it doesn't exist, UNKNOWN when gcloud
 # failed otherwise (network, auth), so callers can keep polling.
+#
+# Only stdout holds the value: gcloud writes warnings, update and survey notices to stderr,
+# some of them after the value, so stderr is read only to tell NOT_FOUND from other errors.
 resource_state() {
-  local out
+  local out err errfile rc=0
   describe_cmd
-  if out=$("${CMD[@]}" 2>&1); then
-    out=${out##*$'\n'}  # the value is the last line; warnings come first
+  errfile=$(mktemp)
+  out=$("${CMD[@]}" 2>"$errfile") || rc=$?
+  err=$(<"$errfile")
+  rm -f "$errfile"
+  if ((rc == 0)); then
+    out=$(printf '%s\n' "$out" | sed '/^[[:space:]]*$/d' | tail -n 1)
     if [[ "$out" =~ ^[A-Z_]+$ ]]; then
       printf '%s\n' "$out"
     else
       printf 'UNKNOWN\n'
     fi
-  elif [[ "$out" == *NOT_FOUND* || "$out" == *"not found"* ]]; then
+  elif [[ "$err" == *NOT_FOUND* || "$err" == *"not found"* ]]; then
     printf 'NOT_FOUND\n'
   else
     printf 'UNKNOWN\n'
@@ -313,19 +407,24 @@ resource_state() {
 }
 
 # ok: usable. lost: preempted or failed, must be deleted and recreated. missing: doesn't
-# exist. wait: anything on the way (CREATING, WAITING_FOR_RESOURCES, PROVISIONING, ...).
+# exist. stuck: a state that may never end by itself (a stopped VM still holds its quota,
+# a repair or gcloud errors can last): waited for at most a bounded time. wait: anything on
+# the way (CREATING, WAITING_FOR_RESOURCES, PROVISIONING, ...), which the request's
+# VALID_UNTIL bounds.
 classify_state() {
   case "$1" in
     READY | ACTIVE) echo ok ;;
     PREEMPTED | TERMINATED | SUSPENDED | FAILED) echo lost ;;
     NOT_FOUND) echo missing ;;
+    STOPPED | STOPPING | REPAIRING | UNKNOWN | SUSPENDING) echo stuck ;;
     *) echo wait ;;
   esac
 }
 
-# Polls until the TPU is usable; $1 = seconds between polls. Fails when the request failed.
+# Polls until the TPU is usable; $1 = seconds between polls, $2 = seconds a stuck state
+# (STOPPED, REPAIRING, UNKNOWN, ...) may last. Fails when the request failed or vanished.
 wait_until_ready() {
-  local interval="$1" state
+  local interval="$1" stuck_limit="$2" state stuck_since=""
   describe_cmd
   if ((DRY_RUN)); then
     run "${CMD[@]}"
@@ -335,8 +434,17 @@ wait_until_ready() {
     state=$(resource_state)
     case "$(classify_state "$state")" in
       ok) note "$TPU_NAME: $state"; return 0 ;;
-      lost) note "error: $TPU_NAME is $state"; return 1 ;;
-      *) note "$TPU_NAME: $state; next check in ${interval}s"; sleep "$interval" ;;
+      lost | missing) note "error: $TPU_NAME is $state"; return 1 ;;
+      stuck)
+        stuck_since=${stuck_since:-$SECONDS}
+        if ((SECONDS - stuck_since >= stuck_limit)); then
+          note "error: $TPU_NAME has been $state for $((SECONDS - stuck_since))s (limit ${stuck_limit}s)"
+          return 1
+        fi
+        note "$TPU_NAME: $state; next check in ${interval}s"
+        sleep "$interval"
+        ;;
+      *) stuck_since=""; note "$TPU_NAME: $state; next check in ${interval}s"; sleep "$interval" ;;
     esac
   done
 }
@@ -352,17 +460,46 @@ remote_command() {
 
 # The functions below run on the TPU workers, not here.
 
-# Unpacks the shipped tarball into ~/pretrain-src and installs it with the tpu extra
-# (jax[tpu]); editable, so a later setup only has to replace the sources.
+# $1 = uv version. Unpacks the shipped tarball into ~/pretrain-src and installs it with the
+# tpu extra (jax[tpu]) into a fresh Python 3.11 virtualenv, ~/pretrain-venv, with the exact
+# versions of tpu_scripts/constraints.txt. The TPU images ship Python 3.10 (jax >= 0.7 needs
+# 3.11): uv fetches a standalone CPython 3.11 when the VM has none. Ends by importing the
+# stack and printing its versions.
 remote_setup() {
   set -e
+  local uv_version="$1" venv="$HOME/pretrain-venv"
   rm -rf ~/pretrain-src
   mkdir -p ~/pretrain-src
   tar -xzf ~/pretrain-src.tar.gz -C ~/pretrain-src
   cd ~/pretrain-src
-  python3 -m pip install --quiet --upgrade pip
-  python3 -m pip install --quiet -e '.[tpu]'
-  echo "$(hostname): installed $(python3 -m pip show t5x-like-pretrain | grep '^Version')"
+  python3 -m pip install --user --quiet "uv==$uv_version"
+  export PATH="$HOME/.local/bin:$PATH"
+  uv venv --quiet --clear --python 3.11 "$venv"
+  uv pip install --quiet --python "$venv/bin/python" -c tpu_scripts/constraints.txt -e '.[tpu]'
+  "$venv/bin/python" -c '
+import importlib.metadata as md, socket, sys
+import flax, grain, jax, optax, orbax.checkpoint, pretrain.cli, t5x_like
+names = ("jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint", "grain",
+         "t5x-like-pretrain")
+print(socket.gethostname() + ": python " + sys.version.split()[0] + " " + " ".join(
+    n + "=" + md.version(n) for n in names))
+'
+}
+
+# $1 = run name. Fails (one line on stderr) unless this worker can start the run: set up
+# (~/pretrain-venv/bin/pretrain) and not already running it. launch.sh runs it on every
+# worker before it starts anything.
+remote_check() {
+  local run="$1" pidfile="$HOME/pretrain-logs/$1.pid"
+  if [[ ! -x "$HOME/pretrain-venv/bin/pretrain" ]]; then
+    echo "error: $(hostname) is not set up (no ~/pretrain-venv/bin/pretrain): run setup.sh" >&2
+    return 1
+  fi
+  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "error: run $run is already running on $(hostname)" >&2
+    return 1
+  fi
+  echo "$(hostname): ready for $run"
 }
 
 # $1 = run name, the rest = pretrain train arguments. Starts training in its own session
@@ -372,8 +509,8 @@ remote_launch() {
   shift
   mkdir -p "$logs"
   cd "$HOME/pretrain-src" || return 1
-  # pip installs the console script for a non-root user into ~/.local/bin.
-  export PATH="$HOME/.local/bin:$PATH"
+  # The environment setup.sh built (Python 3.11, the pinned stack).
+  export PATH="$HOME/pretrain-venv/bin:$PATH"
   if [[ -f "$logs/$run.pid" ]] && kill -0 "$(cat "$logs/$run.pid")" 2>/dev/null; then
     echo "error: run $run is already running on $(hostname)" >&2
     return 1
@@ -397,7 +534,7 @@ remote_stop() {
     if kill -0 "$pid" 2>/dev/null && [[ "$(ps -o stat= -p "$pid")" != Z* ]]; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       for ((i = 0; i < grace * 5; i++)); do
-        kill -0 "$pid" 2>/dev/null && [[ "$(ps -o stat= -p "$pid")" != Z* ]] || break
+        if ! kill -0 "$pid" 2>/dev/null || [[ "$(ps -o stat= -p "$pid")" == Z* ]]; then break; fi
         sleep 0.2
       done
       kill -KILL -- "-$pid" 2>/dev/null || true

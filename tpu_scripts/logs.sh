@@ -36,7 +36,8 @@ main() {
   done
   [[ "$worker" =~ ^(all|[0-9]+)$ ]] || die "--worker must be a number or all (got '$worker')"
   load_env
-  ssh_cmd "$worker" "$(remote_command remote_logs "$run" "$lines" "$follow")"
+  # Multislice: the first slice (its worker 0 is process 0, which prints the metrics).
+  ssh_cmd "$worker" "$(remote_command remote_logs "$run" "$lines" "$follow")" "${NODES[0]}"
   run "${CMD[@]}"
 }
 

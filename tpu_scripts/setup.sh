@@ -11,7 +11,10 @@ usage: tpu_scripts/setup.sh [options]
 
 Packs the repository's committed HEAD with git archive (no git credentials are needed on
 the workers; uncommitted changes are NOT shipped), copies the tarball to every worker of
-TPU_NAME, unpacks it into ~/pretrain-src and runs pip install -e ".[tpu]" there.
+TPU_NAME (of every slice with NODE_COUNT > 1), unpacks it into ~/pretrain-src and installs
+it with the tpu extra into ~/pretrain-venv, a Python 3.11 virtualenv made by uv, with the
+exact versions of tpu_scripts/constraints.txt. Each worker ends by importing the stack and
+printing its versions (python, jax, jaxlib, libtpu, flax, optax, orbax, grain).
 
 Options:
   --tarball FILE  ship this tarball instead of packing HEAD
@@ -45,10 +48,12 @@ main() {
     tarball="${TMPDIR:-/tmp}/$TPU_NAME-pretrain-src.tar.gz"
     pack_head "$tarball"
   fi
-  scp_cmd "$tarball" "$REMOTE_TARBALL"
-  run "${CMD[@]}"
-  ssh_cmd all "$(remote_command remote_setup)"
-  run "${CMD[@]}"
+  local node
+  for node in "${NODES[@]}"; do
+    scp_cmd "$tarball" "$REMOTE_TARBALL" "$node"
+    run "${CMD[@]}"
+  done
+  ssh_all_nodes all "$(remote_command remote_setup "$UV_VERSION")"
 }
 
 main "$@"

@@ -33,8 +33,7 @@ main() {
     esac
   done
   load_env
-  ssh_cmd all "$(remote_command remote_stop "$run" "$grace")"
-  run "${CMD[@]}"
+  ssh_all_nodes all "$(remote_command remote_stop "$run" "$grace")"
 }
 
 main "$@"

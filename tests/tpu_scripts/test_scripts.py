@@ -1,9 +1,13 @@
 """The Cloud TPU scripts in tpu_scripts/, run against a fake `gcloud` (offline, CPU only).
 
 The fake records each call's argv (one JSON list per line) and answers `describe` with
-states from FAKE_TPU_STATES (comma separated, one per call, the last one repeating). The
-`--command` strings sent to the workers are run here with bash in a fake home directory,
-with a fake `pretrain` / `python3`, to check what they would do on a worker.
+states from FAKE_TPU_STATES (comma separated, one per call, the last one repeating), printed
+on stdout and followed, as the real gcloud does, by update and survey notices on stderr.
+`storage ls WORKDIR/DONE` succeeds when FAKE_DONE=1. With FAKE_WORKER_HOMES (directories
+joined by ':') an `ssh` runs its --command with bash in each of them, one per worker, and
+fails when one worker fails, as `--worker=all` does. The `--command` strings sent to the
+workers are also run here with bash in a fake home directory, with a fake `pretrain` /
+`python3` / `uv`, to check what they would do on a worker.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ fail = os.environ.get("FAKE_GCLOUD_FAIL_ONCE", "")
 if fail and fail in " ".join(args) and not os.path.exists(log + ".failed"):
     open(log + ".failed", "w").close()
     sys.exit("ERROR: (gcloud) fake failure")
+with open(log + ".env", "a") as f:
+    f.write(json.dumps([os.environ.get("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK"),
+                        os.environ.get("CLOUDSDK_SURVEY_DISABLE_PROMPTS")]) + "\\n")
+def notices():
+    # What gcloud prints on stderr after a command's output (unless disabled; printed here
+    # regardless, so that only stdout parsing passes).
+    print("\\nUpdates are available for some Google Cloud CLI components.  To install them,\\n"
+          "please run:\\n  $ gcloud components update\\n", file=sys.stderr)
+    print("To take a quick anonymous survey, run:\\n  $ gcloud survey\\n", file=sys.stderr)
 if "describe" in args:
     states = os.environ.get("FAKE_TPU_STATES", "READY").split(",")
     counter = log + ".describes"
@@ -53,8 +66,23 @@ if "describe" in args:
     state = states[min(n, len(states) - 1)]
     if state == "NOT_FOUND":
         sys.exit("ERROR: (gcloud.compute.tpus.describe) NOT_FOUND: Resource not found")
+    if state == "ERROR":
+        sys.exit("ERROR: (gcloud.compute.tpus.describe) There was a problem refreshing auth")
     print("WARNING: a warning gcloud prints first", file=sys.stderr)
-    print(state)
+    print(state, flush=True)
+    notices()
+if args[:2] == ["storage", "ls"]:
+    if os.environ.get("FAKE_DONE") != "1":
+        sys.exit("ERROR: (gcloud.storage.ls) One or more URLs matched no objects.")
+    print(args[2])
+    notices()
+homes = os.environ.get("FAKE_WORKER_HOMES")
+if "ssh" in args and homes:
+    import subprocess
+    [command] = [a[len("--command="):] for a in args if a.startswith("--command=")]
+    rcs = [subprocess.run(["bash", "-c", command], env={"HOME": h, "PATH": "/usr/bin:/bin"},
+                          timeout=20).returncode for h in homes.split(":")]
+    sys.exit(1 if any(rcs) else 0)
 """
 
 
@@ -66,7 +94,7 @@ class Fake:
     self.bin = tmp / "bin"
     self.bin.mkdir()
     gcloud = self.bin / "gcloud"
-    gcloud.write_text(FAKE_GCLOUD.format(python=sys.executable))
+    gcloud.write_text(FAKE_GCLOUD.replace("{python}", sys.executable))
     gcloud.chmod(0o755)
     self.log = tmp / "gcloud.log"
     self.tarball = tmp / "src.tar.gz"
@@ -115,10 +143,20 @@ def command_of(call: list[str]) -> str:
   return command
 
 
-def kinds(calls: list[list[str]]) -> list[str]:
-  """Short names of the calls: 'tpu-vm create', 'queued-resources delete', ..."""
+def tpu_calls(calls: list[list[str]]) -> list[list[str]]:
+  """The calls without the babysitter's `storage ls` DONE checks."""
+  return [c for c in calls if c[1] != "storage"]
+
+
+def kinds(calls: list[list[str]], storage: bool = False) -> list[str]:
+  """Short names of the calls: 'tpu-vm create', 'queued-resources delete', ...; the
+  babysitter's `storage ls` DONE checks only with storage=True."""
   out = []
   for call in calls:
+    if call[1] == "storage":
+      if storage:
+        out.append("storage ls")
+      continue
     i = call.index("tpus")
     out.append(f"{call[i + 1]} {call[i + 2]}")
   return out
@@ -131,7 +169,7 @@ def test_create_on_demand(fake):
   ok(fake.run("create"))
   assert fake.calls() == [[
       "gcloud", "compute", "tpus", "tpu-vm", "create", "my-tpu", *LOC,
-      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]]
+      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--quiet"]]
 
 
 def test_create_spot_flag_and_env(fake):
@@ -139,7 +177,8 @@ def test_create_spot_flag_and_env(fake):
   ok(fake.run("create", env_file=fake.env_file(SPOT="1")))
   calls = fake.calls()
   assert len(calls) == 2
-  assert all(c[3:6] == ["tpu-vm", "create", "my-tpu"] and c[-1] == "--spot" for c in calls)
+  assert all(c[3:6] == ["tpu-vm", "create", "my-tpu"] and c[-2:] == ["--spot", "--quiet"]
+             for c in calls)
 
 
 def test_create_queued_spot_waits_until_active(fake):
@@ -149,9 +188,10 @@ def test_create_queued_spot_waits_until_active(fake):
   assert calls[0] == [
       "gcloud", "compute", "tpus", "queued-resources", "create", "my-tpu-qr",
       "--node-id=my-tpu", *LOC, "--accelerator-type=v4-32",
-      "--runtime-version=tpu-ubuntu2204-base", "--spot"]
+      "--runtime-version=tpu-ubuntu2204-base", "--valid-until-duration=24h", "--spot",
+      "--quiet"]
   assert kinds(calls[1:]) == ["queued-resources describe"] * 3
-  assert calls[1][5:] == ["my-tpu-qr", *LOC, "--format=value(state.state)"]
+  assert calls[1][5:] == ["my-tpu-qr", *LOC, "--format=value(state.state)", "--quiet"]
   assert "ACTIVE" in r.stderr
 
 
@@ -182,9 +222,9 @@ def test_settings_from_the_environment_reach_babysit_steps(fake):
   env = {**BASE_ENV, "SPOT": "1"}
   ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--", *TRAIN,
               use_env_file=False, extra_env=env, states="PREEMPTED"))
-  calls = fake.calls()
+  calls = tpu_calls(fake.calls())
   assert kinds(calls)[:3] == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create"]
-  assert calls[2][-1] == "--spot" and all(flag in calls[2] for flag in LOC)
+  assert calls[2][-2] == "--spot" and all(flag in calls[2] for flag in LOC)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -280,7 +320,7 @@ def test_dry_run_prints_the_commands_a_run_makes(fake, script, args):
   assert lines and all(line.startswith("gcloud ") for line in lines)
   # Each line, run by bash, hands gcloud exactly the words the script means.
   env = {**os.environ, "PATH": f"{fake.bin}{os.pathsep}{os.environ['PATH']}",
-         "FAKE_GCLOUD_LOG": str(fake.log), "FAKE_TPU_STATES": "ACTIVE"}
+         "FAKE_GCLOUD_LOG": str(fake.log), "FAKE_TPU_STATES": "ACTIVE", "FAKE_DONE": "1"}
   for line in lines:
     subprocess.run(["bash", "-c", line], env=env, check=True)
   printed = fake.calls()
@@ -289,8 +329,9 @@ def test_dry_run_prints_the_commands_a_run_makes(fake, script, args):
     ok(fake.run(script, *args, states="ACTIVE"))
     assert printed == fake.calls()
   else:
-    assert kinds(printed) == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create",
-                              "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+    assert kinds(printed, storage=True) == [
+        "tpu-vm describe", "storage ls", "tpu-vm delete", "tpu-vm create", "tpu-vm scp",
+        "tpu-vm ssh", "tpu-vm ssh", "tpu-vm ssh"]
 
 
 def test_dry_run_setup_packs_head(fake):
@@ -309,37 +350,58 @@ def test_setup_copies_to_all_workers_and_installs(fake):
   ok(fake.run("setup", "--tarball", str(fake.tarball)))
   scp, ssh = fake.calls()
   assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(fake.tarball),
-                 "my-tpu:pretrain-src.tar.gz", "--worker=all", *LOC]
+                 "my-tpu:pretrain-src.tar.gz", "--worker=all", *LOC, "--quiet"]
   assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
   assert "--worker=all" in ssh and all(flag in ssh for flag in LOC)
 
-  # What the command does on a worker: unpack into ~/pretrain-src, pip install -e .[tpu].
+  # What the command does on a worker: unpack into ~/pretrain-src, get the pinned uv, make a
+  # Python 3.11 venv, install .[tpu] with the constraints, import the stack and print versions.
   home = fake.tmp / "worker"
   (home / "bin").mkdir(parents=True)
   with tarfile.open(home / "pretrain-src.tar.gz", "w:gz") as tar:
     tar.add(TPU_DIR.parent / "setup.py", arcname="setup.py")
+    tar.add(TPU_DIR / "constraints.txt", arcname="tpu_scripts/constraints.txt")
+  logger = ("import json, os, sys\n"
+            "open(os.environ['HOME'] + '/calls.log', 'a').write("
+            "json.dumps([os.path.basename(sys.argv[0]), os.getcwd()] + sys.argv[1:]) + '\\n')\n")
   python3 = home / "bin" / "python3"
-  python3.write_text(f"#!{sys.executable} -S\nimport json, os, sys\n"
-                     "open(os.environ['HOME'] + '/python3.log', 'a').write("
-                     "json.dumps([os.getcwd()] + sys.argv[1:]) + '\\n')\n"
-                     "print('Version: 0.1.0')\n")
+  python3.write_text(f"#!{sys.executable} -S\n{logger}")
+  # uv (what pip --user installs into ~/.local/bin); `uv venv` makes a python that logs and
+  # answers the version check.
+  uv = home / ".local" / "bin" / "uv"
+  uv.parent.mkdir(parents=True)
+  uv.write_text(f"#!{sys.executable} -S\n{logger}"
+                "if sys.argv[1] == 'venv':\n"
+                "  py = os.path.join(sys.argv[-1], 'bin', 'python')\n"
+                "  os.makedirs(os.path.dirname(py))\n"
+                f"  open(py, 'w').write('#!{sys.executable} -S\\n' + {logger!r} + "
+                "'print(\"worker: python 3.11.13 jax=0.10.2\")\\n')\n"
+                "  os.chmod(py, 0o755)\n")
+  uv.chmod(0o755)
   python3.chmod(0o755)
   env = {"HOME": str(home), "PATH": f"{home / 'bin'}:/usr/bin:/bin"}
-  subprocess.run(["bash", "-c", command_of(ssh)], env=env, check=True, capture_output=True)
+  r = subprocess.run(["bash", "-c", command_of(ssh)], env=env, check=True, capture_output=True,
+                     text=True)
   assert (home / "pretrain-src" / "setup.py").exists()
-  pip_calls = [json.loads(line) for line in (home / "python3.log").read_text().splitlines()]
-  assert [str(home / "pretrain-src"), "-m", "pip", "install", "--quiet", "-e",
-          ".[tpu]"] in pip_calls
+  src, venv = str(home / "pretrain-src"), str(home / "pretrain-venv")
+  calls = [json.loads(line) for line in (home / "calls.log").read_text().splitlines()]
+  assert calls[0] == ["python3", src, "-m", "pip", "install", "--user", "--quiet", "uv==0.13.9"]
+  assert calls[1] == ["uv", src, "venv", "--quiet", "--clear", "--python", "3.11", venv]
+  assert calls[2] == ["uv", src, "pip", "install", "--quiet", "--python", f"{venv}/bin/python",
+                      "-c", "tpu_scripts/constraints.txt", "-e", ".[tpu]"]
+  # The check imports the stack (jax, flax, ...) and prints the versions.
+  assert calls[3][:3] == ["python", src, "-c"] and "import flax, grain, jax" in calls[3][3]
+  assert "md.version(n)" in calls[3][3] and "worker: python 3.11.13 jax=0.10.2" in r.stdout
 
 
 class Worker:
-  """A fake worker home: ~/pretrain-src and a fake `pretrain` in ~/.local/bin."""
+  """A fake worker home: ~/pretrain-src and a fake `pretrain` in ~/pretrain-venv/bin."""
 
-  def __init__(self, tmp: Path, train_seconds: float = 0):
-    self.home = tmp / "worker"
+  def __init__(self, tmp: Path, train_seconds: float = 0, name: str = "worker"):
+    self.home = tmp / name
     (self.home / "pretrain-src").mkdir(parents=True)
-    (self.home / ".local" / "bin").mkdir(parents=True)
-    pretrain = self.home / ".local" / "bin" / "pretrain"
+    (self.home / "pretrain-venv" / "bin").mkdir(parents=True)
+    pretrain = self.home / "pretrain-venv" / "bin" / "pretrain"
     pretrain.write_text(
         f"#!{sys.executable} -S\nimport json, os, sys, time\n"
         "out = os.environ['HOME'] + '/argv.json'\n"
@@ -364,7 +426,8 @@ class Worker:
 
 def test_launch_quotes_the_workdir_and_runs_on_all_workers(fake):
   ok(fake.run("launch", "--", *TRAIN))
-  [ssh] = fake.calls()
+  [check, ssh] = fake.calls()
+  assert check[3:6] == ["tpu-vm", "ssh", "my-tpu"] and "--worker=all" in check
   assert ssh[3:6] == ["tpu-vm", "ssh", "my-tpu"] and "--worker=all" in ssh
   assert all(flag in ssh for flag in LOC)
   worker = Worker(fake.tmp)
@@ -386,7 +449,7 @@ def test_launch_quotes_the_workdir_and_runs_on_all_workers(fake):
 def test_launch_accepts_a_leading_pretrain_train_and_a_run_name(fake):
   ok(fake.run("launch", "--run", "r1", "--", "pretrain", "train", *TRAIN))
   worker = Worker(fake.tmp)
-  assert worker.bash(command_of(fake.calls()[0])).returncode == 0
+  assert worker.bash(command_of(fake.calls()[1])).returncode == 0
   assert worker.wait_argv() == ["train", *TRAIN]
   assert (worker.home / "pretrain-logs" / "r1.log").exists()
 
@@ -402,13 +465,16 @@ def process_gone(pid: int) -> bool:
 def test_stop_kills_the_run_on_all_workers(fake):
   worker = Worker(fake.tmp, train_seconds=60)
   ok(fake.run("launch", "--run", "r1", "--", *TRAIN))
-  launch = command_of(fake.calls()[0])
+  check, launch = (command_of(c) for c in fake.calls())
+  assert worker.bash(check).returncode == 0
   assert worker.bash(launch).returncode == 0
   worker.wait_argv()
   pid = int((worker.home / "pretrain-logs" / "r1.pid").read_text())
   assert not process_gone(pid)
   # A second launch of the same run refuses while the first one runs.
   again = worker.bash(launch)
+  assert again.returncode != 0 and "already running" in again.stderr
+  again = worker.bash(check)
   assert again.returncode != 0 and "already running" in again.stderr
   try:
     fake.reset()
@@ -452,7 +518,7 @@ def test_status_describes_then_asks_the_workers(fake):
   r = ok(fake.run("status"))
   describe, ssh = fake.calls()
   assert describe == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "my-tpu", *LOC,
-                      "--format=value(state)"]
+                      "--format=value(state)", "--quiet"]
   assert "--worker=all" in ssh
   assert "TPU my-tpu: READY" in r.stdout
   logs = fake.tmp / "worker" / "pretrain-logs"
@@ -489,18 +555,22 @@ def test_delete(fake):
 def test_babysit_recreates_a_preempted_spot_vm(fake):
   env_file = fake.env_file(SPOT="1")
   ok(fake.run("launch", "--", *TRAIN, env_file=env_file))
-  [launch] = fake.calls()
+  [check, launch] = fake.calls()
+  assert "remote_check" in command_of(check)
   fake.reset()
   r = ok(fake.run("babysit", "--max-polls", "3", "--interval", "0", "--tarball",
                   str(fake.tarball), "--", *TRAIN, env_file=env_file,
                   states="PREEMPTED,READY"))
-  calls = fake.calls()
+  calls = tpu_calls(fake.calls())
   assert kinds(calls) == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create", "tpu-vm scp",
-                          "tpu-vm ssh", "tpu-vm ssh", "tpu-vm describe", "tpu-vm describe"]
+                          "tpu-vm ssh", "tpu-vm ssh", "tpu-vm ssh", "tpu-vm describe",
+                          "tpu-vm describe"]
   assert calls[1][-1] == "--quiet"
-  assert calls[2][-1] == "--spot"
-  assert "--worker=all" in calls[3] and "--worker=all" in calls[4]
-  assert calls[5] == launch  # the very same command as the first launch
+  assert calls[2][-2:] == ["--spot", "--quiet"]
+  assert all("--worker=all" in c for c in calls[3:7])
+  assert calls[6] == launch  # the very same command as the first launch
+  # Every poll asked whether the run is done.
+  assert kinds(fake.calls(), storage=True).count("storage ls") == 3
   assert "recovered" in r.stderr
 
 
@@ -509,13 +579,13 @@ def test_babysit_recreates_a_suspended_queued_resource(fake):
   r = ok(fake.run("babysit", "--max-polls", "2", "--interval", "0", "--tarball",
                   str(fake.tarball), "--", *TRAIN, env_file=env_file,
                   states="SUSPENDED,WAITING_FOR_RESOURCES,ACTIVE"))
-  calls = fake.calls()
+  calls = tpu_calls(fake.calls())
   assert kinds(calls) == [
       "queued-resources describe", "queued-resources delete", "queued-resources create",
       "queued-resources describe", "queued-resources describe", "tpu-vm scp", "tpu-vm ssh",
-      "tpu-vm ssh", "queued-resources describe"]
+      "tpu-vm ssh", "tpu-vm ssh", "queued-resources describe"]
   assert calls[1][-2:] == ["--force", "--quiet"]
-  assert calls[2][-1] == "--spot" and "--node-id=my-tpu" in calls[2]
+  assert calls[2][-2:] == ["--spot", "--quiet"] and "--node-id=my-tpu" in calls[2]
   assert "SUSPENDED" in r.stderr
 
 
@@ -526,7 +596,7 @@ def test_babysit_retries_a_failed_step_at_the_next_poll(fake):
   assert kinds(fake.calls()) == [
       "tpu-vm describe", "tpu-vm delete", "tpu-vm create",  # create fails
       "tpu-vm describe", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh",
-      "tpu-vm describe"]
+      "tpu-vm ssh", "tpu-vm describe"]
   assert "retrying at the next poll" in r.stderr
 
 
@@ -538,7 +608,7 @@ def test_babysit_deletes_a_failed_queued_request_before_creating_again(fake):
   assert kinds(fake.calls()) == [
       f"{qr} describe", f"{qr} delete", f"{qr} create",  # create fails
       f"{qr} describe", f"{qr} delete", f"{qr} create", f"{qr} describe", "tpu-vm scp",
-      "tpu-vm ssh", "tpu-vm ssh"]
+      "tpu-vm ssh", "tpu-vm ssh", "tpu-vm ssh"]
 
 
 def test_babysit_starts_over_when_the_vm_vanishes_during_recovery(fake):
@@ -547,7 +617,8 @@ def test_babysit_starts_over_when_the_vm_vanishes_during_recovery(fake):
               extra_env={"FAKE_GCLOUD_FAIL_ONCE": "tpu-vm scp"}))
   assert kinds(fake.calls()) == [
       "tpu-vm describe", "tpu-vm delete", "tpu-vm create", "tpu-vm scp",  # scp fails
-      "tpu-vm describe", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+      "tpu-vm describe", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh",
+      "tpu-vm ssh"]
 
 
 def test_babysit_leaves_a_healthy_tpu_alone(fake):
