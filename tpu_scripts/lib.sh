@@ -371,6 +371,17 @@ ssh_all_nodes() {
   done
 }
 
+# Like ssh_all_nodes, but goes on to the other nodes after a failure (stop, status: one
+# unreachable slice must not keep the others running or unseen); fails if any failed.
+ssh_each_node() {
+  local node failed=0
+  for node in "${NODES[@]}"; do
+    ssh_cmd "$1" "$2" "$node"
+    run "${CMD[@]}" || failed=1
+  done
+  return "$failed"
+}
+
 # The gcloud command that checks whether WORKDIR holds the DONE marker `pretrain train`
 # writes when it reaches train.steps.
 done_marker_cmd() {

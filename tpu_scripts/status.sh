@@ -29,7 +29,7 @@ main() {
   if ((DRY_RUN)); then
     describe_cmd
     run "${CMD[@]}"
-    ssh_all_nodes all "$(remote_command remote_status)"
+    ssh_each_node all "$(remote_command remote_status)"
     return 0
   fi
   state=$(resource_state)
@@ -39,7 +39,7 @@ main() {
     echo "TPU $TPU_NAME: $state"
   fi
   [[ "$(classify_state "$state")" == ok ]] || return 0
-  ssh_all_nodes all "$(remote_command remote_status)"
+  ssh_each_node all "$(remote_command remote_status)"
 }
 
 main "$@"

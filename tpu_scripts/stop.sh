@@ -33,7 +33,7 @@ main() {
     esac
   done
   load_env
-  ssh_all_nodes all "$(remote_command remote_stop "$run" "$grace")"
+  ssh_each_node all "$(remote_command remote_stop "$run" "$grace")"
 }
 
 main "$@"
