@@ -23,14 +23,14 @@ def evaluate_workdir(workdir: str, step: int | None = None,
   trainer = loop.Trainer(run.config, workdir)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
   try:
-    state, _, restored = ckpt.restore(step, trainer.abstract)
+    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)  # no optimiser
   finally:
     ckpt.close()
   eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
                                      trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
                                      trainer.state_sh.mems)
   with step_lib.mesh_context(trainer.mesh):
-    metrics = loop.evaluate(eval_step, state.params, run.hooks.make_eval(), trainer.batch_sh,
+    metrics = loop.evaluate(eval_step, params, run.hooks.make_eval(), trainer.batch_sh,
                             trainer.task.features, max_batches,
                             run.hooks.baseline_token, trainer.zero_mems())
   return {"step": restored, "split": "validation", **metrics,

@@ -65,11 +65,7 @@ class Checkpointer:
                            f"({type(e).__name__}: {reason}); the complete checkpoints "
                            f"{self.all_steps() or '(none)'} are intact")
 
-  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any], int]:
-    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
-
-    Returns (state, data_state, step). The target mesh may differ from the one saved.
-    """
+  def _existing(self, step: int | None) -> int:
     if step is None:
       step = self.latest_step()
       if step is None:
@@ -77,17 +73,63 @@ class Checkpointer:
     elif step not in self.all_steps():
       raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
                             f"available: {self.all_steps() or 'none'}")
+    return step
+
+  def _restore_error(self, step: int, e: BaseException) -> CheckpointError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.split(" See full TensorStore details")[0]
+    return CheckpointError(f"checkpoint {self.directory / str(step)} could not be restored "
+                           f"({type(e).__name__}: {first[:300]})")
+
+  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any], int]:
+    """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs).
+
+    Returns (state, data_state, step). The target mesh may differ from the one saved.
+    """
+    step = self._existing(step)
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                         data=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      first = first.split(" See full TensorStore details")[0]
-      raise CheckpointError(f"checkpoint {self.directory / str(step)} could not be restored "
-                            f"({type(e).__name__}: {first[:300]})") from None
+      raise self._restore_error(step, e) from None
     _check_shapes(abstract_state, restored["state"], self.directory / str(step))
     return restored["state"], dict(restored["data"] or {}), step
+
+  def restore_params(self, step: int | None, abstract_params: Any
+                     ) -> tuple[Any, dict[str, Any], int]:
+    """Restores only the train state's params (and the data state), whatever optimiser state
+    the checkpoint holds: for evaluation, export, and a step-0 checkpoint (see
+    `holds_optimizer_history`). Returns (params, data_state, step)."""
+    step = self._existing(step)
+    target = {"params": abstract_params}
+    # The manager's handler restores whole trees only; a plain PyTree handler reads the same
+    # files and can leave out the optimiser state.
+    reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    try:
+      params = reader.restore(
+          self.directory / str(step) / "state",
+          args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))["params"]
+      data = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+      raise self._restore_error(step, e) from None
+    finally:
+      reader.close()
+    _check_shapes(abstract_params, params, self.directory / str(step))
+    return params, dict(data["data"] or {}), step
+
+  def optimizer_layout(self, step: int) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+    """The saved optimiser state's `layout` (read from the checkpoint's metadata only)."""
+    reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+      tree = reader.metadata(self.directory / str(step) / "state").item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+      raise self._restore_error(step, e) from None
+    finally:
+      reader.close()
+    return _flat_shapes(tree.get("opt_state"))
 
   def wait(self) -> None:
     try:
@@ -107,6 +149,25 @@ def _check_shapes(expected: Any, got: Any, where: Any) -> None:
       name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
       raise CheckpointError(f"checkpoint {where}: {name} has shape {tuple(g.shape)}, the model "
                             f"expects {tuple(e.shape)}")
+
+
+def holds_optimizer_history(step: int) -> bool:
+  """False for a step-0 checkpoint: training saves only after a step, so step 0 is written by
+  `pretrain import`, and its optimiser state is a fresh init that any optimiser may replace."""
+  return step > 0
+
+
+def optimizer_layout(opt_state: Any) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+  """{path: shape} of an (abstract) optimiser state as orbax saves it; two optimiser states
+  can be restored into each other exactly when their layouts are equal."""
+  return _flat_shapes(ocp.tree.serialize_tree(opt_state, keep_empty_nodes=True))
+
+
+def _flat_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+  # Shapes only: a restore casts dtypes, so another dtype is no structural change.
+  flat = ocp.tree.to_flat_dict(tree, keep_empty_nodes=True) if tree is not None else {}
+  return {tuple(str(k) for k in path): (tuple(v.shape) if hasattr(v, "shape") else None)
+          for path, v in flat.items()}
 
 
 def checkpoint_dir(workdir: str) -> str:

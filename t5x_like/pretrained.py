@@ -86,10 +86,12 @@ def restore_params(config: Config, workdir: str, step: int | None = None) -> tup
   _, abstract, _ = step_lib.state_shardings(task, tx, mesh, single.train.batch_size)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
   try:
-    state, _, restored_step = ckpt.restore(step, abstract)
+    # Params only: the optimiser state (which config.yaml may no longer describe after a
+    # step-0 import was trained with other optim settings) is not needed.
+    params, _, restored_step = ckpt.restore_params(step, abstract.params)
   finally:
     ckpt.close()
-  return jax.device_get(state.params), restored_step
+  return jax.device_get(params), restored_step
 
 
 def load_pretrained(workdir_or_checkpoint: str, step: int | None = None) -> Pretrained:

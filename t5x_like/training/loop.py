@@ -20,6 +20,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import flax.linen as nn
 import jax
 import numpy as np
 import tqdm
@@ -27,7 +28,14 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import storage
 from t5x_like import checkpointing, flops, sharding
-from t5x_like.config import Config, ConfigError, read_config, save_config, to_dict
+from t5x_like.config import (
+  Config,
+  ConfigError,
+  OptimConfig,
+  read_config,
+  save_config,
+  to_dict,
+)
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
 
@@ -79,6 +87,46 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
   if diffs:
     raise ConfigError(f"workdir {workdir} holds a run with a different model shape "
                       f"({'; '.join(diffs)}); use a new --workdir or the original settings")
+  _check_optimizer_compatible(workdir, saved, config)
+
+
+def _check_optimizer_compatible(workdir: str, saved: Config, config: Config) -> None:
+  """A resume keeps the optimiser state's structure (tree and shapes): orbax cannot restore
+  one optimiser's state into another's. Keys that keep it (learning rate, schedule, ...) may
+  change. A step-0 checkpoint (from `pretrain import`) holds no history: any optimiser goes."""
+  old, new = to_dict(saved.optim), to_dict(config.optim)
+  changed = [k for k in new if old.get(k) != new[k]]
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  if not changed or not storage.exists(ckpt_dir):
+    return
+  ckpt = checkpointing.Checkpointer(ckpt_dir, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    if step is None or not checkpointing.holds_optimizer_history(step):
+      return
+    stored = ckpt.optimizer_layout(step)
+  finally:
+    ckpt.close()
+  task = tasks.make_task(config)
+  params = jax.eval_shape(lambda rng: nn.meta.unbox(task.init(rng))["params"],
+                          jax.random.key(0))
+
+  def layout(optim: OptimConfig) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+    tx = optimizer.make_optimizer(optim, config.train.steps)
+    return checkpointing.optimizer_layout(jax.eval_shape(tx.init, params))
+
+  if layout(config.optim) == stored:
+    return
+  # Name the keys that change the structure on their own (not a learning rate changed with
+  # them); all changed keys if none does alone.
+  culprits = [k for k in changed
+              if layout(dataclasses.replace(saved.optim, **{k: new[k]})) != stored] or changed
+  diffs = "; ".join(f"optim.{k} {old.get(k)} -> {new[k]}" for k in culprits)
+  raise ConfigError(
+      f"workdir {workdir}: checkpoint {step} holds an optimiser state of another structure "
+      f"({diffs}); resume with the original optim settings, or start a new --workdir "
+      "(`pretrain export` then `pretrain import` carries the weights over with a new "
+      "optimiser state)")
 
 
 def _summary_writer(logdir: str) -> Any:
@@ -300,11 +348,24 @@ class Trainer:
     if latest is None:
       return step_lib.init_state(self.task, self.tx, self.mesh, self.config.train.seed,
                                  self.state_sh, self.config.train.batch_size)
-    state, data_state, step = ckpt.restore(latest, self.abstract)
+    if checkpointing.holds_optimizer_history(latest):
+      state, data_state, step = ckpt.restore(latest, self.abstract)
+    else:
+      # The import's step 0: its weights, and the fresh optimiser state (and memory) of this
+      # run's settings, whatever optimiser the import was configured with.
+      params, data_state, step = ckpt.restore_params(latest, self.abstract.params)
+      state = self._fresh_state(params)
     if data is not None and data_state:
       data.set_state(data_state)
     self.log(f"resumed from {ckpt.directory}/{step}")
     return state
+
+  def _fresh_state(self, params: Any) -> step_lib.TrainState:
+    """Step 0 with `params` and a new optimiser state and memory, as `init_state` makes them."""
+    opt_state = jax.jit(self.tx.init, out_shardings=self.state_sh.opt_state)(params)
+    step = jax.device_put(np.zeros((), np.int32), self.state_sh.step)
+    return step_lib.TrainState(step=step, params=params, opt_state=opt_state,
+                               mems=self.zero_mems())
 
   @property
   def mirror(self) -> str:
