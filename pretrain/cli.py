@@ -1,7 +1,9 @@
 """`pretrain` command line: train | eval | export | import | tokenizer train | data prepare | plot.
 
 `import` turns a HuggingFace folder (bert, t5 v1.1, bart, xlnet) into a run directory whose
-step-0 checkpoint `train` resumes from: the step restarts at 0 with a new optimiser state.
+step-0 checkpoint `train` resumes from: the step restarts at 0 with a new optimiser state,
+built from `train`'s optim settings (any optimiser; a resume from a later step keeps its
+optimiser's structure).
 
 Bad input ends with one line `error: ...` on stderr and exit code 2; nothing already saved
 is touched.
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "section from the checkpoint, the rest from --config) and a checkpoint at "
                   "step 0 that `pretrain train --config WORKDIR/config.yaml --workdir "
                   "WORKDIR` resumes from. The step restarts at 0 with a new optimiser state "
-                  "(and learning-rate schedule); tensors the model cannot use are listed as "
+                  "(and learning-rate schedule) from train's optim settings, which may "
+                  "differ from the import's; tensors the model cannot use are listed as "
                   "ignored, params the checkpoint lacks as newly initialised. The folder's "
                   "tokenizer (tokenizer.json or vocab.txt) is copied to WORKDIR/tokenizer "
                   "and becomes data.tokenizer, so training uses the checkpoint's ids.")
