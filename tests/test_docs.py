@@ -18,7 +18,7 @@ def _tracked_files() -> list[pathlib.Path]:
 
 
 def test_no_citation_of_a_document_outside_the_repository():
-  # The semantics reference the code once cited (OBJECTIVES.md) is not part of the project.
+  # The semantics reference the code once cited is not part of the project.
   stale = "OBJECTIVES" + ".md"
   citing = [str(p.relative_to(ROOT)) for p in _tracked_files()
             if p.suffix in (".py", ".md", ".yaml", ".sh") and p.is_file()
