@@ -295,7 +295,7 @@ def run_suite(suite: Suite, quick: bool, workdir: Path) -> dict[str, Any]:
   args = suite.quick_args if quick else suite.args
   argv = [sys.executable, "-m", f"benchmarks.{suite.module}", *args, "--json", str(json_path)]
   shown = " ".join(["python", "-m", f"benchmarks.{suite.module}", *args])
-  started = datetime.datetime.now(datetime.timezone.utc)
+  started = datetime.datetime.now(datetime.UTC)
   print(f"\n=== {suite.name}: {shown}", flush=True)
   cpu0, t0 = _cpu_s(), time.perf_counter()
   proc = subprocess.Popen(argv, cwd=REPO, env=_child_env())
