@@ -50,6 +50,7 @@ from data_pipelines.vocab import VocabInfo
 from pretrain import data as data_glue
 from t5x_like import flops
 from t5x_like.config import Config, load_config
+from t5x_like.objectives import denoising as denoising_objective
 
 SHAPES: dict[str, tuple[str, ...]] = {
     # A BART-small shape like the T5 one: 4+4 layers, d=256, rows of 128 + 128.
@@ -79,7 +80,7 @@ def make_batches(config: Config, vocab: VocabInfo, count: int,
   """int32 batches of one-segment rows: input_ids, segment_ids, positions [B, L];
   decoder_input_ids, labels, decoder_segment_ids, decoder_positions [B, T]."""
   d = config.data
-  params = data_glue.denoising_params(config)
+  params = denoising_objective.params(config)
   raw = data_glue.block_length(config)
   rng = np.random.default_rng(seed)
   batches = []

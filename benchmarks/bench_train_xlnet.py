@@ -46,7 +46,8 @@ from data_pipelines.vocab import VocabInfo
 from pretrain import data as data_glue
 from t5x_like import flops, models
 from t5x_like.config import Config, load_config
-from t5x_like.models import xlnet
+from t5x_like.families.xlnet import model as xlnet
+from t5x_like.objectives import permutation_lm as permutation_objective
 
 SHAPES: dict[str, tuple[str, ...]] = {
     # The size of the other families' small shapes: 4 layers, d=256, rows of 128.
@@ -68,7 +69,7 @@ def shape_config(name: str, total_steps: int) -> Config:
 
 def make_batches(config: Config, vocab: VocabInfo, count: int,
                  seed: int) -> list[dict[str, np.ndarray]]:
-  params = data_glue.permutation_params(config)
+  params = permutation_objective.params(config)
   raw = data_glue.block_length(config)
   rng = np.random.default_rng(seed)
   batches = []
@@ -86,7 +87,7 @@ def build_hf(config: Config, batches: list[dict[str, np.ndarray]]) -> Side:
 
   o = config.optim
   torch.manual_seed(config.train.seed)
-  hf_config = transformers.XLNetConfig(**xlnet.hf_config_dict(models.xlnet_config(config.model)),
+  hf_config = transformers.XLNetConfig(**xlnet.hf_config_dict(models.module_config(config.model)),
                                        pad_token_id=0, bos_token_id=3, eos_token_id=1)
   model = transformers.XLNetLMHeadModel(hf_config).to(torch.float32)
   model.train()

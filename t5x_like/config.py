@@ -33,11 +33,21 @@ def _choices(*values: str) -> dict[str, Any]:
   return {"choices": values}
 
 
+def _registered(kind: str) -> dict[str, Any]:
+  """A name looked up in a registry (`t5x_like.families` or `t5x_like.objectives`)."""
+  return {"registry": kind}
+
+
+def _registry_names(kind: str) -> tuple[str, ...]:
+  import importlib  # the registries import this module: look them up at use
+
+  return importlib.import_module(f"t5x_like.{kind}").names()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. Sizes follow the HF config names of the mirrored family."""
-  family: str = dataclasses.field(default="bert", metadata=_choices("bert", "t5", "bart",
-                                                                       "xlnet"))
+  family: str = dataclasses.field(default="bert", metadata=_registered("families"))
   vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
   hidden_size: int = 768
   num_layers: int = 12
@@ -87,8 +97,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Self-supervised objective and its noise parameters (docs/objectives.md)."""
-  name: str = dataclasses.field(default="mlm", metadata=_choices(
-      "mlm", "span_corruption", "denoising", "permutation_lm"))
+  name: str = dataclasses.field(default="mlm", metadata=_registered("objectives"))
   mask_prob: float = 0.15
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
@@ -299,6 +308,8 @@ def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
       value = str(value)
       choices = field.metadata.get("choices")
+      if "registry" in field.metadata:
+        choices = _registry_names(field.metadata["registry"])
       if choices and value not in choices:
         raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(choices)}")
       return value
@@ -471,11 +482,14 @@ def validate(c: Config) -> None:
            f"model.pad_token_id ({m.pad_token_id}) must be in [0, model.vocab_size)")
   _require(m.initializer_factor > 0,
            f"model.initializer_factor must be > 0, got {m.initializer_factor}")
-  takes = {"bert": ("mlm",), "t5": ("span_corruption",), "bart": ("denoising",),
-           "xlnet": ("permutation_lm",)}
-  _require(o.name in takes[m.family],
+  from t5x_like import families, objectives  # the registries import this module
+
+  family, objective = families.get(m.family), objectives.get(o.name)
+  _require(m.family in objective.families,
            f"objective.name {o.name!r} does not train model.family {m.family!r}; " +
-           ", ".join(f"{f} takes {' or '.join(names)}" for f, names in takes.items()))
+           ", ".join(f"{f} takes {' or '.join(x.name for x in objectives.OBJECTIVES if f in x.families)}"
+                     for f in families.names()))
+  _check_owned(c, family, objective)
   for key in ("dropout_rate", "attention_dropout_rate"):
     _require(0.0 <= getattr(m, key) < 1.0, f"model.{key} must be in [0, 1), got "
              f"{getattr(m, key)}")
@@ -490,9 +504,6 @@ def validate(c: Config) -> None:
            f"objective.noise_density must be in (0, 1), got {o.noise_density}")
   _require(o.mean_noise_span_length >= 1.0,
            f"objective.mean_noise_span_length must be >= 1, got {o.mean_noise_span_length}")
-  # A no-op elsewhere: refuse it rather than let a run believe its masks are rolled.
-  _require(not o.random_roll or o.name == "span_corruption",
-           f"objective.random_roll applies to span_corruption only; objective.name is {o.name}")
   for key in ("text_infilling", "token_masking", "token_deletion", "permute_sentences",
               "rotate", "insert", "random_ratio"):
     value = getattr(o, key)
@@ -511,8 +522,6 @@ def validate(c: Config) -> None:
   _require((m.mem_len > 0) == (reuse > 0),
            f"model.mem_len ({m.mem_len}) and model.reuse_len ({reuse}) must both be 0 (no "
            f"memory) or both > 0: the memory caches the first reuse_len tokens of each row")
-  _require(not reuse or m.family == "xlnet",
-           f"model.mem_len / reuse_len are XLNet's memory; model.family is {m.family!r}")
   # The rest of a row (A <sep> B <sep> <cls>) is cut from the next reuse_len-token block.
   _require(not reuse or (2 * reuse >= d.seq_len - 3 and reuse + 5 <= d.seq_len),
            f"model.reuse_len ({reuse}) must be in [ceil((data.seq_len - 3) / 2), "
@@ -531,20 +540,16 @@ def validate(c: Config) -> None:
   _require(o.mask_alpha > 0 and o.mask_beta > 0 and o.mask_alpha >= o.mask_beta,
            f"objective.mask_alpha / mask_beta must be >= 1 with both > 0, got "
            f"{o.mask_alpha} / {o.mask_beta}")
-  # XLNet rows are concatenated blocks, as XLNet's own pretraining data: there is no padding
-  # to reclaim, and a row's A <sep> B <sep> <cls> layout and single factorisation order span
-  # the whole row.
-  _require(not (o.name == "permutation_lm" and d.pack_documents),
-           "data.pack_documents is not supported for objective.name permutation_lm: XLNet "
-           "rows are full concatenated blocks (no padding to reclaim) laid out as "
-           "A <sep> B <sep> <cls>; set data.pack_documents=false")
+  _require(not d.pack_documents or objective.pack_spec is not None,
+           f"data.pack_documents is not supported for objective.name {o.name}: "
+           f"{objective.packing_refused}; set data.pack_documents=false")
   _require(o.z_loss >= 0, f"objective.z_loss must be >= 0, got {o.z_loss}")
   _require(o.loss_normalizing_factor >= 0, "objective.loss_normalizing_factor must be >= 0 "
            f"(0 = number of target tokens), got {o.loss_normalizing_factor}")
   _require(d.seq_len >= 8, f"data.seq_len must be >= 8, got {d.seq_len}")
   _require(d.target_len >= 0, f"data.target_len must be >= 0 (0 = derived), got {d.target_len}")
   for key in ("seq_len", "target_len"):  # relative positions (T5, XLNet): no table to exceed
-    _require(m.family in ("t5", "xlnet") or getattr(d, key) <= m.max_position_embeddings,
+    _require(family.relative_positions or getattr(d, key) <= m.max_position_embeddings,
              f"data.{key} ({getattr(d, key)}) exceeds model.max_position_embeddings "
              f"({m.max_position_embeddings})")
   _require(0.0 <= d.validation_fraction < 1.0,
@@ -581,9 +586,6 @@ def validate(c: Config) -> None:
   _require(t.batch_size % opt.grad_accum_steps == 0,
            f"train.batch_size ({t.batch_size}) must be divisible by optim.grad_accum_steps "
            f"({opt.grad_accum_steps})")
-  _require(not m.bi_data or m.family == "xlnet",
-           f"model.bi_data is XLNet's option (reversed half batch); model.family is "
-           f"{m.family!r}")
   # Micro-batch i takes rows i, i+k, ..: its halves are the global halves iff k | B/2.
   _require(not m.bi_data or (t.batch_size % 2 == 0 and
                              (t.batch_size // 2) % opt.grad_accum_steps == 0),
@@ -592,6 +594,23 @@ def validate(c: Config) -> None:
            f"every (micro-)batch is the reversed text")
   _require(t.eval_every >= 1 and t.eval_steps >= 0 and t.log_every >= 1,
            "train.eval_every and train.log_every must be >= 1, train.eval_steps >= 0")
+
+
+def _check_owned(c: Config, family: Any, objective: Any) -> None:
+  """A `model.*` / `objective.*` key that only another family / objective reads must keep its
+  default here: refused rather than silently ignored (e.g. XLNet's bi_data on BERT)."""
+  from t5x_like import families, objectives
+
+  for section, current, registry, what in (
+      ("model", family, families.FAMILIES, "model.family"),
+      ("objective", objective, objectives.OBJECTIVES, "objective.name")):
+    values, defaults = getattr(c, section), type(getattr(c, section))()
+    for other in registry:
+      for key in other.owned_fields:
+        if other is current or key in current.owned_fields:
+          continue
+        _require(getattr(values, key) == getattr(defaults, key),
+                 f"{section}.{key} applies to {other.name} only; {what} is {current.name!r}")
 
 
 def max_predictions(c: Config) -> int:

@@ -54,16 +54,16 @@ def encoder_decoder_forward_flops(batch: int, inputs: int, targets: int, hidden:
                         dec_layers * cross_kv + head))
 
 
-def seq2seq_train_flops_per_step(config: Config) -> float:
+def seq2seq_train_flops_per_step(config: Config, gated: bool, head_dim: int = 0) -> float:
   """Training FLOPs of one optimizer step of an encoder-decoder (3x forward) on full rows:
-  T5 (gated FFN, head_dim) or BART (two-matrix FFN, hidden_size split over the heads)."""
+  a gated FFN with heads of `head_dim` (T5; 0 = hidden_size / heads) or a two-matrix FFN
+  with hidden_size split over the heads (BART)."""
   m, d = config.model, config.data
-  t5 = m.family == "t5"
-  inner = m.num_heads * (m.head_dim or m.hidden_size // m.num_heads) if t5 else m.hidden_size
+  inner = m.num_heads * (head_dim or m.hidden_size // m.num_heads)
   return 3.0 * encoder_decoder_forward_flops(
       config.train.batch_size, d.seq_len, d.target_len, m.hidden_size, inner,
       m.intermediate_size, m.num_layers, m.num_decoder_layers or m.num_layers, m.vocab_size,
-      gated=t5)
+      gated=gated)
 
 
 def xlnet_forward_flops(batch: int, length: int, predict: int, hidden: int, ffn: int,
@@ -100,13 +100,13 @@ def xlnet_train_flops_per_step(config: Config) -> float:
 
 
 def train_flops_per_step(config: Config) -> float:
-  if config.objective.name == "mlm":
-    return mlm_train_flops_per_step(config)
-  if config.objective.name in ("span_corruption", "denoising"):
-    return seq2seq_train_flops_per_step(config)
-  if config.objective.name == "permutation_lm":
-    return xlnet_train_flops_per_step(config)
-  raise ValueError(f"no FLOP model for objective {config.objective.name!r}")
+  """The family's analytic training FLOPs per optimizer step (its `Family.flops`)."""
+  from t5x_like import families  # the families import this module's formulas
+
+  family = families.get(config.model.family)
+  if family.flops is None:
+    raise ValueError(f"model family {family.name!r} declares no FLOP count")
+  return family.flops(config)
 
 
 @functools.cache

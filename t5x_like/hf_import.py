@@ -37,21 +37,14 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from t5x_like.config import ConfigError
+from t5x_like.hf_config import HFImportError
 
-FAMILIES = ("bert", "t5", "bart", "xlnet")
-# model_type -> architectures whose weights we can hold (None: config.json names none).
-ARCHITECTURES = {
-    "bert": ("BertForMaskedLM", "BertModel", "BertForPreTraining"),
-    "t5": ("T5ForConditionalGeneration",),
-    "bart": ("BartForConditionalGeneration",),
-    "xlnet": ("XLNetLMHeadModel",),
-}
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
@@ -67,10 +60,6 @@ SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
               "intermediate_size", "max_position_embeddings", "type_vocab_size",
               "num_decoder_layers", "head_dim", "relative_attention_num_buckets")
 IMPORT_RECORD = "hf_import.json"
-
-
-class HFImportError(ConfigError):
-  """A HuggingFace folder cannot be imported; the message says why and what would work."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -183,261 +172,30 @@ def load_weights(folder: str, allow_pickle: bool = False
                       f"{SAFETENSORS_INDEX} or, with --allow-pickle, {PICKLE}")
 
 
-# --------------------------------------------------------------------------- config.json
-
-
-def _get(hf: Mapping[str, Any], key: str, default: Any) -> Any:
-  value = hf.get(key, default)
-  return default if value is None else value
-
-
-def _int(hf: Mapping[str, Any], key: str, default: int) -> int:
-  value = _get(hf, key, default)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-    raise HFImportError(f"config.json: {key} must be an integer, got {value!r}")
-  return int(value)
-
-
-def _activation(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-  if value not in allowed:
-    raise HFImportError(f"config.json: {name} {value!r} is not supported (our models have "
-                        f"{', '.join(allowed)})")
-  return value
-
-
-def _bert_config(hf: Mapping[str, Any], notes: list[str]) -> Any:
-  from t5x_like.export import bert as bert_export
-  from t5x_like.models.bert import BertConfig
-
-  if _get(hf, "position_embedding_type", "absolute") != "absolute":
-    raise HFImportError(f"config.json: position_embedding_type "
-                        f"{hf['position_embedding_type']!r} is not supported (ours: absolute)")
-  if hf.get("is_decoder") or hf.get("add_cross_attention"):
-    raise HFImportError("config.json: a BERT decoder (is_decoder / add_cross_attention) is "
-                        "not supported; ours is an encoder")
-  return BertConfig(
-      vocab_size=_int(hf, "vocab_size", 30522), hidden_size=_int(hf, "hidden_size", 768),
-      num_layers=_int(hf, "num_hidden_layers", 12),
-      num_heads=_int(hf, "num_attention_heads", 12),
-      intermediate_size=_int(hf, "intermediate_size", 3072),
-      max_position_embeddings=_int(hf, "max_position_embeddings", 512),
-      type_vocab_size=_int(hf, "type_vocab_size", 2),
-      hidden_act=_activation("hidden_act", _get(hf, "hidden_act", "gelu"),
-                             bert_export._HF_ACTIVATIONS),
-      layer_norm_eps=float(_get(hf, "layer_norm_eps", 1e-12)),
-      dropout_rate=float(_get(hf, "hidden_dropout_prob", 0.1)),
-      attention_dropout_rate=float(_get(hf, "attention_probs_dropout_prob", 0.1)),
-      initializer_range=float(_get(hf, "initializer_range", 0.02)))
-
-
-def _t5_config(hf: Mapping[str, Any], notes: list[str]) -> Any:
-  from t5x_like.export import t5 as t5_export
-  from t5x_like.models.t5 import T5Config
-
-  proj = _get(hf, "feed_forward_proj", "relu")
-  from_hf = {v: k for k, v in t5_export._HF_FEED_FORWARD.items()}
-  if proj not in from_hf:
-    if not str(proj).startswith("gated-"):
-      raise HFImportError(
-          f"config.json: feed_forward_proj {proj!r} is the original T5's non-gated FFN "
-          f"(one wi); our T5 is v1.1 with a gated FFN (wi_0, wi_1) and cannot hold it. Use "
-          f"a T5 v1.1 / flan-t5 checkpoint (feed_forward_proj one of {sorted(from_hf)})")
-    raise HFImportError(f"config.json: feed_forward_proj {proj!r} is not supported (one of "
-                        f"{sorted(from_hf)})")
-  # Ours: tie_word_embeddings = a head tied to `shared` AND the decoder output scaled by
-  # d_model**-0.5. transformers 5 always ties in memory and keeps the scaling apart as
-  # `scale_decoder_outputs` (an untied v1.1 config saves tie_word_embeddings true with
-  # scale_decoder_outputs false, and lm_head.weight only when it differs from shared);
-  # transformers 4 configs have only tie_word_embeddings, which meant both.
-  scale = _get(hf, "scale_decoder_outputs", _get(hf, "tie_word_embeddings", True))
-  num_layers = _int(hf, "num_layers", 6)
-  return T5Config(
-      vocab_size=_int(hf, "vocab_size", 32128), hidden_size=_int(hf, "d_model", 512),
-      num_layers=num_layers, num_decoder_layers=_int(hf, "num_decoder_layers", num_layers),
-      num_heads=_int(hf, "num_heads", 8), head_dim=_int(hf, "d_kv", 64),
-      intermediate_size=_int(hf, "d_ff", 2048),
-      relative_attention_num_buckets=_int(hf, "relative_attention_num_buckets", 32),
-      relative_attention_max_distance=_int(hf, "relative_attention_max_distance", 128),
-      hidden_act=from_hf[proj], layer_norm_eps=float(_get(hf, "layer_norm_epsilon", 1e-6)),
-      dropout_rate=float(_get(hf, "dropout_rate", 0.1)),
-      initializer_factor=float(_get(hf, "initializer_factor", 1.0)),
-      tie_word_embeddings=bool(scale))
-
-
-def _bart_config(hf: Mapping[str, Any], notes: list[str]) -> Any:
-  from t5x_like.export import bart as bart_export
-  from t5x_like.models.bart import BartConfig
-
-  for enc, dec, default in (("encoder_attention_heads", "decoder_attention_heads", 16),
-                            ("encoder_ffn_dim", "decoder_ffn_dim", 4096)):
-    if _int(hf, enc, default) != _int(hf, dec, default):
-      raise HFImportError(f"config.json: {enc} ({_int(hf, enc, default)}) != {dec} "
-                          f"({_int(hf, dec, default)}); our BART uses one value for both "
-                          "stacks")
-  for key in ("normalize_before", "add_final_layer_norm"):
-    if hf.get(key):
-      raise HFImportError(f"config.json: {key}=true (a pre-LN / mBART-style stack) is not "
-                          "supported; our BART is post-LN without final norms")
-  if float(_get(hf, "activation_dropout", 0.0)):
-    notes.append(f"activation_dropout {hf['activation_dropout']} is not modelled (ours has "
-                 "none); training runs without it")
-  num_layers = _int(hf, "encoder_layers", 12)
-  try:
-    return BartConfig(
-        vocab_size=_int(hf, "vocab_size", 50265), hidden_size=_int(hf, "d_model", 1024),
-        num_layers=num_layers, num_decoder_layers=_int(hf, "decoder_layers", num_layers),
-        num_heads=_int(hf, "encoder_attention_heads", 16),
-        intermediate_size=_int(hf, "encoder_ffn_dim", 4096),
-        max_position_embeddings=_int(hf, "max_position_embeddings", 1024),
-        hidden_act=_activation("activation_function", _get(hf, "activation_function", "gelu"),
-                               bart_export._HF_ACTIVATIONS),
-        layer_norm_eps=1e-5,  # HF BART's nn.LayerNorm default; no config field
-        dropout_rate=float(_get(hf, "dropout", 0.1)),
-        attention_dropout_rate=float(_get(hf, "attention_dropout", 0.0)),
-        initializer_range=float(_get(hf, "init_std", 0.02)),
-        scale_embedding=bool(_get(hf, "scale_embedding", False)),
-        pad_token_id=1 if hf.get("pad_token_id") is None else _int(hf, "pad_token_id", 1))
-  except ValueError as e:
-    raise HFImportError(f"config.json: {e}") from None
-
-
-def _xlnet_config(hf: Mapping[str, Any], notes: list[str]) -> Any:
-  from t5x_like.export import xlnet as xlnet_export
-  from t5x_like.models.xlnet import XLNetConfig
-
-  if _get(hf, "attn_type", "bi") != "bi":
-    raise HFImportError(f"config.json: attn_type {hf['attn_type']!r} is not supported "
-                        "(ours: bi)")
-  d, h = _int(hf, "d_model", 1024), _int(hf, "n_head", 16)
-  if h < 1 or d % h or ("d_head" in hf and _int(hf, "d_head", 0) != d // h):
-    raise HFImportError(f"config.json: d_head {hf.get('d_head')} must equal d_model / n_head "
-                        f"({d} / {h})")
-  unused = {k: hf[k] for k in ("mem_len", "reuse_len") if hf.get(k)}
-  if hf.get("bi_data"):
-    unused["bi_data"] = True
-  if unused:
-    notes.append(f"{', '.join(f'{k}={v}' for k, v in unused.items())} not carried into the "
-                 "run config: memory and bi_data are pretraining choices (model.mem_len, "
-                 "model.reuse_len, model.bi_data come from --config or overrides)")
-  try:
-    return XLNetConfig(
-        vocab_size=_int(hf, "vocab_size", 32000), hidden_size=d,
-        num_layers=_int(hf, "n_layer", 24), num_heads=h,
-        intermediate_size=_int(hf, "d_inner", 4096),
-        hidden_act=_activation("ff_activation", _get(hf, "ff_activation", "gelu"),
-                               xlnet_export._HF_ACTIVATIONS),
-        layer_norm_eps=float(_get(hf, "layer_norm_eps", 1e-12)),
-        dropout_rate=float(_get(hf, "dropout", 0.1)),
-        initializer_range=float(_get(hf, "initializer_range", 0.02)),
-        clamp_len=_int(hf, "clamp_len", -1))
-  except ValueError as e:
-    raise HFImportError(f"config.json: {e}") from None
-
-
 # --------------------------------------------------------------------------- families
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-  """What differs per family; the tensor names and layouts come from `to_hf`."""
-  name: str
-  config_from_hf: Callable[[Mapping[str, Any], list[str]], Any]
-  to_hf: Callable[[], Callable[[Any, Any], dict[str, np.ndarray]]]  # lazy exporter import
-  model: Callable[[Any], Any]  # family config -> Flax module
-  init_args: int  # leading int [1, L] arguments of the module's init
-  probe: Mapping[str, int]  # small sizes for the name/layout probe (layer counts kept)
-  # Tied copies HF may save: copy -> source (checked equal, then ignored).
-  tied: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  # HF name prefixes we drop on purpose -> why.
-  ignored: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  # Names of the exporter's table that may be absent (our params then stay freshly
-  # initialised) -> why.
-  optional: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  # HF name -> older name that holds the same tensor.
-  aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+def family_of(hf_config: Mapping[str, Any]) -> tuple[Any, str | None]:
+  """The registered family for config.json's model_type, after checking its architecture."""
+  from t5x_like import families
 
-
-def _bert_model(c: Any) -> Any:
-  from t5x_like.models.bert import BertForMaskedLM
-  return BertForMaskedLM(c)
-
-
-def _t5_model(c: Any) -> Any:
-  from t5x_like.models.t5 import T5ForConditionalGeneration
-  return T5ForConditionalGeneration(c)
-
-
-def _bart_model(c: Any) -> Any:
-  from t5x_like.models.bart import BartForConditionalGeneration
-  return BartForConditionalGeneration(c)
-
-
-def _xlnet_model(c: Any) -> Any:
-  from t5x_like.models.xlnet import XLNetLMHeadModel
-  return XLNetLMHeadModel(c)
-
-
-def _exporter(module: str, name: str) -> Callable[[], Callable]:
-  def get() -> Callable:
-    import importlib
-    return getattr(importlib.import_module(f"t5x_like.export.{module}"), name)
-  return get
-
-
-_FAMILIES = {
-    "bert": Family(
-        "bert", _bert_config, _exporter("bert", "bert_to_hf_state_dict"), _bert_model, 1,
-        probe={"vocab_size": 11, "hidden_size": 8, "num_heads": 2, "intermediate_size": 5,
-               "max_position_embeddings": 7, "type_vocab_size": 3},
-        tied={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-              "cls.predictions.decoder.bias": "cls.predictions.bias"},
-        ignored={"bert.embeddings.position_ids": "position-id buffer (we compute positions)",
-                 "bert.pooler.": "pooler (not part of our BertForMaskedLM)",
-                 "cls.seq_relationship.": "next-sentence head (not part of our model)"},
-        optional={"cls.": "no MLM head in the checkpoint (e.g. a BertModel): our MLM head "
-                          "is newly initialised"},
-        aliases={"cls.predictions.bias": "cls.predictions.decoder.bias"}),
-    "t5": Family(
-        "t5", _t5_config, _exporter("t5", "t5_to_hf_state_dict"), _t5_model, 2,
-        probe={"vocab_size": 11, "hidden_size": 8, "num_heads": 2, "head_dim": 3,
-               "intermediate_size": 5, "relative_attention_num_buckets": 4},
-        tied={"encoder.embed_tokens.weight": "shared.weight",
-              "decoder.embed_tokens.weight": "shared.weight",
-              "lm_head.weight": "shared.weight"},  # a tied head; untied ones are consumed
-        # An unscaled head HF tied in memory is saved only as shared.weight.
-        aliases={"lm_head.weight": "shared.weight"}),
-    "bart": Family(
-        "bart", _bart_config, _exporter("bart", "bart_to_hf_state_dict"), _bart_model, 2,
-        probe={"vocab_size": 11, "hidden_size": 8, "num_heads": 2, "intermediate_size": 5,
-               "max_position_embeddings": 7},
-        tied={"model.encoder.embed_tokens.weight": "model.shared.weight",
-              "model.decoder.embed_tokens.weight": "model.shared.weight",
-              "lm_head.weight": "model.shared.weight"},
-        optional={"final_logits_bias": "no final_logits_bias buffer: ours starts at zero"}),
-    "xlnet": Family(
-        "xlnet", _xlnet_config, _exporter("xlnet", "xlnet_to_hf_state_dict"), _xlnet_model,
-        1, probe={"vocab_size": 11, "hidden_size": 8, "num_heads": 2, "intermediate_size": 5},
-        tied={"lm_loss.weight": "transformer.word_embedding.weight"}),
-}
-
-
-def family_of(hf_config: Mapping[str, Any]) -> tuple[Family, str | None]:
-  """The family for config.json's model_type, after checking its architecture."""
   model_type = hf_config.get("model_type")
   archs = hf_config.get("architectures") or []
   if not isinstance(archs, list):
     raise HFImportError(f"config.json: architectures must be a list, got {archs!r}")
-  if model_type not in _FAMILIES:
+  family = families.by_model_type(model_type)
+  if family is None:
     arch = f" ({', '.join(map(str, archs))})" if archs else ""
-    supported = "; ".join(f"{k} ({', '.join(v)})" for k, v in ARCHITECTURES.items())
+    supported = "; ".join(f"{f.hf.model_type} ({', '.join(f.hf.architectures)})"
+                          for f in families.FAMILIES if f.hf is not None)
     raise HFImportError(f"model_type {model_type!r}{arch} is not supported; supported: "
                         f"{supported}")
-  unsupported = [a for a in archs if a not in ARCHITECTURES[model_type]]
+  unsupported = [a for a in archs if a not in family.hf.architectures]
   if unsupported:
     raise HFImportError(f"architecture {', '.join(map(str, unsupported))} is not supported "
                         f"for model_type {model_type!r}; supported: "
-                        f"{', '.join(ARCHITECTURES[model_type])}")
-  return _FAMILIES[model_type], (archs[0] if archs else None)
+                        f"{', '.join(family.hf.architectures)}")
+  return family, (archs[0] if archs else None)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -495,10 +253,12 @@ def param_shapes(family: str, config: Any) -> dict[str, tuple[tuple[int, ...], A
   import jax
   import jax.numpy as jnp
 
-  fam = _FAMILIES[family]
+  from t5x_like import families
+
+  fam = families.get(family)
   config = dataclasses.replace(config, scan_layers=False, remat="none")
   ids = jnp.zeros((1, 4), jnp.int32)
-  abstract = jax.eval_shape(lambda rng: fam.model(config).init(rng, *(ids,) * fam.init_args),
+  abstract = jax.eval_shape(lambda rng: fam.build(config).init(rng, *(ids,) * fam.init_args),
                             jax.random.key(0))
   flat = _flatten(flax.core.meta.unbox(abstract)["params"])
   return {k: (tuple(v.shape), v.dtype) for k, v in flat.items()}
@@ -512,8 +272,10 @@ def layouts(family: str, config: Any) -> dict[str, Layout]:
   holds its own global index (exact in float32), so each exported tensor shows which of our
   params it came from and where every element went.
   """
-  fam = _FAMILIES[family]
-  probe = dataclasses.replace(config, **fam.probe, dtype="float32", param_dtype="float32")
+  from t5x_like import families
+
+  fam = families.get(family)
+  probe = dataclasses.replace(config, **fam.hf.probe, dtype="float32", param_dtype="float32")
   shapes = param_shapes(family, probe)
   paths = sorted(shapes)
   sizes = [int(np.prod(shapes[p][0], dtype=np.int64)) for p in paths]
@@ -522,7 +284,7 @@ def layouts(family: str, config: Any) -> dict[str, Layout]:
     raise RuntimeError(f"probe too large ({starts[-1]} elements) for exact float32 labels")
   flat = {p: np.arange(starts[i], starts[i + 1], dtype=np.float32).reshape(shapes[p][0])
           for i, p in enumerate(paths)}
-  exported = fam.to_hf()(_unflatten(flat), probe)
+  exported = fam.hf.to_hf(_unflatten(flat), probe)
   out: dict[str, Layout] = {}
   for name, tensor in exported.items():
     labels = np.asarray(tensor).astype(np.int64)
@@ -604,23 +366,6 @@ def _model_fields(family: str, model_config: Any) -> dict[str, Any]:
   return {"family": family, **fields}
 
 
-def _normalise_names(family: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  if family != "bert":
-    return tensors
-  # BertModel saves without the `bert.` prefix; very old (TF-converted) files call the
-  # LayerNorm parameters gamma / beta.
-  bare = not any(k.startswith("bert.") for k in tensors)
-  out = {}
-  for name, value in tensors.items():
-    if bare and not name.startswith("cls."):
-      name = "bert." + name
-    if ".LayerNorm." in name:
-      name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                         "LayerNorm.bias")
-    out[name] = value
-  return out
-
-
 def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
   """Reads a HuggingFace folder into our config and param tree (see the module docstring).
 
@@ -633,13 +378,14 @@ def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
   fam, architecture = family_of(hf_config)
   notes: list[str] = []
   try:
-    model_config = fam.config_from_hf(hf_config, notes)
+    model_config = fam.hf.config_from_hf(hf_config, notes)
   except (ValueError, TypeError) as e:
     if isinstance(e, HFImportError):
       raise
     raise HFImportError(f"config.json: {e}") from None
   tensors, weights_file = load_weights(folder, allow_pickle)
-  tensors = _normalise_names(fam.name, tensors)
+  if fam.hf.normalise_names is not None:
+    tensors = fam.hf.normalise_names(tensors)
   table = layouts(fam.name, model_config)
   shapes = param_shapes(fam.name, model_config)
 
@@ -648,11 +394,11 @@ def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
   params: dict[str, np.ndarray] = {}
   new_params: dict[str, str] = {}
   for name, layout in table.items():
-    source = name if name in tensors else fam.aliases.get(name)
+    source = name if name in tensors else fam.hf.aliases.get(name)
     if source in tensors and source != name:
       notes.append(f"{name} is not in {weights_file}: filled from {source} (HF ties them)")
     if source not in tensors:
-      why = next((r for p, r in fam.optional.items() if name.startswith(p)), None)
+      why = next((r for p, r in fam.hf.optional.items() if name.startswith(p)), None)
       if why is None:
         raise HFImportError(f"{weights_file} has no {name}, which our {fam.name} needs "
                             f"(for {layout.path})")
@@ -671,7 +417,7 @@ def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
     raise HFImportError(f"config.json and {weights_file} disagree: {mismatches[0]}{more}")
 
   ignored: dict[str, str] = {}
-  for copy, source in fam.tied.items():
+  for copy, source in fam.hf.tied.items():
     if copy in tensors and copy not in used:
       if source not in tensors or not np.array_equal(tensors[copy], tensors[source]):
         raise HFImportError(f"{copy} differs from {source}; our {fam.name} ties them, so it "
@@ -680,7 +426,7 @@ def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
   for name in tensors:
     if name in used or name in ignored:
       continue
-    why = next((r for p, r in fam.ignored.items() if name.startswith(p)), None)
+    why = next((r for p, r in fam.hf.ignored.items() if name.startswith(p)), None)
     if why is not None:
       ignored[name] = why
   unknown = sorted(set(tensors) - used - set(ignored))
@@ -702,9 +448,11 @@ def full_params(imported: ImportedCheckpoint, seed: int = 0) -> dict[str, Any]:
 
   if not imported.new_params:
     return imported.params
-  fam = _FAMILIES[imported.family]
+  from t5x_like import families
+
+  fam = families.get(imported.family)
   ids = jnp.zeros((1, 4), jnp.int32)
-  init = jax.jit(lambda rng: fam.model(imported.model_config).init(rng, *(ids,) *
+  init = jax.jit(lambda rng: fam.build(imported.model_config).init(rng, *(ids,) *
                                                                     fam.init_args))
   fresh = _flatten(jax.device_get(flax.core.meta.unbox(init(jax.random.key(seed)))["params"]))
   flat = _flatten(imported.params)
@@ -872,7 +620,7 @@ def _flatten_order(tree: Any) -> list[str]:
   return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "HFImportError", "ImportedCheckpoint", "Layout",
+__all__ = ["HFImportError", "ImportedCheckpoint", "Layout",
            "check_workdir", "copy_tokenizer", "full_params", "import_hf", "layouts",
            "load_weights", "param_shapes", "prepare_run", "read_hf_config", "tokenizer_folder",
            "write_workdir"]

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from data_pipelines import storage
-from t5x_like import checkpointing, models, sharding
+from t5x_like import checkpointing, families, models, sharding
 from t5x_like.config import Config, ConfigError, MeshConfig, read_config, replace
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
@@ -24,39 +24,20 @@ class Pretrained:
   step: int
 
   def __post_init__(self):
+    self.family = families.get(self.config.model.family)
     self.model = models.build(self.config.model)
-    if models.is_encoder_decoder(self.config.model):
-      self._names = ("input_ids", "decoder_input_ids", "attention_mask",
-                     "decoder_attention_mask", "segment_ids", "decoder_segment_ids",
-                     "positions", "decoder_positions")
-      self._apply = jax.jit(lambda p, b: self.model.apply(
-          {"params": p}, b["input_ids"], b["decoder_input_ids"],
-          **{k: v for k, v in b.items() if k not in ("input_ids", "decoder_input_ids")},
-          deterministic=True))
-    elif self.config.model.family == "xlnet":
-      self._names = ("input_ids", "token_type_ids", "perm_mask", "target_mapping",
-                     "attention_mask")
-      self._apply = jax.jit(lambda p, b: self.model.apply(
-          {"params": p}, b["input_ids"], b.get("token_type_ids"), b.get("perm_mask"),
-          b.get("target_mapping"), b.get("attention_mask"), deterministic=True))
-    else:
-      self._names = ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
-                     "positions")
-      self._apply = jax.jit(lambda p, b: self.model.apply(
-          {"params": p}, b["input_ids"], b.get("attention_mask"), b.get("token_type_ids"),
-          segment_ids=b.get("segment_ids"), positions=b.get("positions"), deterministic=True))
+    self._names = self.family.logits_features
+    self._apply = jax.jit(lambda p, b: self.family.logits(self.model, p, b))
 
   def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
     """Full logits (float32) for HF-named features: [B, L, V] for an encoder from
     `input_ids` (...); [B, T, V] for an encoder-decoder from `input_ids` and
     `decoder_input_ids` (teacher forcing); XLNet [B, P, V] from the query stream with
     `perm_mask` and `target_mapping`, else [B, L, V] from the content stream."""
-    required = (("input_ids", "decoder_input_ids")
-                if models.is_encoder_decoder(self.config.model) else ("input_ids",))
-    missing = [k for k in required if k not in batch]
+    missing = [k for k in self.family.required if k not in batch]
     if missing:
       raise ValueError(f"batch needs {', '.join(missing)}; got {sorted(batch)}")
-    floats = ("perm_mask", "target_mapping")
+    floats = self.family.float_features
     feed = {k: np.asarray(v, np.float32 if k in floats else np.int32)
             for k, v in batch.items() if k in self._names}
     return np.asarray(self._apply(self.params, feed))

@@ -23,7 +23,7 @@ _FORMAT_PREFIX = "t5x_like.export."
 
 
 def marker_format(family: str) -> str:
-  """The marker's `format` value for one family, e.g. `t5x_like.export.bert`."""
+  """The marker's `format` value for one family, e.g. `t5x_like.families.bert.export`."""
   return _FORMAT_PREFIX + family
 
 
@@ -162,3 +162,21 @@ def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
+
+
+def layer_trees(stack: Mapping[str, Any], num_layers: int, name: str
+                 ) -> list[Mapping[str, Any]]:
+  """One param tree per layer, whether the stack was scanned (`layers`) or a loop."""
+  if "layers" in stack:
+    import jax  # local: keeps importing this module cheap
+    stacked = stack["layers"]
+    depth = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)}
+    if depth != {num_layers}:
+      raise ValueError(f"scanned {name} has leading (layers) axis {sorted(depth)}, config "
+                       f"says {num_layers} layers")
+    return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked) for i in range(num_layers)]
+  names = sorted(k for k in stack if k.startswith("layer_"))
+  want = sorted(f"layer_{i}" for i in range(num_layers))
+  if names != want:
+    raise ValueError(f"{name} has layers {names}, config says {num_layers} layers")
+  return [stack[f"layer_{i}"] for i in range(num_layers)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
@@ -34,8 +35,6 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _UNIGRAM, _BPE = 1, 2
 _SPACE = "\u2581"  # "▁", SentencePiece's whitespace symbol
 
-# Special tokens per model family: which of our pieces play CLS/SEP/... for HF.
-_FAMILIES = ("bert", "t5", "bart", "xlnet")
 
 
 def sentinel_token(i: int) -> str:
@@ -140,38 +139,33 @@ def _decoder(proto: sp_pb2.ModelProto) -> decoders.Decoder:
   return decoders.Sequence(steps)
 
 
+def _spec(family: str) -> Any:
+  from t5x_like import families  # the family records import the exporters, which import this
+  spec = families.get(family).tokenizer
+  if spec is None:
+    raise ValueError(f"model family {family!r} declares no tokenizer template")
+  return spec
+
+
 def _post_processor(family: str, ids: dict[str, int]) -> processors.TemplateProcessing:
-  if family == "bert":
-    single, pair = "<s> $A:0 <sep>:0", "<s>:0 $A:0 <sep>:0 $B:1 <sep>:1"
-    used = ("<s>", "<sep>")
-  elif family == "bart":  # as BartTokenizer (RoBERTa's template): <s> A </s> </s> B </s>
-    single, pair = "<s>:0 $A:0 </s>:0", "<s>:0 $A:0 </s>:0 </s>:1 $B:1 </s>:1"
-    used = ("<s>", "</s>")
-  elif family == "xlnet":  # as XLNetTokenizer: A <sep> <cls>, CLS last with segment 2
-    single, pair = "$A:0 <sep>:0 <s>:2", "$A:0 <sep>:0 $B:1 <sep>:1 <s>:2"
-    used = ("<sep>", "<s>")
-  else:  # t5: eos after each sequence, no CLS
-    single, pair = "$A:0 </s>:0", "$A:0 </s>:0 $B:1 </s>:1"
-    used = ("</s>",)
-  return processors.TemplateProcessing(single=single, pair=pair,
-                                       special_tokens=[(t, ids[t]) for t in used])
+  spec = _spec(family)
+  return processors.TemplateProcessing(single=spec.single, pair=spec.pair,
+                                       special_tokens=[(t, ids[t]) for t in spec.specials])
 
 
 def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
-                         family: str = "bert") -> Tokenizer:
+                         family: str) -> Tokenizer:
   """A `tokenizers.Tokenizer` equivalent to the sp model, sentinels added on top.
 
   Args:
     sp_model_path: a SentencePiece unigram or BPE model following data_pipelines/vocab.py.
     num_sentinels: `<extra_id_*>` tokens appended above the sp pieces.
-    family: "bert" (`<s> A <sep>`), "t5" (`A </s>`), "bart" (`<s> A </s>`) or "xlnet"
-      (`A <sep> <s>`, token_type_ids 0 .. 0 0 2) special-token template.
+    family: a registered model family; its `TokenizerSpec` gives the special-token template.
 
   Returns:
     The tokenizer; `get_vocab_size()` is the sp piece count + num_sentinels.
   """
-  if family not in _FAMILIES:
-    raise ValueError(f"unknown tokenizer family {family!r}; expected one of {_FAMILIES}")
+  _spec(family)  # an unregistered family is refused before any work
   if num_sentinels < 0:
     raise ValueError(f"num_sentinels must be >= 0, got {num_sentinels}")
   proto = _load_proto(sp_model_path)
@@ -218,36 +212,28 @@ def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
 
 
 def _tokenizer_config(family: str, num_sentinels: int, model_max_length: int) -> dict:
+  spec = _spec(family)
   specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
-              "bos_token": "<s>", "mask_token": "<mask>"}
-  if family == "bert":
-    specials.update(cls_token="<s>", sep_token="<sep>")
-  elif family == "bart":  # BartTokenizer's roles: cls = bos, sep = eos
-    specials.update(cls_token="<s>", sep_token="</s>")
-  elif family == "xlnet":  # XLNetTokenizer's roles, with our <s> as its <cls>
-    specials.update(cls_token="<s>", sep_token="<sep>")
-  with_types = family in ("bert", "xlnet")
+              "bos_token": "<s>", "mask_token": "<mask>", **spec.roles}
   sentinels = [sentinel_token(i) for i in range(num_sentinels)]
   return dict(specials, tokenizer_class="PreTrainedTokenizerFast",
               model_max_length=model_max_length, clean_up_tokenization_spaces=False,
               # Both spellings: transformers 5 reads extra_special_tokens, 4.x the other.
               extra_special_tokens=sentinels, additional_special_tokens=sentinels,
-              # XLNetTokenizer pads on the left, so the CLS at the end stays last.
-              padding_side="left" if family == "xlnet" else "right",
-              truncation_side="right",
+              padding_side=spec.padding_side, truncation_side="right",
               model_input_names=(["input_ids", "token_type_ids", "attention_mask"]
-                                 if with_types else ["input_ids", "attention_mask"]))
+                                 if spec.token_type_ids else ["input_ids", "attention_mask"]))
 
 
 def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_dir: str,
-                                   family: str = "bert", model_max_length: int = 512) -> None:
+                                   family: str, model_max_length: int = 512) -> None:
   """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json, spiece.model.
 
   Args:
     sp_model_path: the trained SentencePiece model.
     num_sentinels: sentinels appended above the sp pieces (`<extra_id_0>` = last id).
     out_dir: existing directory to write into (files of the same name are replaced).
-    family: "bert", "t5", "bart" or "xlnet"; picks the special-token template.
+    family: a registered model family; its `TokenizerSpec` picks the special-token template.
     model_max_length: recorded in tokenizer_config.json (the model's max positions).
   """
   tok = build_fast_tokenizer(sp_model_path, num_sentinels, family)

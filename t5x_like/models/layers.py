@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -293,3 +294,58 @@ class MultiHeadDotProductAttention(nn.Module):
       probs_BHLT = nn.Dropout(self.dropout_rate)(probs_BHLT, deterministic=False)
     out_BLHK = einsum("bhqt,bthk->bqhk", probs_BHLT, v_BLHK).astype(self.dtype)
     return constrain(out_BLHK, ("act_batch", "act_length", "act_heads", None))
+
+
+# remat policies by config name (model.remat; "none" = no remat), shared by every family.
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def per_token(dense: Dense, x: jax.Array, num_in: int = 1) -> jax.Array:
+  """`dense(x)` with the leading (batch, length) axes merged into one token axis.
+
+  Same result; but the weight gradient then contracts one token axis, which XLA:CPU runs as
+  one GEMM with a transposed operand, where contracting (batch, length) made it first copy
+  the [B, L, F] activation gradient into a transposed layout (the costliest non-matmul ops
+  of a CPU train step; the reshapes are free).
+  """
+  lead = x.shape[:-num_in]
+  y = dense(x.reshape((-1,) + x.shape[-num_in:]))
+  return y.reshape(lead + y.shape[1:])
+
+
+def encoder_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None
+                 ) -> jax.Array | None:
+  """Bool [B, 1, L, L] (same non-padding segment) or [B, 1, 1, L] (key mask), or None."""
+  if segment_ids is not None:
+    keep = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (keep & (segment_ids[:, None, :] != 0))[:, None]
+  if attention_mask is not None:
+    return (attention_mask > 0)[:, None, None, :]
+  return None
+
+
+def decoder_mask(length: int, decoder_attention_mask: jax.Array | None,
+                 decoder_segment_ids: jax.Array | None) -> jax.Array:
+  """Bool [B or 1, 1, T, T]: causal, within one segment, to non-masked keys."""
+  keep = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
+  if decoder_segment_ids is not None:
+    same = decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
+    keep = keep & same[:, None]
+  if decoder_attention_mask is not None:
+    keep = keep & (decoder_attention_mask > 0)[:, None, None, :]
+  return keep
+
+
+def cross_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
+               decoder_segment_ids: jax.Array | None) -> jax.Array | None:
+  """Bool [B, 1, T, L] (decoder segment == encoder segment) or [B, 1, 1, L], or None."""
+  if segment_ids is not None and decoder_segment_ids is not None:
+    return (decoder_segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+  if segment_ids is not None:
+    return (segment_ids != 0)[:, None, None, :]
+  if attention_mask is not None:
+    return (attention_mask > 0)[:, None, None, :]
+  return None

@@ -219,13 +219,10 @@ class PermutationLMTask:
 
 
 def make_task(config: Config) -> Task:
-  if config.objective.name == "mlm":
-    return MLMTask(config)
-  if config.objective.name in ("span_corruption", "denoising"):
-    return Seq2SeqTask(config)
-  if config.objective.name == "permutation_lm":
-    return PermutationLMTask(config)
-  raise ValueError(f"objective.name {config.objective.name!r} is not supported")
+  """The training task of the run's objective (its registered `Objective.task`)."""
+  from t5x_like import objectives  # the objective records import the tasks above
+
+  return objectives.get(config.objective.name).task(config)
 
 
 def param_count(params: Any) -> int:

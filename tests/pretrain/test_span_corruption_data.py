@@ -10,6 +10,7 @@ import pytest
 from data_pipelines.objectives import mlm
 from pretrain import data as data_lib
 from t5x_like.config import ConfigError, load_config
+from t5x_like.objectives import span_corruption as span_objective
 
 
 def _assert_eos_only_last(labels: np.ndarray, segment_ids: np.ndarray, eos_id: int) -> int:
@@ -61,9 +62,9 @@ def test_half_density_blocks_are_t5s(seq_len, raw, targets):
 
 def test_random_roll_config_key():
   assert load_config("t5_tiny").objective.random_roll is False  # T5's default
-  assert data_lib.span_params(load_config("t5_tiny")).random_roll is False
+  assert span_objective.params(load_config("t5_tiny")).random_roll is False
   config = load_config("t5_tiny", ["objective.random_roll=true"])
-  assert data_lib.span_params(config).random_roll is True
+  assert span_objective.params(config).random_roll is True
   with pytest.raises(ConfigError, match="objective.random_roll: expected bool"):
     load_config("t5_tiny", ["objective.random_roll=sometimes"])
   with pytest.raises(ConfigError, match="objective.random_roll applies to span_corruption"):

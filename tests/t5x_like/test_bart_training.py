@@ -15,6 +15,7 @@ from data_pipelines.vocab import VocabInfo
 from pretrain import data as data_glue
 from t5x_like import config as config_lib
 from t5x_like import flops
+from t5x_like.objectives import denoising as denoising_objective
 from t5x_like.training import tasks
 from tests.t5x_like.test_sharding import _train, assert_params_close, weight_specs
 
@@ -42,7 +43,7 @@ def bart_batches(config: config_lib.Config, n: int, seed: int = 0
                  ) -> list[dict[str, np.ndarray]]:
   """n global batches: random blocks through the real objective and the run's row builder."""
   vocab = VocabInfo.synthetic(config.model.vocab_size, sentence_end_every=8)
-  params = data_glue.denoising_params(config)
+  params = denoising_objective.params(config)
   pack_row = data_glue.make_pack_row(config)
   raw = data_glue.block_length(config)
   rng = np.random.default_rng(seed)
@@ -138,7 +139,7 @@ def test_bad_noise_settings_are_refused(key, value, needle):
 def test_insertion_noise_shortens_the_block_to_fit_the_source():
   config = bart_config(objective={"insert": 0.1})
   raw = data_glue.block_length(config)
-  p = data_glue.denoising_params(config)
+  p = denoising_objective.params(config)
   assert denoising.max_source_length(raw + 2, p) <= 32 < denoising.max_source_length(raw + 3, p)
   assert config.data.target_len == raw + 2
 

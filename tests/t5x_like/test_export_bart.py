@@ -19,11 +19,11 @@ import transformers
 from transformers.activations import ACT2FN
 
 from data_pipelines.tokenizer import bundled_tokenizer_path
-from t5x_like.export import bart as export_bart_lib
 from t5x_like.export import common as export_common
-from t5x_like.export import t5 as export_t5_lib
-from t5x_like.models.bart import BartConfig, BartForConditionalGeneration
-from t5x_like.models.t5 import T5Config, T5ForConditionalGeneration
+from t5x_like.families.bart import export as export_bart_lib
+from t5x_like.families.bart.model import BartConfig, BartForConditionalGeneration
+from t5x_like.families.t5 import export as export_t5_lib
+from t5x_like.families.t5.model import T5Config, T5ForConditionalGeneration
 
 BUNDLED_SP = bundled_tokenizer_path()
 TINY = BartConfig(vocab_size=128, hidden_size=32, num_layers=1, num_decoder_layers=2,
@@ -217,7 +217,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_bart_lib.MARKER_FILE])
   with open(os.path.join(out, export_bart_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.export.bart"
+  assert marker["format"] == "t5x_like.families.bart.export"
   assert marker["num_sentinels"] == 0
   tok = transformers.AutoTokenizer.from_pretrained(out)
   sp = spm.SentencePieceProcessor(model_file=BUNDLED_SP)

@@ -18,10 +18,10 @@ import sentencepiece as spm
 import torch
 import transformers
 
-from t5x_like.export import bert as export_bert_lib
 from t5x_like.export import common as export_common
 from t5x_like.export import tokenizer as export_tok_lib
-from t5x_like.models.bert import BertConfig, BertForMaskedLM
+from t5x_like.families.bert import export as export_bert_lib
+from t5x_like.families.bert.model import BertConfig, BertForMaskedLM
 
 BUNDLED_SP = os.path.join(os.path.dirname(__file__), "..", "..", "data_pipelines", "corpora",
                           "tokenizer", "bundled_8k.model")
@@ -245,7 +245,7 @@ def sp_model(request, tmp_path_factory) -> tuple[str, int]:
 def exported_tokenizer(sp_model, tmp_path_factory):
   model, num_sentinels = sp_model
   out = tmp_path_factory.mktemp("tok")
-  export_tok_lib.export_sentencepiece_tokenizer(model, num_sentinels, str(out))
+  export_tok_lib.export_sentencepiece_tokenizer(model, num_sentinels, str(out), "bert")
   return transformers.AutoTokenizer.from_pretrained(str(out)), model, num_sentinels
 
 
@@ -372,4 +372,4 @@ def test_tokenizer_rejects_foreign_special_layout(tmp_path):
   (tmp_path / "t5.model").write_bytes(model.getvalue())  # default ids: unk 0, bos 1, eos 2
   with pytest.raises(ValueError, match="special-id layout"):
     export_tok_lib.export_sentencepiece_tokenizer(str(tmp_path / "t5.model"), 0,
-                                                  str(tmp_path))
+                                                  str(tmp_path), "bert")

@@ -18,11 +18,11 @@ import torch
 import transformers
 from transformers.activations import ACT2FN
 
-from t5x_like.export import bert as export_bert_lib
 from t5x_like.export import common as export_common
-from t5x_like.export import t5 as export_t5_lib
-from t5x_like.models import bert
-from t5x_like.models.t5 import T5Config, T5ForConditionalGeneration
+from t5x_like.families.bert import export as export_bert_lib
+from t5x_like.families.bert import model as bert
+from t5x_like.families.t5 import export as export_t5_lib
+from t5x_like.families.t5.model import T5Config, T5ForConditionalGeneration
 
 BUNDLED_SP = os.path.join(os.path.dirname(__file__), "..", "..", "data_pipelines", "corpora",
                           "tokenizer", "bundled_8k.model")
@@ -205,7 +205,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_t5_lib.MARKER_FILE])
   with open(os.path.join(out, export_t5_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.export.t5"
+  assert marker["format"] == "t5x_like.families.t5.export"
   assert marker["num_sentinels"] == NUM_SENTINELS
   tok = transformers.AutoTokenizer.from_pretrained(out)
   sp = spm.SentencePieceProcessor(model_file=BUNDLED_SP)

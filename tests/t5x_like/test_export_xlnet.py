@@ -19,8 +19,8 @@ import transformers
 
 from data_pipelines.tokenizer import bundled_tokenizer_path
 from t5x_like.export import common as export_common
-from t5x_like.export import xlnet as export_xlnet_lib
-from t5x_like.models import xlnet
+from t5x_like.families.xlnet import export as export_xlnet_lib
+from t5x_like.families.xlnet import model as xlnet
 
 BUNDLED_SP = bundled_tokenizer_path()
 NUM_SENTINELS = 100
@@ -220,7 +220,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_xlnet_lib.MARKER_FILE])
   with open(os.path.join(out, export_xlnet_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.export.xlnet"
+  assert marker["format"] == "t5x_like.families.xlnet.export"
   assert marker["num_sentinels"] == NUM_SENTINELS
   with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["model_type"] == "xlnet"

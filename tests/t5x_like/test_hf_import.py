@@ -17,14 +17,14 @@ import torch
 import transformers
 
 from t5x_like import hf_import
-from t5x_like.export import bart as bart_export
-from t5x_like.export import bert as bert_export
-from t5x_like.export import t5 as t5_export
-from t5x_like.export import xlnet as xlnet_export
-from t5x_like.models.bart import BartForConditionalGeneration
-from t5x_like.models.bert import BertForMaskedLM
-from t5x_like.models.t5 import T5ForConditionalGeneration
-from t5x_like.models.xlnet import XLNetLMHeadModel
+from t5x_like.families.bart import export as bart_export
+from t5x_like.families.bart.model import BartForConditionalGeneration
+from t5x_like.families.bert import export as bert_export
+from t5x_like.families.bert.model import BertForMaskedLM
+from t5x_like.families.t5 import export as t5_export
+from t5x_like.families.t5.model import T5ForConditionalGeneration
+from t5x_like.families.xlnet import export as xlnet_export
+from t5x_like.families.xlnet.model import XLNetLMHeadModel
 
 V = 100
 B, L, T = 3, 12, 7
@@ -298,7 +298,7 @@ def test_unsupported_model_type(tmp_path):
   folder = _write(tmp_path / "gpt2", {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
                   {"wte.weight": np.zeros((4, 2), np.float32)})
   with pytest.raises(hf_import.HFImportError, match=r"model_type 'gpt2' \(GPT2LMHeadModel\) is "
-                     r"not supported; supported: bert"):
+                     r"not supported; supported: .*bert \(BertForMaskedLM"):
     hf_import.import_hf(folder)
 
 

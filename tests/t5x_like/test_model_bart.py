@@ -18,8 +18,8 @@ import torch
 import transformers
 
 from t5x_like import sharding
-from t5x_like.export import bart as export_bart
-from t5x_like.models import bart
+from t5x_like.families.bart import export as export_bart
+from t5x_like.families.bart import model as bart
 
 # initializer_range 0.2 (not 0.02): logits of std ~1, so the 1e-4 tolerances prove something.
 # One encoder and two decoder layers: stacks of different depth, and compiles stay short.

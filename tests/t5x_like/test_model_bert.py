@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_like.models import bert
+from t5x_like.families.bert import model as bert
 
 CFG = bert.BertConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4,
                       intermediate_size=64, max_position_embeddings=24, dropout_rate=0.1,

@@ -14,8 +14,8 @@ import torch
 import transformers
 from transformers.models.t5 import modeling_t5
 
-from t5x_like.export import t5 as export_t5
-from t5x_like.models import t5
+from t5x_like.families.t5 import export as export_t5
+from t5x_like.families.t5 import model as t5
 
 CFG = t5.T5Config(vocab_size=96, hidden_size=32, num_layers=2, num_heads=2, head_dim=8,
                   intermediate_size=48, relative_attention_num_buckets=8,

@@ -15,8 +15,8 @@ import torch
 import transformers
 
 from t5x_like import sharding
-from t5x_like.export import xlnet as xlnet_export
-from t5x_like.models import xlnet
+from t5x_like.families.xlnet import export as xlnet_export
+from t5x_like.families.xlnet import model as xlnet
 
 # initializer_range 0.2: logits of std ~1, so the 1e-4 tolerances prove something.
 CFG = xlnet.XLNetConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,

@@ -13,7 +13,8 @@ import pytest
 
 from t5x_like import config as config_lib
 from t5x_like import models
-from t5x_like.models import bert, layers
+from t5x_like.families.bert import model as bert
+from t5x_like.models import layers
 
 B, L, H, K = 2, 128, 2, 16
 
@@ -141,7 +142,7 @@ def test_train_steps_on_a_sharded_mesh_equal_xla():
 
 
 def _bart(kernel: str):
-  from t5x_like.models import bart
+  from t5x_like.families.bart import model as bart
   return bart.BartForConditionalGeneration(bart.BartConfig(
       vocab_size=128, hidden_size=H * K, num_layers=1, num_decoder_layers=1, num_heads=H,
       intermediate_size=64, max_position_embeddings=L, dropout_rate=0.0,

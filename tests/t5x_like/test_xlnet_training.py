@@ -16,6 +16,7 @@ from data_pipelines.vocab import VocabInfo
 from pretrain import data as data_glue
 from t5x_like import config as config_lib
 from t5x_like import flops
+from t5x_like.objectives import permutation_lm as permutation_objective
 from t5x_like.training import step as step_lib
 from t5x_like.training import tasks
 from tests.t5x_like.test_sharding import _setup, _train, assert_params_close, weight_specs
@@ -41,7 +42,7 @@ def xlnet_config(**sections: dict) -> config_lib.Config:
 def xlnet_batches(config: config_lib.Config, n: int, seed: int = 0
                   ) -> list[dict[str, np.ndarray]]:
   vocab = VocabInfo.synthetic(config.model.vocab_size)
-  params = data_glue.permutation_params(config)
+  params = permutation_objective.params(config)
   raw = data_glue.block_length(config)
   rng = np.random.default_rng(seed)
   batches = []
@@ -97,7 +98,7 @@ def stream_batches(config: config_lib.Config, n: int, seed: int = 0
   """Memory layout in stream order: row j of step s+1 continues row j of step s by reuse_len
   tokens (the pipeline's streams, here over random text)."""
   vocab = VocabInfo.synthetic(config.model.vocab_size)
-  params = data_glue.permutation_params(config)
+  params = permutation_objective.params(config)
   reuse, text = config.model.reuse_len, config.data.seq_len - 3
   rng = np.random.default_rng(seed)
   size = config.train.batch_size

@@ -25,32 +25,15 @@ from t5x_like.export.common import (
   _f32,
   _unbox,
   check_target,
+  layer_trees,
   write_export,
 )
-from t5x_like.models.bert import BertConfig
+from t5x_like.families.bert.model import BertConfig
 
 __all__ = ["MARKER_FILE", "bert_to_hf_state_dict", "check_target", "export_bert",
            "hf_config_dict"]
 # Our activation names are HF's ACT2FN keys with the same meaning ("gelu" is the erf form).
 _HF_ACTIVATIONS = ("gelu", "gelu_new", "relu")
-
-
-def _layer_trees(encoder: Mapping[str, Any], config: BertConfig) -> list[Mapping[str, Any]]:
-  """One param tree per layer, whether the encoder was scanned (`layers`) or a loop."""
-  if "layers" in encoder:
-    import jax  # local, see _unbox
-    stacked = encoder["layers"]
-    depth = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)}
-    if depth != {config.num_layers}:
-      raise ValueError(f"scanned encoder has leading axis {depth}, config says "
-                       f"{config.num_layers} layers")
-    return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-            for i in range(config.num_layers)]
-  names = [f"layer_{i}" for i in range(config.num_layers)]
-  if sorted(encoder) != sorted(names):
-    raise ValueError(f"encoder params {sorted(encoder)} do not match config.num_layers="
-                     f"{config.num_layers}")
-  return [encoder[n] for n in names]
 
 
 def _dense(tree: Mapping[str, Any], n_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +83,7 @@ def bert_to_hf_state_dict(params: Mapping[str, Any], config: BertConfig
   put("bert.embeddings.LayerNorm.bias", bias, (d,))
 
   f = config.intermediate_size
-  for i, layer in enumerate(_layer_trees(p["encoder"], config)):
+  for i, layer in enumerate(layer_trees(p["encoder"], config.num_layers, "encoder")):
     pre = f"bert.encoder.layer.{i}."
     for proj in ("query", "key", "value"):
       # [D, H, K] -> [H*K, D]: torch's head-major output features match our (H, K) order.

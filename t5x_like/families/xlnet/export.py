@@ -25,12 +25,12 @@ from t5x_like.export.common import (
   _config_ids,
   _unbox,
   check_target,
+  layer_trees,
   put_checked,
   write_export,
 )
-from t5x_like.export.t5 import _layer_trees
-from t5x_like.models import xlnet as xlnet_lib
-from t5x_like.models.xlnet import XLNetConfig
+from t5x_like.families.xlnet import model as xlnet_lib
+from t5x_like.families.xlnet.model import XLNetConfig
 
 __all__ = ["MARKER_FILE", "check_target", "export_xlnet", "hf_config_dict",
            "xlnet_to_hf_state_dict"]
@@ -68,7 +68,7 @@ def xlnet_to_hf_state_dict(params: Mapping[str, Any], config: XLNetConfig
 
   put("transformer.word_embedding.weight", p, "word_embedding/embedding", (v, d))
   put("transformer.mask_emb", p, "mask_emb", (d,), lambda x: x.reshape(1, 1, d))
-  for i, layer in enumerate(_layer_trees(p, config.num_layers, "transformer")):
+  for i, layer in enumerate(layer_trees(p, config.num_layers, "transformer")):
     pre = f"transformer.layer.{i}"
     for proj in ("q", "k", "v", "r"):  # [D, H, Dh], as HF
       put(f"{pre}.rel_attn.{proj}", layer, f"rel_attn/{proj}/kernel", (d, h, k))
@@ -94,7 +94,7 @@ def hf_config_dict(config: XLNetConfig, pad_token_id: int = vocab_lib.PAD_ID,
                    ) -> dict[str, Any]:
   """`config.json` contents for `transformers.XLNetLMHeadModel` (every XLNetConfig field).
 
-  The model fields come from `t5x_like.models.xlnet.hf_config_dict`; the sequence-summary
+  The model fields come from `t5x_like.families.xlnet.model.hf_config_dict`; the sequence-summary
   fields (unused by the LM head) keep XLNetConfig's defaults.
   """
   if config.hidden_act not in _HF_ACTIVATIONS:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_like.models import layers
+from t5x_like.models.layers import REMAT_POLICIES
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -108,12 +109,6 @@ class BertLayer(nn.Module):
     x_BLD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype,
                              name="output_layer_norm")(x_BLD + drop(h_BLD))
     return layers.constrain(x_BLD, ("act_batch", "act_length", "act_embed")), None
-
-
-REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 class BertEncoder(nn.Module):

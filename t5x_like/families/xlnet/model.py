@@ -29,7 +29,7 @@ second half reversed text; the forward half uses distances klen .. -L + 1 and th
 half their negatives (HF `relative_positional_encoding`); the batch must be even.
 
 Activations are [B, L, D] / [B, L, H, Dh] (not HF's length-major layout) and projections
-run on a flattened token axis (see t5._per_token). Not supported: attn_type "uni", tied
+run on a flattened token axis (see layers.per_token). Not supported: attn_type "uni", tied
 r-biases (HF's PyTorch model has per-layer biases whatever `untie_r` says).
 """
 
@@ -43,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.models import layers
-from t5x_like.models.bert import REMAT_POLICIES
-from t5x_like.models.t5 import _per_token
+from t5x_like.models.layers import REMAT_POLICIES
 
 FEATURES = ("input_ids", "token_type_ids", "perm_mask", "target_mapping", "labels")
 
@@ -67,7 +66,7 @@ class XLNetConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
+  remat: str = "none"  # "none" | "full" | "dots" (layers.REMAT_POLICIES)
   scan_layers: bool = False
   mem_len: int = 0  # rows of memory returned per layer (0: all of them, HF's cutoff 0)
   reuse_len: int = 0  # tokens of each segment cached into the memory (0: all)
@@ -190,7 +189,7 @@ class XLNetRelativeAttention(nn.Module):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v_BKHK)
 
   def _post(self, x_BQD: jax.Array, vec_BQHK: jax.Array) -> jax.Array:
-    out_BQD = _per_token(self.o, layers.constrain(vec_BQHK, _ACT_BLHK), num_in=2)
+    out_BQD = layers.per_token(self.o, layers.constrain(vec_BQHK, _ACT_BLHK), num_in=2)
     out_BQD = self.dropout(out_BQD, deterministic=self.deterministic)
     return self.layer_norm(out_BQD + x_BQD)
 
@@ -201,20 +200,20 @@ class XLNetRelativeAttention(nn.Module):
                ) -> tuple[jax.Array, jax.Array | None]:
     cat_BKD = h_BLD if mem_BMD is None else jnp.concatenate(
         [mem_BMD.astype(h_BLD.dtype), h_BLD], axis=1)
-    k_BLHK = layers.constrain(_per_token(self.k, cat_BKD), _ACT_BLHK)
-    v_BLHK = layers.constrain(_per_token(self.v, cat_BKD), _ACT_BLHK)
+    k_BLHK = layers.constrain(layers.per_token(self.k, cat_BKD), _ACT_BLHK)
+    v_BLHK = layers.constrain(layers.per_token(self.v, cat_BKD), _ACT_BLHK)
     # r is [R, D] (shared by the batch), [2, R, D] (bi_data: forward and backward distances,
     # each shared by its half of the batch) or [B, R, D] (dropped out per example, as HF).
     kr_BRHK = self.r(r_RD).astype(k_BLHK.dtype)
     batch = h_BLD.shape[0]
     if kr_BRHK.ndim == 4 and kr_BRHK.shape[0] != batch:
       kr_BRHK = jnp.repeat(kr_BRHK, batch // 2, axis=0)
-    q_BLHK = layers.constrain(_per_token(self.q, h_BLD), _ACT_BLHK)
+    q_BLHK = layers.constrain(layers.per_token(self.q, h_BLD), _ACT_BLHK)
     vec_h = self._core(q_BLHK, k_BLHK, v_BLHK, kr_BRHK, seg_BLK, mask_h_BLK, None)
     out_h = self._post(h_BLD, vec_h)
     if g_BPD is None:
       return out_h, None
-    q_BPHK = layers.constrain(_per_token(self.q, g_BPD), _ACT_BLHK)
+    q_BPHK = layers.constrain(layers.per_token(self.q, g_BPD), _ACT_BLHK)
     vec_g = self._core(q_BPHK, k_BLHK, v_BLHK, kr_BRHK, seg_g_BPK, mask_g_BPK, positions_BP)
     vec_g = vec_g * valid_BP[:, :, None, None].astype(vec_g.dtype)
     return out_h, self._post(g_BPD, vec_g)
@@ -235,9 +234,9 @@ class XLNetFeedForward(nn.Module):
                            param_dtype=pdtype, kernel_init=init, name="layer_1")
     layer_2 = layers.Dense((c.hidden_size,), ("mlp",), ("embed",), dtype=dtype,
                            param_dtype=pdtype, kernel_init=init, name="layer_2")
-    y_BLF = drop(layers.ACTIVATIONS[c.hidden_act](_per_token(layer_1, x_BLD)))
+    y_BLF = drop(layers.ACTIVATIONS[c.hidden_act](layers.per_token(layer_1, x_BLD)))
     y_BLF = layers.constrain(y_BLF, ("act_batch", "act_length", "act_mlp"))
-    y_BLD = drop(_per_token(layer_2, y_BLF))
+    y_BLD = drop(layers.per_token(layer_2, y_BLF))
     norm = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name="layer_norm")
     return layers.constrain(norm(y_BLD + x_BLD), _ACT_BLD)
 
@@ -401,7 +400,7 @@ class XLNetLMHeadModel(nn.Module):
                               layers.logical(nn.initializers.zeros_init(), ("vocab",)),
                               (c.vocab_size,), pdtype)
     b, x, d = out_BXD.shape
-    # One token axis for the head's GEMMs (see t5._per_token); only the P rows when given.
+    # One token axis for the head's GEMMs (see layers.per_token); only the P rows when given.
     logits_NV = word_embedding.attend(out_BXD.reshape(b * x, d)).astype(jnp.float32)
     logits_NV = logits_NV + lm_loss_bias.astype(jnp.float32)
     logits = layers.constrain(logits_NV.reshape(b, x, -1),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.models import layers
-from t5x_like.models.bert import REMAT_POLICIES
+from t5x_like.models.layers import REMAT_POLICIES, cross_mask, decoder_mask, encoder_mask
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "decoder_input_ids", "labels")
@@ -50,7 +50,7 @@ class T5Config:
   tie_word_embeddings: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
+  remat: str = "none"  # "none" | "full" | "dots" (layers.REMAT_POLICIES)
   scan_layers: bool = False
 
   @property
@@ -114,19 +114,6 @@ def _normal(std: float) -> layers.Initializer:
   return nn.initializers.normal(std)
 
 
-def _per_token(dense: layers.Dense, x: jax.Array, num_in: int = 1) -> jax.Array:
-  """`dense(x)` with the leading (batch, length) axes merged into one token axis.
-
-  Same result; but the weight gradient then contracts one token axis, which XLA:CPU runs as
-  one GEMM with a transposed operand, where contracting (batch, length) made it first copy
-  the [B, L, F] activation gradient into a transposed layout (the costliest non-matmul ops
-  of a CPU train step; the reshapes are free).
-  """
-  lead = x.shape[:-num_in]
-  y = dense(x.reshape((-1,) + x.shape[-num_in:]))
-  return y.reshape(lead + y.shape[1:])
-
-
 @jax.custom_vjp
 def _add_position_bias(scores_BHQK: jax.Array, bias_HQK: jax.Array) -> jax.Array:
   return scores_BHQK + bias_HQK[None]
@@ -164,9 +151,9 @@ class T5Attention(nn.Module):
       return layers.Dense((h, k), ("embed",), ("heads", "kv"), use_bias=False, dtype=dtype,
                           param_dtype=pdtype, kernel_init=_normal(std), name=name)
 
-    q_BQHK = _per_token(proj("q", f * (d * k) ** -0.5), x_BQD)
-    k_BKHK = _per_token(proj("k", f * d ** -0.5), kv_BKD)
-    v_BKHK = _per_token(proj("v", f * d ** -0.5), kv_BKD)
+    q_BQHK = layers.per_token(proj("q", f * (d * k) ** -0.5), x_BQD)
+    k_BKHK = layers.per_token(proj("k", f * d ** -0.5), kv_BKD)
+    v_BKHK = layers.per_token(proj("v", f * d ** -0.5), kv_BKD)
     q_BQHK = layers.constrain(q_BQHK, ("act_batch", "act_length", "act_heads", None))
     k_BKHK = layers.constrain(k_BKHK, ("act_batch", "act_length", "act_heads", None))
     v_BKHK = layers.constrain(v_BKHK, ("act_batch", "act_length", "act_heads", None))
@@ -182,7 +169,7 @@ class T5Attention(nn.Module):
     out_BQHK = layers.constrain(out_BQHK, ("act_batch", "act_length", "act_heads", None))
     o = layers.Dense((d,), ("heads", "kv"), ("embed",), use_bias=False, dtype=dtype,
                      param_dtype=pdtype, kernel_init=_normal(f * (h * k) ** -0.5), name="o")
-    return _per_token(o, out_BQHK, num_in=2)
+    return layers.per_token(o, out_BQHK, num_in=2)
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -200,14 +187,14 @@ class T5DenseGatedActDense(nn.Module):
       return layers.Dense((features,), (in_axis,), (out_axis,), use_bias=False, dtype=dtype,
                           param_dtype=pdtype, kernel_init=_normal(std), name=name)
 
-    gate_BLF = _per_token(dense(c.intermediate_size, "embed", "mlp", f * c.hidden_size ** -0.5,
+    gate_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp", f * c.hidden_size ** -0.5,
                                 "wi_0"), x_BLD)
-    linear_BLF = _per_token(dense(c.intermediate_size, "embed", "mlp",
+    linear_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp",
                                   f * c.hidden_size ** -0.5, "wi_1"), x_BLD)
     h_BLF = layers.ACTIVATIONS[c.hidden_act](gate_BLF) * linear_BLF
     h_BLF = layers.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
     h_BLF = nn.Dropout(c.dropout_rate)(h_BLF, deterministic=self.deterministic)
-    return _per_token(dense(c.hidden_size, "mlp", "embed", f * c.intermediate_size ** -0.5,
+    return layers.per_token(dense(c.hidden_size, "mlp", "embed", f * c.intermediate_size ** -0.5,
                             "wo"), h_BLF)
 
 
@@ -286,41 +273,6 @@ class T5Stack(nn.Module):
     return layers.constrain(x_BLD, _ACT_BLD)
 
 
-def encoder_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None
-                 ) -> jax.Array | None:
-  """Bool [B, 1, L, L] (same non-padding segment) or [B, 1, 1, L] (key mask), or None."""
-  if segment_ids is not None:
-    keep = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (keep & (segment_ids[:, None, :] != 0))[:, None]
-  if attention_mask is not None:
-    return (attention_mask > 0)[:, None, None, :]
-  return None
-
-
-def decoder_mask(length: int, decoder_attention_mask: jax.Array | None,
-                 decoder_segment_ids: jax.Array | None) -> jax.Array:
-  """Bool [B or 1, 1, T, T]: causal, within one segment, to non-masked keys."""
-  keep = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
-  if decoder_segment_ids is not None:
-    same = decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
-    keep = keep & same[:, None]
-  if decoder_attention_mask is not None:
-    keep = keep & (decoder_attention_mask > 0)[:, None, None, :]
-  return keep
-
-
-def cross_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
-               decoder_segment_ids: jax.Array | None) -> jax.Array | None:
-  """Bool [B, 1, T, L] (decoder segment == encoder segment) or [B, 1, 1, L], or None."""
-  if segment_ids is not None and decoder_segment_ids is not None:
-    return (decoder_segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-  if segment_ids is not None:
-    return (segment_ids != 0)[:, None, None, :]
-  if attention_mask is not None:
-    return (attention_mask > 0)[:, None, None, :]
-  return None
-
-
 class T5ForConditionalGeneration(nn.Module):
   """Encoder-decoder with an LM head. Logits are float32 whatever the compute dtype.
 
@@ -376,7 +328,7 @@ class T5ForConditionalGeneration(nn.Module):
     if c.tie_word_embeddings:
       logits_BTV = self.shared.attend(y_BTD * (c.hidden_size ** -0.5))
     else:
-      logits_BTV = _per_token(self.lm_head, y_BTD)
+      logits_BTV = layers.per_token(self.lm_head, y_BTD)
     return layers.constrain(logits_BTV.astype(jnp.float32),
                             ("act_batch", "act_length", "act_vocab"))
 

@@ -31,10 +31,11 @@ from t5x_like.export.common import (
   _config_ids,
   _unbox,
   check_target,
+  layer_trees,
   put_checked,
   write_export,
 )
-from t5x_like.models.t5 import T5Config
+from t5x_like.families.t5.model import T5Config
 
 __all__ = ["MARKER_FILE", "check_target", "export_t5", "hf_config_dict",
            "t5_to_hf_state_dict"]
@@ -42,24 +43,6 @@ __all__ = ["MARKER_FILE", "check_target", "export_t5", "hf_config_dict",
 # Our activation name -> HF `feed_forward_proj` ("gated-gelu" means gelu_new in HF).
 _HF_FEED_FORWARD = {"gelu_new": "gated-gelu", "gelu": "gated-gelu_python", "relu": "gated-relu"}
 _MODEL_MAX_LENGTH = 512  # T5 has no position limit; the tokenizer's customary default
-
-
-def _layer_trees(stack: Mapping[str, Any], num_layers: int, name: str
-                 ) -> list[Mapping[str, Any]]:
-  """One param tree per layer, whether the stack was scanned (`layers`) or a loop."""
-  if "layers" in stack:
-    import jax  # local: keeps importing this module cheap
-    stacked = stack["layers"]
-    depth = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)}
-    if depth != {num_layers}:
-      raise ValueError(f"scanned {name} has leading (layers) axis {sorted(depth)}, config "
-                       f"says {num_layers} layers")
-    return [jax.tree_util.tree_map(lambda x, i=i: x[i], stacked) for i in range(num_layers)]
-  names = sorted(k for k in stack if k.startswith("layer_"))
-  want = sorted(f"layer_{i}" for i in range(num_layers))
-  if names != want:
-    raise ValueError(f"{name} has layers {names}, config says {num_layers} layers")
-  return [stack[f"layer_{i}"] for i in range(num_layers)]
 
 
 def t5_to_hf_state_dict(params: Mapping[str, Any], config: T5Config
@@ -105,7 +88,7 @@ def t5_to_hf_state_dict(params: Mapping[str, Any], config: T5Config
     tree = p[stack]
     put(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", tree,
         "relative_attention_bias", (config.relative_attention_num_buckets, h))
-    for i, layer in enumerate(_layer_trees(tree, num_layers, stack)):
+    for i, layer in enumerate(layer_trees(tree, num_layers, stack)):
       pre = f"{stack}.block.{i}.layer"
       put(f"{pre}.0.layer_norm.weight", layer, "self_attention_layer_norm/scale", (d,))
       attention(f"{pre}.0", layer, "SelfAttention")

@@ -25,11 +25,11 @@ from t5x_like.export.common import (
   _config_ids,
   _unbox,
   check_target,
+  layer_trees,
   put_checked,
   write_export,
 )
-from t5x_like.export.t5 import _layer_trees
-from t5x_like.models.bart import POSITION_OFFSET, BartConfig
+from t5x_like.families.bart.model import POSITION_OFFSET, BartConfig
 
 __all__ = ["MARKER_FILE", "bart_to_hf_state_dict", "check_target", "export_bart",
            "hf_config_dict"]
@@ -86,7 +86,7 @@ def bart_to_hf_state_dict(params: Mapping[str, Any], config: BartConfig
     put(f"model.{stack}.embed_positions.weight", tree, "embed_positions/embedding",
         (config.max_position_embeddings + POSITION_OFFSET, d))
     layer_norm(f"model.{stack}.layernorm_embedding", tree, "layernorm_embedding")
-    for i, layer in enumerate(_layer_trees(tree, num_layers, stack)):
+    for i, layer in enumerate(layer_trees(tree, num_layers, stack)):
       pre = f"model.{stack}.layers.{i}"
       attention(pre, layer, "self_attn")
       layer_norm(f"{pre}.self_attn_layer_norm", layer, "self_attn_layer_norm")

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_like.models import layers
-from t5x_like.models.bert import REMAT_POLICIES
-from t5x_like.models.t5 import _per_token, cross_mask, decoder_mask, encoder_mask
+from t5x_like.models.layers import REMAT_POLICIES, cross_mask, decoder_mask, encoder_mask
 
 # Batch features this family consumes (the objective must produce exactly these). Sources
 # are variable-length, so BART rows always carry segment ids and positions.
@@ -57,7 +56,7 @@ class BartConfig:
   pad_token_id: int = PAD_ID
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: str = "none"  # "none" | "full" | "dots" (bert.REMAT_POLICIES)
+  remat: str = "none"  # "none" | "full" | "dots" (layers.REMAT_POLICIES)
   scan_layers: bool = False
   attention_kernel: str = "xla"  # or "splash" (Pallas; see layers.splash_attention)
 
@@ -115,9 +114,9 @@ class BartAttention(nn.Module):
       return layers.Dense((h, k), ("embed",), ("heads", "kv"), dtype=dtype,
                           param_dtype=pdtype, kernel_init=init, name=name)
 
-    q_BQHK = _per_token(proj("q_proj"), x_BQD) * jnp.asarray(k ** -0.5, dtype)
-    k_BKHK = _per_token(proj("k_proj"), kv_BKD)
-    v_BKHK = _per_token(proj("v_proj"), kv_BKD)
+    q_BQHK = layers.per_token(proj("q_proj"), x_BQD) * jnp.asarray(k ** -0.5, dtype)
+    k_BKHK = layers.per_token(proj("k_proj"), kv_BKD)
+    v_BKHK = layers.per_token(proj("v_proj"), kv_BKD)
     q_BQHK = layers.constrain(q_BQHK, _ACT_BLHK)
     k_BKHK = layers.constrain(k_BKHK, _ACT_BLHK)
     v_BKHK = layers.constrain(v_BKHK, _ACT_BLHK)
@@ -126,7 +125,7 @@ class BartAttention(nn.Module):
       out_BQHK = layers.constrain(out_BQHK, _ACT_BLHK)
       out_proj = layers.Dense((c.hidden_size,), ("heads", "kv"), ("embed",), dtype=dtype,
                               param_dtype=pdtype, kernel_init=init, name="out_proj")
-      return _per_token(out_proj, out_BQHK, num_in=2)
+      return layers.per_token(out_proj, out_BQHK, num_in=2)
     scores_BHQK = layers.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK)
     if mask is not None:
       scores_BHQK = jnp.where(mask, scores_BHQK, jnp.finfo(jnp.float32).min)
@@ -137,7 +136,7 @@ class BartAttention(nn.Module):
     out_BQHK = layers.constrain(out_BQHK, _ACT_BLHK)
     out_proj = layers.Dense((c.hidden_size,), ("heads", "kv"), ("embed",), dtype=dtype,
                             param_dtype=pdtype, kernel_init=init, name="out_proj")
-    return _per_token(out_proj, out_BQHK, num_in=2)
+    return layers.per_token(out_proj, out_BQHK, num_in=2)
 
 
 class BartLayer(nn.Module):
@@ -169,9 +168,9 @@ class BartLayer(nn.Module):
                        param_dtype=pdtype, kernel_init=init, name="fc1")
     fc2 = layers.Dense((c.hidden_size,), ("mlp",), ("embed",), dtype=dtype,
                        param_dtype=pdtype, kernel_init=init, name="fc2")
-    h_BLF = layers.ACTIVATIONS[c.hidden_act](_per_token(fc1, x_BLD))
+    h_BLF = layers.ACTIVATIONS[c.hidden_act](layers.per_token(fc1, x_BLD))
     h_BLF = layers.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
-    h_BLD = _per_token(fc2, h_BLF)
+    h_BLD = layers.per_token(fc2, h_BLF)
     return layers.constrain(norm("final_layer_norm")(x_BLD + drop(h_BLD)), _ACT_BLD), None
 
 
@@ -320,7 +319,7 @@ class BartForConditionalGeneration(nn.Module):
                          encoded, cross, deterministic=deterministic,
                          self_segments=self_segments, cross_segments=cross_segments)
     batch, length, d = y_BTD.shape
-    # One token axis for the head's GEMMs too (see t5._per_token).
+    # One token axis for the head's GEMMs too (see layers.per_token).
     logits_NV = self.shared.attend(y_BTD.reshape(batch * length, d)).astype(jnp.float32)
     logits_NV = logits_NV + jax.lax.stop_gradient(self.final_logits_bias).astype(jnp.float32)
     return layers.constrain(logits_NV.reshape(batch, length, -1),

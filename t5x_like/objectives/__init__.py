@@ -1,0 +1,81 @@
+"""Self-supervised objectives as registered records.
+
+An `Objective` is everything the run needs to know about one objective, in one record
+registered under `objective.name` (seqio's `TaskRegistry.add` in spirit): its parameters from
+the config, the raw block length it cuts and the target length it produces, how documents
+are packed for it, the pure-NumPy transform of one block (`data_pipelines.objectives`), the
+row builder, the special tokens it writes, the training task (loss) it feeds and the model
+families that accept it. `pretrain.data`, the loop and `flops` look the record up; an unknown
+name is one error listing the registered objectives.
+
+This package imports `data_pipelines` (NumPy only): the record must own both its data
+transform and the task it feeds. `data_pipelines` never imports `t5x_like`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from t5x_like.registry import Registry
+
+# (block, generator) -> one example: a dict of int32 arrays.
+MakeExample = Callable[[Any, Any], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One registered objective. See the module docstring.
+
+  Every callable takes the run config (with model.vocab_size resolved); `vocab` is the
+  tokenizer's `data_pipelines.vocab.VocabInfo`.
+  """
+  name: str
+  families: tuple[str, ...]  # the model families that train with it
+  task: Callable[[Any], Any]  # config -> the training task (its loss and features)
+  block_length: Callable[[Any], int]  # config -> raw tokens per prepared block
+  # config, vocab, reverse -> (block, rng) -> example: one row, or one segment of a packed row.
+  make_example: Callable[[Any, Any, bool], MakeExample]
+  # config -> decoder (target) length it produces; None for a single-stream objective.
+  target_length: Callable[[Any], int] | None = None
+  # config -> `data_pipelines.packing.PackSpec` for data.pack_documents; None: packing refused
+  # (`packing_refused` says why).
+  pack_spec: Callable[[Any], Any] | None = None
+  packing_refused: str = ""
+  # config, vocab -> (examples of one row -> the row's fixed-shape features); needed for packed
+  # rows, and for every row when `always_packs_rows`.
+  pack_row: Callable[[Any, Any], Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None
+  always_packs_rows: bool = False
+  separated_blocks: bool = True  # blocks mode: an EOS between concatenated documents
+  special_roles: tuple[str, ...] = ()  # tokenizer roles it writes (cls, sep, eos, mask, ...)
+  # config, tokenizer -> raises ConfigError for a tokenizer or setting it cannot train with.
+  check: Callable[[Any, Any], None] | None = None
+  # config, tokenizer, manifest -> a warning line about the prepared data, or None.
+  data_warning: Callable[[Any, Any, Any], str | None] | None = None
+  # `objective.*` keys only this objective reads: any other must leave them at default.
+  owned_fields: tuple[str, ...] = ()
+
+
+OBJECTIVES: Registry[Objective] = Registry("objective", "objective.name")
+
+
+def register(objective: Objective, replace: bool = False) -> Objective:
+  return OBJECTIVES.register(objective, replace=replace)
+
+
+def get(name: str) -> Objective:
+  return OBJECTIVES.get(name)
+
+
+def names() -> tuple[str, ...]:
+  return OBJECTIVES.names()
+
+
+# The built-in objectives (each registers itself on import).
+from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-position
+    denoising,
+    mlm,
+    permutation_lm,
+    span_corruption,
+)
