@@ -28,12 +28,13 @@ import time
 
 import jax
 
-from benchmarks import bench_train
+from benchmarks import bench_train, train_harness
+from benchmarks.train_sides import Side, build_ours
 from data_pipelines.vocab import VocabInfo
 from t5x_like import checkpointing
 
 
-def _window(side: bench_train.Side, start: int, steps: int, every: int,
+def _window(side: Side, start: int, steps: int, every: int,
             ckpt: checkpointing.Checkpointer | None
             ) -> tuple[list[float], list[float], float, float]:
   """(each step's seconds, each save() call's seconds, seconds waiting for the last save,
@@ -57,7 +58,7 @@ def _window(side: bench_train.Side, start: int, steps: int, every: int,
 
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shape", default="bert_small", choices=sorted(bench_train.SHAPES))
+  parser.add_argument("--shape", default="bert_small", choices=sorted(bench_train.SPEC.shapes))
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=3)
@@ -65,10 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
   args = parser.parse_args(argv)
 
   total = args.steps * 3 * args.rounds + 10
-  config = bench_train.shape_config(args.shape, total)
+  config = train_harness.shape_config(bench_train.SPEC, args.shape, total)
   batches = bench_train.make_batches(config, VocabInfo.synthetic(config.model.vocab_size),
-                                     bench_train.NUM_BATCHES, seed=0)
-  side, compile_s = bench_train.build_ours(config, batches)
+                                     train_harness.NUM_BATCHES, seed=0)
+  side, compile_s = build_ours(config, batches)
   for i in range(3):  # warm-up
     side.run(i)
   root = tempfile.mkdtemp(prefix="bench_ckpt_")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.bench_train import TORCH_THREADS
+from benchmarks.train_sides import TORCH_THREADS
 
 # (tokens, d_in, d_out): the FFN, attention-projection and LM-head GEMMs of the
 # bart_small_bench / t5_small_bench shapes (16 x 128 tokens, d=256, FFN 1024, vocab 8000).
