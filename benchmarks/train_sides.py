@@ -73,7 +73,7 @@ def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Si
 def build_hf(spec: TrainSpec, config: Config, batches: list[dict[str, np.ndarray]]) -> Side:
   """The spec's HF peer in float32, train mode, with the spec's optimiser, on the same batches
   converted once to torch; each step: zero_grad, forward, backward, global-norm clipping at
-  optim.grad_clip_norm as ours does (none when 0, as in t5_tiny), optimiser step."""
+  optim.grad_clip_norm as ours does (none when 0), optimiser step."""
   import torch
 
   clip = config.optim.grad_clip_norm

@@ -29,7 +29,7 @@ class TrainSpec:
   Every field without a default must be given (a missing one is a `TypeError` naming it);
   `__post_init__` refuses a spec whose fields do not fit together.
   """
-  family: str  # the console title's first word, e.g. "BERT"
+  family: str  # the console title's first word: the model family's name
   description: str  # the command line's --help line (the module docstring's first line)
   preset: str  # the config preset every shape starts from
   shapes: Mapping[str, tuple[str, ...]]  # shape name -> config overrides on the preset
