@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
   from t5x_like import distributed
-  from t5x_like.training import loop
+  from t5x_like.training import lock, resume
 
   config = _load_run_config(args)
   for where in (args.workdir, config.data.cache_dir, config.data.corpus):
@@ -58,10 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
   # Refuse a resume with another model shape before the (possibly long) data preparation,
   # so the error is the only thing said.
   tokenizer = load_tokenizer(config.data.tokenizer)
-  loop.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
+  resume.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
   # One run per workdir: an existing workdir is locked before the (possibly long) data
   # preparation; a new one when the Trainer creates it.
-  with loop.WorkdirLock(args.workdir, create=False):
+  with lock.WorkdirLock(args.workdir, create=False):
     return _train_locked(args, config, tokenizer)
 
 

@@ -10,6 +10,7 @@ import jax
 from pretrain import data as data_lib
 from t5x_like import checkpointing
 from t5x_like.config import ConfigError, read_config
+from t5x_like.training import evaluation as evaluation_lib
 from t5x_like.training import loop
 from t5x_like.training import step as step_lib
 
@@ -30,8 +31,8 @@ def evaluate_workdir(workdir: str, step: int | None = None,
                                      trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
                                      trainer.state_sh.mems)
   with step_lib.mesh_context(trainer.mesh):
-    metrics = loop.evaluate(eval_step, params, run.hooks.make_eval(), trainer.batch_sh,
-                            trainer.task.features, max_batches,
-                            run.hooks.baseline_token, trainer.zero_mems())
+    metrics = evaluation_lib.evaluate(eval_step, params, run.hooks.make_eval(),
+                                      trainer.batch_sh, trainer.task.features, max_batches,
+                                      run.hooks.baseline_token, trainer.zero_mems())
   return {"step": restored, "split": "validation", **metrics,
           "devices": jax.device_count()}

@@ -62,3 +62,8 @@ def initialize_from_env() -> bool:
     jax.distributed.initialize()
     return True
   return False
+
+
+def is_main_process() -> bool:
+  """Process 0 speaks for the job: it logs, writes metrics, takes the workdir lock, exports."""
+  return jax.process_index() == 0

@@ -1,5 +1,8 @@
 """The training loop: the only place with side effects (logging, eval, checkpoints, export).
 
+Its parts, one concern a module beside it: lock.py (one run per workdir), preemption.py
+(SIGTERM), metrics_writer.py, evaluation.py, resume.py (what a resume may change).
+
 The loop sees data only as host-local numpy batches from an iterator that can report and
 restore its position (`get_state` / `set_state`), so it never imports `data_pipelines`.
 """
@@ -7,37 +10,27 @@ restore its position (`get_state` / `set_state`), so it never imports `data_pipe
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
-import math
 import os
-import signal
-import socket
 import sys
-import threading
 import time
-import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
 from data_pipelines import storage
 from t5x_like import checkpointing, flops, sharding
-from t5x_like.config import (
-  Config,
-  ConfigError,
-  OptimConfig,
-  read_config,
-  save_config,
-  to_dict,
-)
-from t5x_like.training import optimizer, tasks
+from t5x_like.config import Config, save_config
+from t5x_like.distributed import is_main_process
+from t5x_like.training import evaluation, optimizer, tasks
 from t5x_like.training import step as step_lib
+from t5x_like.training.batches import to_global
+from t5x_like.training.lock import WorkdirLock
+from t5x_like.training.metrics_writer import MetricsWriter
+from t5x_like.training.preemption import PreemptionWatch
+from t5x_like.training.resume import check_resume_compatible
 
 
 class DataIterator(Protocol):
@@ -66,257 +59,8 @@ def _log_main(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def is_main_process() -> bool:
-  return jax.process_index() == 0
-
-
-def check_resume_compatible(workdir: str, config: Config) -> None:
-  """A workdir keeps its model: resuming with another shape is an error, not a silent reinit."""
-  path = os.path.join(workdir, "config.yaml")
-  if not storage.exists(path):
-    return
-  try:
-    saved = read_config(path)
-  except ConfigError as e:
-    raise ConfigError(f"{path} (from an earlier run) is invalid: {e}") from None
-  old, new = to_dict(saved.model), to_dict(config.model)
-  shape_keys = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                "num_decoder_layers", "head_dim", "scan_layers")
-  diffs = [f"model.{k} {old[k]} -> {new[k]}" for k in shape_keys if old[k] != new[k]]
-  if diffs:
-    raise ConfigError(f"workdir {workdir} holds a run with a different model shape "
-                      f"({'; '.join(diffs)}); use a new --workdir or the original settings")
-  _check_optimizer_compatible(workdir, saved, config)
-
-
-def _check_optimizer_compatible(workdir: str, saved: Config, config: Config) -> None:
-  """A resume keeps the optimiser state's structure (tree and shapes): orbax cannot restore
-  one optimiser's state into another's. Keys that keep it (learning rate, schedule, ...) may
-  change. A step-0 checkpoint (from `pretrain import`) holds no history: any optimiser goes."""
-  old, new = to_dict(saved.optim), to_dict(config.optim)
-  changed = [k for k in new if old.get(k) != new[k]]
-  ckpt_dir = checkpointing.checkpoint_dir(workdir)
-  if not changed or not storage.exists(ckpt_dir):
-    return
-  ckpt = checkpointing.Checkpointer(ckpt_dir, read_only=True)
-  try:
-    step = ckpt.latest_step()
-    if step is None or not checkpointing.holds_optimizer_history(step):
-      return
-    stored = ckpt.optimizer_layout(step)
-  finally:
-    ckpt.close()
-  task = tasks.make_task(config)
-  params = jax.eval_shape(lambda rng: nn.meta.unbox(task.init(rng))["params"],
-                          jax.random.key(0))
-
-  def layout(optim: OptimConfig) -> dict[tuple[str, ...], tuple[int, ...] | None]:
-    tx = optimizer.make_optimizer(optim, config.train.steps)
-    return checkpointing.optimizer_layout(jax.eval_shape(tx.init, params))
-
-  if layout(config.optim) == stored:
-    return
-  # Name the keys that change the structure on their own (not a learning rate changed with
-  # them); all changed keys if none does alone.
-  culprits = [k for k in changed
-              if layout(dataclasses.replace(saved.optim, **{k: new[k]})) != stored] or changed
-  diffs = "; ".join(f"optim.{k} {old.get(k)} -> {new[k]}" for k in culprits)
-  raise ConfigError(
-      f"workdir {workdir}: checkpoint {step} holds an optimiser state of another structure "
-      f"({diffs}); resume with the original optim settings, or start a new --workdir "
-      "(`pretrain export` then `pretrain import` carries the weights over with a new "
-      "optimiser state)")
-
-
-def _summary_writer(logdir: str) -> Any:
-  """tensorboardX's SummaryWriter, imported without PyTorch.
-
-  tensorboardX imports torch, when installed, only to accept torch tensors (2+ s of every
-  run's start-up here); this loop logs Python floats, so torch is hidden while it imports.
-  """
-  hide = "torch" not in sys.modules
-  if hide:
-    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-  finally:
-    if hide:
-      del sys.modules["torch"]
-  return SummaryWriter(logdir)
-
-
-class MetricsWriter:
-  """metrics.jsonl + TensorBoard event files, written by process 0 only."""
-
-  def __init__(self, workdir: str):
-    self.enabled = is_main_process()
-    self._jsonl = None
-    self._tb = None
-    if self.enabled:
-      # Kept open for the run's lifetime and closed in close().
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
-      self._tb = _summary_writer(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, split: str, values: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    record = {"step": step, "split": split, "time": time.time(), **values}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    for key, value in values.items():
-      self._tb.add_scalar(f"{split}/{key}", value, step)
-    self._tb.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
-
-
-def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any],
-               features: tuple[str, ...]) -> dict[str, jax.Array]:
-  missing = [f for f in features if f not in batch]
-  if missing:
-    raise ConfigError(f"the data pipeline does not produce features {missing} that the model "
-                      f"needs (it produced {sorted(batch)})")
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
-          for k in features}
-
-
-def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict[str, np.ndarray]],
-             shardings: dict[str, Any], features: tuple[str, ...],
-             max_batches: int, baseline_token: int | None = None,
-             mems: Any = None) -> dict[str, float]:
-  """Loss, accuracy and perplexity over predicted tokens of up to `max_batches` batches.
-
-  mems: the task's initial memory (XLNet), carried from batch to batch (the eval batches come
-  in stream order then); None for tasks without memory.
-  """
-  totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
-  baseline_hits = 0
-  for i, batch in enumerate(batches):
-    if max_batches and i >= max_batches:
-      break
-    out, mems = eval_fn(params, _to_global(batch, shardings, features), mems)
-    out = jax.device_get(out)
-    for key in totals:
-      totals[key] += float(out[key])
-    if baseline_token is not None:
-      baseline_hits += int(np.sum(np.asarray(batch["labels"]) == baseline_token))
-  count = max(totals["count"], 1.0)
-  loss = totals["loss_sum"] / count
-  metrics = {"loss": loss, "accuracy": totals["correct"] / count,
-             "perplexity": math.exp(min(loss, 50.0)), "predicted_tokens": totals["count"]}
-  if baseline_token is not None:
-    # Each host sees only its rows' labels; hosts hold equal shares of every batch.
-    metrics["unigram_baseline_accuracy"] = baseline_hits * jax.process_count() / count
-  return metrics
-
-
-class WorkdirLock:
-  """An exclusive lock on <workdir>/.lock for the run's lifetime, so two runs never write one
-  workdir. flock: released by the OS when the process ends, even by SIGKILL (no stale lock).
-  Process 0 takes it for the whole job (the hosts of one job share the workdir). Re-entrant
-  within a process (the CLI takes it before data preparation, the Trainer again)."""
-
-  _held: typing.ClassVar[dict[str, int]] = {}  # path -> nesting depth in this process
-
-  def __init__(self, workdir: str, create: bool = True):
-    # A gs:// workdir is locked in its local mirror: against a second run on this machine
-    # only (an object store has no flock; docs/tpu.md).
-    self.path = os.path.join(storage.local_mirror(workdir), ".lock")
-    self._create = create  # False: a workdir that does not exist yet is not locked (no-op)
-    self._file: Any = None
-    self._nested = False
-
-  def __enter__(self) -> typing.Self:
-    if not is_main_process() or (not self._create and
-                                 not os.path.isdir(os.path.dirname(self.path))):
-      return self
-    if self.path in WorkdirLock._held:  # this process holds it already (CLI, then Trainer)
-      WorkdirLock._held[self.path] += 1
-      self._nested = True
-      return self
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    f = open(self.path, "a+", encoding="utf-8")  # held until __exit__
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      f.seek(0)
-      holder = f.read().strip() or "another process"
-      f.close()
-      raise ConfigError(f"workdir {os.path.dirname(self.path)} is in use by another run "
-                        f"({holder}); wait for it to end or stop it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
-    self._file = f
-    WorkdirLock._held[self.path] = 1
-    return self
-
-  def __exit__(self, *exc: object) -> None:
-    if self._nested:
-      WorkdirLock._held[self.path] -= 1
-      return
-    if self._file is not None:
-      del WorkdirLock._held[self.path]
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
-
-
 class NonFiniteLossError(RuntimeError):
   """A step had a NaN/Inf loss or gradient and train.on_nonfinite is "stop"."""
-
-
-class PreemptionWatch:
-  """Stop at a step boundary when the VM is being taken away (SIGTERM on a spot / preemptible
-  VM, ~30 s before it goes).
-
-  One process: a SIGTERM handler sets a flag the loop reads after each step. Several
-  processes: every host must stop at the same step, so the loop asks JAX's preemption sync
-  point (`multihost_utils.reached_preemption_sync_point`, which catches SIGTERM itself on
-  TPU pods); where that service is unavailable the hosts' flags are combined at log steps.
-  """
-
-  def __init__(self, log_every: int):
-    self.requested = False
-    self._log_every = log_every
-    self._previous: Any = None
-    self._multi = jax.process_count() > 1
-    self._sync_point = self._multi
-
-  def __enter__(self) -> typing.Self:
-    # Python signal handlers can only be set from the main thread; with several processes
-    # JAX's preemption notifier owns SIGTERM.
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc: object) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def _handle(self, signum: int, frame: object) -> None:
-    del signum, frame
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    if not self._multi:
-      return self.requested
-    if self._sync_point:
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-      except RuntimeError:  # no preemption service (e.g. CPU): combine the flags
-        self._sync_point = False
-    if step % self._log_every:
-      return False
-    flags = multihost_utils.process_allgather(np.array(self.requested))
-    return bool(np.any(flags))
 
 
 @dataclasses.dataclass
@@ -478,7 +222,7 @@ class Trainer:
     step = start_step
     try:
       while step < c.train.steps:
-        batch = _to_global(next(data.train), self.batch_sh, features)
+        batch = to_global(next(data.train), self.batch_sh, features)
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics["nonfinite"], metrics["loss"]))
@@ -494,9 +238,9 @@ class Trainer:
           window = []
         if data.make_eval is not None and c.train.eval_steps and (
             step % c.train.eval_every == 0 or step == c.train.steps):
-          last_eval = evaluate(eval_step, state.params, data.make_eval(), self.batch_sh,
-                               features, c.train.eval_steps, data.baseline_token,
-                               self.zero_mems())
+          last_eval = evaluation.evaluate(eval_step, state.params, data.make_eval(),
+                                          self.batch_sh, features, c.train.eval_steps,
+                                          data.baseline_token, self.zero_mems())
           writer.write(step, "eval", last_eval)
           self.log(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                                       last_eval.items()))
@@ -552,5 +296,5 @@ def train(config: Config, workdir: str, data: DataHooks,
   return Trainer(config, workdir).run(data, export_fn)
 
 
-__all__ = ["DataHooks", "Trainer", "check_resume_compatible", "evaluate", "train"]
+__all__ = ["DataHooks", "DataIterator", "NonFiniteLossError", "Trainer", "train"]
 

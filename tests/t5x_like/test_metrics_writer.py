@@ -13,7 +13,7 @@ from tensorboardX.proto import event_pb2
 
 SCRIPT = """
 import sys
-from t5x_like.training.loop import MetricsWriter
+from t5x_like.training.metrics_writer import MetricsWriter
 w = MetricsWriter(sys.argv[1])
 w.write(10, "train", {"loss": 2.5, "accuracy": 0.25})
 w.write(20, "eval", {"loss": 2.0})
