@@ -52,7 +52,8 @@ def build_ours(config: Config, batches: list[dict[str, np.ndarray]]) -> tuple[Si
   jax.block_until_ready(device_batches)
   train_step = step.jit_train_step(
       step.make_train_step(task, tx, schedule, config.train.seed,
-                           config.optim.grad_accum_steps), state_sh, batch_sh, mesh)
+                           config.optim.grad_accum_steps,
+                           config.objective.loss_normalizing_factor), state_sh, batch_sh, mesh)
   with step.mesh_context(mesh):
     holder = {"state": step.init_state(task, tx, mesh, config.train.seed, state_sh,
                                        config.train.batch_size)}

@@ -173,7 +173,7 @@ class Trainer:
     features = self.task.features
     train_step = step_lib.jit_train_step(
         step_lib.make_train_step(self.task, self.tx, self.schedule, c.train.seed,
-                                 c.optim.grad_accum_steps),
+                                 c.optim.grad_accum_steps, c.objective.loss_normalizing_factor),
         self.state_sh, self.batch_sh, self.mesh)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(self.task), self.state_sh.params,
                                        self.batch_sh, self.mesh, self.state_sh.mems)
