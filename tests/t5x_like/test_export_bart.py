@@ -217,7 +217,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_bart_lib.MARKER_FILE])
   with open(os.path.join(out, export_bart_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.families.bart.export"
+  assert marker["format"] == "t5x_like.export.bart"
   assert marker["num_sentinels"] == 0
   tok = transformers.AutoTokenizer.from_pretrained(out)
   sp = spm.SentencePieceProcessor(model_file=BUNDLED_SP)

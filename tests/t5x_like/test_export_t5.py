@@ -205,7 +205,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_t5_lib.MARKER_FILE])
   with open(os.path.join(out, export_t5_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.families.t5.export"
+  assert marker["format"] == "t5x_like.export.t5"
   assert marker["num_sentinels"] == NUM_SENTINELS
   tok = transformers.AutoTokenizer.from_pretrained(out)
   sp = spm.SentencePieceProcessor(model_file=BUNDLED_SP)

@@ -220,7 +220,7 @@ def test_full_export_with_tokenizer(bundled_export):
       "special_tokens_map.json", "spiece.model", export_xlnet_lib.MARKER_FILE])
   with open(os.path.join(out, export_xlnet_lib.MARKER_FILE), encoding="utf-8") as f:
     marker = json.load(f)
-  assert marker["format"] == "t5x_like.families.xlnet.export"
+  assert marker["format"] == "t5x_like.export.xlnet"
   assert marker["num_sentinels"] == NUM_SENTINELS
   with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["model_type"] == "xlnet"
