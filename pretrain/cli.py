@@ -139,16 +139,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
   from data_pipelines.tokenizer import load_tokenizer
-  from t5x_like import hf_import
+  from t5x_like import hf_import, hf_workdir
 
-  hf_import.check_workdir(args.workdir)  # before reading the weights, which takes time
+  hf_workdir.check_workdir(args.workdir)  # before reading the weights, which takes time
   imported = hf_import.import_hf(args.source, allow_pickle=args.allow_pickle)
   # The checkpoint's own tokenizer (tokenizer.json / vocab.txt), copied into the workdir,
   # unless data.tokenizer is overridden.
-  own = hf_import.tokenizer_folder(args.source)
-  own_copy = (os.path.join(os.path.abspath(args.workdir), hf_import.TOKENIZER_SUBDIR)
+  own = hf_workdir.tokenizer_folder(args.source)
+  own_copy = (os.path.join(os.path.abspath(args.workdir), hf_workdir.TOKENIZER_SUBDIR)
               if own else None)
-  config = hf_import.prepare_run(imported, args.config, args.overrides, tokenizer=own_copy)
+  config = hf_workdir.prepare_run(imported, args.config, args.overrides, tokenizer=own_copy)
   use_own = own is not None and config.data.tokenizer == own_copy
   for line in imported.report():
     print(line, file=sys.stderr)
@@ -167,8 +167,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"warning: the checkpoint's vocabulary has {config.model.vocab_size} ids but "
           f"data.tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size}; `pretrain "
           f"train` refuses this mismatch{why}", file=sys.stderr)
-  summary = hf_import.write_workdir(imported, config, args.workdir,
-                                    tokenizer_from=own if use_own else None)
+  summary = hf_workdir.write_workdir(imported, config, args.workdir,
+                                     tokenizer_from=own if use_own else None)
   print(json.dumps({"workdir": summary["workdir"], "step": 0,
                     "checkpoint": summary["checkpoint"], "family": imported.family,
                     "tokenizer": config.data.tokenizer,

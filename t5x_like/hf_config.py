@@ -1,7 +1,7 @@
 """Reading a HuggingFace `config.json`: typed field access with one clear error each.
 
-Shared by the families' importers (`t5x_like/families/<name>/hf_config.py`) and
-`t5x_like.hf_import`.
+Shared by the families' importers (`t5x_like/families/<name>/hf_config.py`) and the import
+modules (`t5x_like.hf_import`, `hf_weights`, `hf_workdir`), whose errors are `HFImportError`.
 """
 
 from __future__ import annotations

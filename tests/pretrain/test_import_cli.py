@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from t5x_like import hf_import, load_pretrained
+from t5x_like import hf_import, hf_layouts, load_pretrained
 from tests.pretrain.conftest import run_cli, snapshot
 
 BUNDLED_VOCAB = 8000  # the bundled tokenizer's ids, so `pretrain train` accepts the model
@@ -62,8 +62,8 @@ def test_import_then_train_resumes_from_step_0(tmp_path, capsys, bert_folder, co
   restored = load_pretrained(out)
   assert restored.step == 0 and restored.config.model.vocab_size == BUNDLED_VOCAB
   imported = hf_import.import_hf(bert_folder)
-  flat_ref = hf_import._flatten(imported.params)
-  flat = hf_import._flatten(restored.params)
+  flat_ref = hf_layouts.flatten_params(imported.params)
+  flat = hf_layouts.flatten_params(restored.params)
   assert set(flat) == set(flat_ref)
   for path, value in flat.items():
     np.testing.assert_array_equal(value, flat_ref[path], err_msg=path)

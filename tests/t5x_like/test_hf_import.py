@@ -16,7 +16,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from t5x_like import hf_import
+from t5x_like import hf_import, hf_layouts, hf_workdir
 from t5x_like.families.bart import export as bart_export
 from t5x_like.families.bart.model import BartForConditionalGeneration
 from t5x_like.families.bert import export as bert_export
@@ -263,10 +263,10 @@ def test_real_checkpoint_all_minilm_l6_v2():
   with torch.no_grad():
     theirs = hf(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
   # The MLM head is not in the checkpoint and plays no part in the encoder's output: zeros.
-  flat = hf_import._flatten(imported.params)
+  flat = hf_layouts.flatten_params(imported.params)
   for path in imported.new_params:
-    flat[path] = np.zeros(hf_import.param_shapes("bert", c)[path][0], np.float32)
-  ours = _encoder_output(c, hf_import._unflatten(flat), batch["input_ids"],
+    flat[path] = np.zeros(hf_layouts.param_shapes("bert", c)[path][0], np.float32)
+  ours = _encoder_output(c, hf_layouts.unflatten_params(flat), batch["input_ids"],
                          batch["attention_mask"], batch["token_type_ids"])
   valid = batch["attention_mask"].astype(bool)
   diff = float(np.max(np.abs(ours - theirs)[valid]))
@@ -363,11 +363,24 @@ def test_unknown_and_untied_tensors(tmp_path):
 def test_layouts_are_the_exporters(tmp_path):
   # Every exporter name maps one of our params; the layout inverts the exporter's transform.
   imported = hf_import.import_hf(_save(_tiny_hf("xlnet"), tmp_path / "hf"))
-  table = hf_import.layouts("xlnet", imported.model_config)
-  assert table["transformer.layer.1.rel_attn.o"] == hf_import.Layout(
+  table = hf_layouts.layouts("xlnet", imported.model_config)
+  assert table["transformer.layer.1.rel_attn.o"] == hf_layouts.Layout(
       "layer_1/rel_attn/o/kernel", ((2,), (0,), (1,)))
   assert table["transformer.mask_emb"].hf_shape((32,)) == (1, 1, 32)
   x = np.arange(24.0).reshape(2, 3, 4)
-  lay = hf_import.Layout("p", ((1, 2), (0,)))
+  lay = hf_layouts.Layout("p", ((1, 2), (0,)))
   np.testing.assert_array_equal(lay.to_ours(lay.to_hf(x), x.shape), x)
   assert dataclasses.is_dataclass(imported.model_config)
+
+
+def test_names_of_the_module_before_the_split_still_resolve():
+  # hf_import held the readers, layouts and run directory until they got modules of their own.
+  assert hf_import._flatten is hf_layouts.flatten_params
+  assert hf_import._unflatten is hf_layouts.unflatten_params
+  assert hf_import.layouts is hf_layouts.layouts and hf_import.Layout is hf_layouts.Layout
+  for name in ("check_workdir", "prepare_run", "write_workdir", "copy_tokenizer",
+               "tokenizer_folder", "IMPORT_RECORD", "TOKENIZER_SUBDIR", "SHAPE_KEYS"):
+    assert getattr(hf_import, name) is getattr(hf_workdir, name)
+  assert hf_import.SAFETENSORS == "model.safetensors"
+  with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+    hf_import.nope  # noqa: B018 - the attribute access is the test

@@ -1,0 +1,200 @@
+"""`pretrain import`'s run directory: an imported checkpoint becomes a run to resume.
+
+`prepare_run` + `write_workdir` turn an import (`t5x_like.hf_import.ImportedCheckpoint`) into
+a run directory: `config.yaml` and an orbax checkpoint at step 0 holding the imported params
+with a fresh optimiser state and no data-iterator state, so `pretrain train --workdir` resumes
+from it. The step restarts at 0, the optimiser state and the learning-rate schedule start
+anew. When the folder has a tokenizer (`tokenizer.json` or a WordPiece `vocab.txt`), its
+files are copied to `<workdir>/tokenizer/` and `data.tokenizer` points there, so the data is
+prepared with the checkpoint's own ids (`data_pipelines.tokenizer.HFTokenizer`).
+
+Its own module because this is about our training runs (config presets, the trainer, orbax
+checkpoints), not about reading HuggingFace: `import_hf` works without any of it (e.g. for
+`full_params` in tests and notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from t5x_like.config import ConfigError
+from t5x_like.hf_config import HFImportError
+from t5x_like.hf_import import RUN_MODEL_KEYS, ImportedCheckpoint
+from t5x_like.hf_layouts import flatten_params
+
+# The checkpoint's tokenizer files are copied here, under the run directory.
+TOKENIZER_SUBDIR = "tokenizer"
+# Imported model keys an override may not change (the checkpoint's tensors fix them).
+SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
+              "intermediate_size", "max_position_embeddings", "type_vocab_size",
+              "num_decoder_layers", "head_dim", "relative_attention_num_buckets")
+# The import's summary (source, ignored, newly initialised, ...), written beside config.yaml.
+IMPORT_RECORD = "hf_import.json"
+
+
+def check_workdir(workdir: str) -> None:
+  """Refuses a workdir that already holds checkpoints (an import starts a run at step 0)."""
+  from t5x_like import checkpointing
+  ckpt = checkpointing.checkpoint_dir(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise FileExistsError(f"--workdir {workdir} exists and is not a directory")
+  if os.path.isdir(ckpt) and os.listdir(ckpt):
+    raise FileExistsError(f"--workdir {workdir} already has checkpoints ({ckpt}); import "
+                          "into a new or empty --workdir")
+
+
+def tokenizer_folder(folder: str) -> str | None:
+  """`folder` (absolute) if it holds a tokenizer we can use (`tokenizer.json` or
+  `vocab.txt`), else None."""
+  from data_pipelines.tokenizer import is_hf_tokenizer_dir
+  folder = os.path.abspath(folder)
+  return folder if is_hf_tokenizer_dir(folder) else None
+
+
+def prepare_run(imported: ImportedCheckpoint, base: str | None = None,
+                overrides: list[str] | tuple[str, ...] = (),
+                tokenizer: str | None = None) -> Any:
+  """The run `Config`: the model section from the checkpoint, the rest from `base`.
+
+  tokenizer: `data.tokenizer` for the run (the copy of the checkpoint's own tokenizer), set
+  before the overrides, so `data.tokenizer=...` among them still wins; None keeps base's.
+
+  base: a preset name or YAML path; default the family's tiny preset (e.g. bert_tiny). Its
+  RUN_MODEL_KEYS (dtype, remat, scan_layers, XLNet memory, ...) are kept (run choices);
+  every other model key comes from the checkpoint (or ModelConfig's default). `overrides` apply last, but may not
+  change a key the checkpoint's tensors fix (SHAPE_KEYS).
+  """
+  from t5x_like import config as config_lib
+
+  base_config = config_lib.load_config(base or f"{imported.family}_tiny")
+  tree = config_lib.to_dict(base_config)
+  model = config_lib.to_dict(config_lib.ModelConfig())
+  model.update({k: tree["model"][k] for k in RUN_MODEL_KEYS if k in tree["model"]})
+  model.update(imported.model_fields)
+  tree["model"] = model
+  if tokenizer is not None:
+    tree["data"]["tokenizer"] = tokenizer
+  tree = config_lib.apply_overrides(tree, list(overrides))
+  config = config_lib.from_dict(tree)
+  changed = [f"model.{k}" for k in SHAPE_KEYS
+             if k in imported.model_fields and
+             getattr(config.model, k) != imported.model_fields[k]]
+  if changed:
+    values = ", ".join(f"{k}={imported.model_fields[k[6:]]}" for k in changed)
+    raise ConfigError(f"{values}: the checkpoint's tensors fix these model keys; they cannot "
+                      "be overridden")
+  return config
+
+
+def _stack_layers(tree: Any, target: Any) -> Any:
+  """Our per-layer tree in the layout of `target` (a scanned `layers` stack where it has one)."""
+  if not isinstance(target, Mapping):
+    return tree
+  if isinstance(tree, Mapping) and "layers" in target and "layer_0" in tree:
+    import jax
+    n = sum(1 for k in tree if k.startswith("layer_"))
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs),
+                                     *[tree[f"layer_{i}"] for i in range(n)])
+    tree = {**{k: v for k, v in tree.items() if not k.startswith("layer_")},
+            "layers": stacked}
+  return {k: _stack_layers(tree[k], target[k]) for k in target if k in tree}
+
+
+def write_workdir(imported: ImportedCheckpoint, config: Any, workdir: str,
+                  tokenizer_from: str | None = None) -> dict[str, Any]:
+  """Writes `config.yaml` and a step-0 checkpoint (imported params, fresh optimiser state,
+  empty data state) so `pretrain train --workdir` resumes from it; returns a summary.
+
+  tokenizer_from: a HF tokenizer folder whose files are copied to
+  `<workdir>/tokenizer/` (what `prepare_run(tokenizer=...)` points data.tokenizer at).
+
+  Raises FileExistsError if `workdir` already has checkpoints.
+  """
+  from t5x_like import checkpointing
+  from t5x_like.config import save_config
+  from t5x_like.training import loop
+  from t5x_like.training import step as step_lib
+
+  workdir = os.path.abspath(workdir)
+  check_workdir(workdir)
+  trainer = loop.Trainer(config, workdir)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),
+                                    keep=config.checkpoint.keep, async_save=False)
+  try:
+    with step_lib.mesh_context(trainer.mesh):
+      # No checkpoint yet (check_workdir), so this is the run's own fresh initialisation
+      # (step_lib.init_state): step 0, and whatever else the train state carries.
+      state = trainer.init_or_restore(ckpt, None)
+      state = _with_params(state, imported, trainer)
+      os.makedirs(workdir, exist_ok=True)
+      if tokenizer_from is not None:
+        copy_tokenizer(tokenizer_from, os.path.join(workdir, TOKENIZER_SUBDIR))
+      save_config(config, os.path.join(workdir, "config.yaml"))
+      ckpt.save(0, state, {}, force=True)
+      ckpt.wait()
+  finally:
+    ckpt.close()
+  summary = {"workdir": workdir, "step": 0,
+             "checkpoint": os.path.join(checkpointing.checkpoint_dir(workdir), "0"),
+             **imported.summary()}
+  with open(os.path.join(workdir, IMPORT_RECORD), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def copy_tokenizer(folder: str, target: str) -> list[str]:
+  """Copies the tokenizer files of a HF folder (HF_TOKENIZER_FILES present) into `target`."""
+  import shutil
+
+  from data_pipelines.tokenizer import HF_TOKENIZER_FILES
+  os.makedirs(target, exist_ok=True)
+  copied = []
+  for name in HF_TOKENIZER_FILES:
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      shutil.copyfile(path, os.path.join(target, name))
+      copied.append(name)
+  return copied
+
+
+def _with_params(state: Any, imported: ImportedCheckpoint, trainer: Any) -> Any:
+  """`state` with the imported params placed on their shardings and a fresh optimiser state
+  for them; params the checkpoint lacks keep their fresh initialisation."""
+  import jax
+
+  fresh = flatten_params(state.params)
+  ours = flatten_params(_stack_layers(imported.params, state.params))
+  extra = sorted(set(ours) - set(fresh))
+  if extra:
+    raise HFImportError(f"imported params {extra[:5]} have no place in the run's model")
+  placed = {}
+  for path, leaf in fresh.items():
+    if path not in ours:
+      placed[path] = leaf
+      continue
+    value = ours[path]
+    if tuple(value.shape) != tuple(leaf.shape):
+      raise HFImportError(f"imported {path} has shape {tuple(value.shape)}, the run's "
+                          f"model expects {tuple(leaf.shape)}")
+    placed[path] = jax.device_put(np.asarray(value, dtype=leaf.dtype), leaf.sharding)
+  params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
+                                        [placed[p] for p in _flatten_order(state.params)])
+  opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sh.opt_state)(params)
+  return state.replace(params=params, opt_state=opt_state)
+
+
+def _flatten_order(tree: Any) -> list[str]:
+  """Slash paths of `tree`'s leaves in jax's flattening order."""
+  import jax
+  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
+
+
+
+__all__ = ["IMPORT_RECORD", "SHAPE_KEYS", "TOKENIZER_SUBDIR", "check_workdir", "copy_tokenizer",
+           "prepare_run", "tokenizer_folder", "write_workdir"]
