@@ -213,29 +213,6 @@ def full_params(imported: ImportedCheckpoint, seed: int = 0) -> dict[str, Any]:
   return unflatten_params({k: flat.get(k, np.asarray(v)) for k, v in fresh.items()})
 
 
-
-# Names that lived here before the split (readers, layouts and the run directory were one
-# module), resolved on first use so callers of the old module keep working; `hf_workdir`
-# imports this module, so importing it here eagerly would be circular.
-_MOVED = {"_flatten": ("t5x_like.hf_layouts", "flatten_params"),
-          "_unflatten": ("t5x_like.hf_layouts", "unflatten_params"),
-          **{name: ("t5x_like.hf_weights", name)
-             for name in ("PICKLE", "PICKLE_INDEX", "SAFETENSORS", "SAFETENSORS_INDEX")},
-          **{name: ("t5x_like.hf_workdir", name)
-             for name in ("IMPORT_RECORD", "SHAPE_KEYS", "TOKENIZER_SUBDIR", "check_workdir",
-                          "copy_tokenizer", "prepare_run", "tokenizer_folder",
-                          "write_workdir")}}
-
-
-def __getattr__(name: str) -> Any:
-  if name not in _MOVED:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  import importlib
-
-  module, attr = _MOVED[name]
-  return getattr(importlib.import_module(module), attr)
-
-
 __all__ = ["RUN_MODEL_KEYS", "HFImportError", "ImportedCheckpoint", "Layout", "family_of",
            "full_params", "import_hf", "layouts", "load_weights", "param_shapes",
            "read_hf_config"]

@@ -16,7 +16,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from t5x_like import hf_import, hf_layouts, hf_workdir
+from t5x_like import hf_import, hf_layouts
 from t5x_like.families.bart import export as bart_export
 from t5x_like.families.bart.model import BartForConditionalGeneration
 from t5x_like.families.bert import export as bert_export
@@ -372,15 +372,3 @@ def test_layouts_are_the_exporters(tmp_path):
   np.testing.assert_array_equal(lay.to_ours(lay.to_hf(x), x.shape), x)
   assert dataclasses.is_dataclass(imported.model_config)
 
-
-def test_names_of_the_module_before_the_split_still_resolve():
-  # hf_import held the readers, layouts and run directory until they got modules of their own.
-  assert hf_import._flatten is hf_layouts.flatten_params
-  assert hf_import._unflatten is hf_layouts.unflatten_params
-  assert hf_import.layouts is hf_layouts.layouts and hf_import.Layout is hf_layouts.Layout
-  for name in ("check_workdir", "prepare_run", "write_workdir", "copy_tokenizer",
-               "tokenizer_folder", "IMPORT_RECORD", "TOKENIZER_SUBDIR", "SHAPE_KEYS"):
-    assert getattr(hf_import, name) is getattr(hf_workdir, name)
-  assert hf_import.SAFETENSORS == "model.safetensors"
-  with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-    hf_import.nope  # noqa: B018 - the attribute access is the test
