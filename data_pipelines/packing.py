@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from data_pipelines.errors import DataError
+from data_pipelines.vocab import IGNORE_INDEX
 
 Example = Mapping[str, np.ndarray]
 
 
 def _pad_value(feature: str, pad_values: Mapping[str, int]) -> int:
-  return pad_values.get(feature, -100 if feature == "labels" else 0)
+  return pad_values.get(feature, IGNORE_INDEX if feature == "labels" else 0)
 
 
 class _Row:

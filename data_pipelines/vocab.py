@@ -19,6 +19,9 @@ UNK_ID = 2
 BOS_ID = 3  # also the [CLS] of the encoder families
 SEP_ID = 4
 MASK_ID = 5
+# The label value every loss skips (HF's convention): objectives write it, packing pads
+# labels with it, the tasks mask it out.
+IGNORE_INDEX = -100
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>", "<s>", "<sep>", "<mask>")
 # The one-character pieces XLNet's `_is_start_piece` (zihangdai/xlnet data_utils.py) counts as
 # word starts: ASCII punctuation less `'`, `=` and `>` (its literal spells `"` twice where `'`

@@ -17,9 +17,7 @@ import weakref
 
 import numpy as np
 
-from data_pipelines.vocab import VocabInfo
-
-IGNORE_INDEX = -100  # label value the loss skips; HF's convention.
+from data_pipelines.vocab import IGNORE_INDEX, VocabInfo
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

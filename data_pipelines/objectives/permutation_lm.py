@@ -97,7 +97,6 @@ from data_pipelines.vocab import VocabInfo
 SEG_ID_A = 0
 SEG_ID_B = 1
 SEG_ID_CLS = 2
-IGNORE_LABEL = -100
 _EXTRA = 3  # <sep>, <sep>, <cls>
 _MIN_BLOCK = 2  # A and B non-empty
 

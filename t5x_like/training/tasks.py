@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.vocab import IGNORE_INDEX as IGNORE
 from t5x_like import models
 from t5x_like.config import Config, max_predictions
-
-IGNORE = -100
 
 
 class Task(Protocol):
