@@ -6,7 +6,8 @@ built from `train`'s optim settings (any optimiser; a resume from a later step k
 optimiser's structure).
 
 Bad input ends with one line `error: ...` on stderr and exit code 2; nothing already saved
-is touched.
+is touched. A multi-process `train` that loses one of its processes ends the others with one
+`error: ...` line naming it and exit code 4 (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 3  # e.g. a non-finite loss with train.on_nonfinite=stop
+# Another process of a multi-process job was lost; see t5x_like.distributed.PeerWatch.
+EXIT_PEER_LOST = 4
 # Written into the workdir (by process 0) when `train` reached train.steps; removed when a
 # later `train` on the workdir starts.
 DONE_MARKER = "DONE"
@@ -55,14 +58,17 @@ def cmd_train(args: argparse.Namespace) -> int:
   for where in (args.workdir, config.data.cache_dir, config.data.corpus):
     storage.check(where)  # gs:// without gcsfs or credentials: one message, before anything
   distributed.initialize_from_env()  # before anything asks JAX for devices
-  # Refuse a resume with another model shape before the (possibly long) data preparation,
-  # so the error is the only thing said.
-  tokenizer = load_tokenizer(config.data.tokenizer)
-  resume.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
-  # One run per workdir: an existing workdir is locked before the (possibly long) data
-  # preparation; a new one when the Trainer creates it.
-  with lock.WorkdirLock(args.workdir, create=False):
-    return _train_locked(args, config, tokenizer)
+  # Several processes: a lost one ends the others with one error line (exit 4).
+  with distributed.PeerWatch(args.workdir, EXIT_PEER_LOST,
+                            expected=_user_errors() + _training_failures()):
+    # Refuse a resume with another model shape before the (possibly long) data preparation,
+    # so the error is the only thing said.
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    resume.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
+    # One run per workdir: an existing workdir is locked before the (possibly long) data
+    # preparation; a new one when the Trainer creates it.
+    with lock.WorkdirLock(args.workdir, create=False):
+      return _train_locked(args, config, tokenizer)
 
 
 def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
