@@ -222,8 +222,10 @@ class PeerWatch:
       now = time.monotonic()
       with self._lock:
         seen, verdict, last_ok = dict(self._seen), self._verdict, self._last_ok
-      if verdict:
-        self._lost([int(p) for p in verdict.split(",")], seen)
+      # Process 0's verdict; one that names this (slow but alive) process is not ours to print.
+      adopted = [int(p) for p in (verdict or "").split(",") if p and int(p) != self.process]
+      if adopted:
+        self._lost(adopted, seen)
       if self.process != 0 and now - last_ok > self.timeout:
         self._lost([0], seen, coordinator=True)
       lost = []
