@@ -46,8 +46,9 @@ from collections.abc import Callable, Iterator, Sequence
 import grain
 import numpy as np
 
-from data_pipelines import prepare
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import Manifest, load_manifest
+from data_pipelines.shards import decode_row
 
 Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 PackRow = Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]]
@@ -64,7 +65,7 @@ def _source(paths: tuple[str, ...]) -> grain.sources.ArrayRecordDataSource:
 
 
 def _split_source(manifest_dir: str, split: str):
-  manifest = prepare.load_manifest(manifest_dir)
+  manifest = load_manifest(manifest_dir)
   paths = tuple(manifest.shard_paths(split))
   if not paths:
     raise DataError(f"prepared data at {manifest_dir} has no shards for split {split!r}")
@@ -81,7 +82,7 @@ def num_batches(manifest_dir: str, split: str, global_batch_size: int) -> int:
   return num_records(manifest_dir, split) // global_batch_size
 
 
-def _record(manifest_dir: str, split: str, index: int) -> tuple[prepare.Manifest, bytes]:
+def _record(manifest_dir: str, split: str, index: int) -> tuple[Manifest, bytes]:
   manifest, source = _split_source(manifest_dir, split)
   if not 0 <= index < len(source):
     raise DataError(f"record {index} is out of range for split {split!r} of {manifest_dir} "
@@ -111,9 +112,9 @@ def _decode(record: bytes, dtype: str) -> np.ndarray:
   return np.frombuffer(record, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int32)
 
 
-def _decode_segments(record: bytes, manifest: prepare.Manifest) -> list[np.ndarray]:
+def _decode_segments(record: bytes, manifest: Manifest) -> list[np.ndarray]:
   if manifest.packed:
-    return prepare.decode_row(record, manifest.dtype)
+    return decode_row(record, manifest.dtype)
   return [_decode(record, manifest.dtype)]
 
 
@@ -127,7 +128,7 @@ class _HostRecords:
   Element k is row k % rows of the host's share of global step k // rows.
   """
 
-  def __init__(self, source, manifest: prepare.Manifest, seed: int, shuffle: bool,
+  def __init__(self, source, manifest: Manifest, seed: int, shuffle: bool,
                global_batch_size: int, process_index: int, process_count: int,
                num_epochs: int | None, streams: int = 0):
     self._source, self._manifest, self._seed, self._shuffle = source, manifest, seed, shuffle

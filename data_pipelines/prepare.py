@@ -22,11 +22,16 @@ ArrayRecord record is one training row, in one of two modes (the manifest's `pac
 
       uint32 count, uint32 length[count], then sum(length) token ids of `dtype`
 
-  i.e. the segments' tokens concatenated in order (`encode_row` / `decode_row`). Records map
-  1:1 to rows, so the pipeline's global-step semantics (resume, hosts) are unchanged.
+  i.e. the segments' tokens concatenated in order (`shards.encode_row` / `decode_row`).
+  Records map 1:1 to rows, so the pipeline's global-step semantics (resume, hosts) are
+  unchanged.
 
 The output directory appears atomically: it is built under `<out_dir>.tmp-<pid>` and renamed
 into place, so a crash never leaves a directory with a manifest that looks complete.
+
+This module runs the preparation; the manifest is `manifest.py`, the record formats and shard
+writer `shards.py`, the cache key and the shared remote copy `cache.py`. Their public names are
+imported here too, where the pipeline's users have always found them.
 """
 
 from __future__ import annotations
@@ -37,228 +42,52 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-from array_record.python import array_record_module
 
 from data_pipelines import packing, sources, storage, vocab
+from data_pipelines.cache import cache_key, download_prepared, prepared_dir, upload_prepared
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import (
+  FORMAT_VERSION,
+  MANIFEST_NAME,
+  SPLITS,
+  Manifest,
+  SplitInfo,
+  check_manifest,
+  load_manifest,
+  packing_entry,
+)
 from data_pipelines.packing import PackSpec
+from data_pipelines.shards import (
+  BlockStream,
+  ShardWriter,
+  block_dtype,
+  cut_blocks,
+  decode_row,
+  encode_row,
+)
 from data_pipelines.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "validation")
+# The public names: this module's and those of manifest, shards and cache that callers have
+# always used as `prepare.<name>`.
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "SplitInfo", "block_dtype",
+           "cache_key", "check_manifest", "cut_blocks", "decode_row", "encode_row",
+           "ensure_prepared", "is_validation", "load_manifest", "packing_entry", "prepare",
+           "prepared_dir"]
+
 _ENCODE_BATCH = 512  # documents per encode_batch call: enough to keep sp threads busy
 _FALLBACK_VALIDATION_FRACTION = 0.01
 _LOG = logging.getLogger(__name__)
-_HEADER_DTYPE = np.dtype("<u4")  # packed records: segment count and lengths
-_PACKING_FIELDS = ("key", "capacity", "min_length", "lengths_sha256")
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitInfo:
-  """One split's shards (file names relative to the manifest) and counts.
-
-  num_blocks counts records, i.e. rows. Blocks mode: num_tokens counts the split's token
-  stream, separators included, before the final partial block is dropped; num_blocks =
-  floor(num_tokens / block_length) unless blocks were moved. Documents mode: num_tokens counts
-  the tokens of the split's documents (no separators), num_dropped_tokens those of them in
-  chunks shorter than min_length, num_segments the chunks stored in the rows and
-  stream_tokens[i] the positions they take in stream i (fill = stream_tokens[i] / (num_blocks
-  * capacity[i])). The last three stay 0 / [] in blocks mode.
-  """
-
-  shards: list[str]
-  num_blocks: int
-  num_tokens: int
-  num_documents: int
-  borrowed_from_train: int = 0
-  num_segments: int = 0
-  num_dropped_tokens: int = 0
-  stream_tokens: list[int] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-  """What a prepared directory holds; written as manifest.json."""
-
-  format_version: int
-  corpus: str
-  corpus_fingerprint: str
-  tokenizer_sha256: str
-  tokenizer_path: str
-  vocab_size: int
-  block_length: int
-  dtype: str
-  separator_id: int | None  # None: blocks mode without separators (or documents mode)
-  validation_fraction: float
-  splits: dict[str, SplitInfo]
-  created: str
-  # None: blocks mode. Documents mode: {"key", "capacity", "min_length", "lengths_sha256"}
-  # of the PackSpec the rows were packed for (see `packing_entry`).
-  packing: dict | None = None
-  directory: str = ""  # where it was loaded from; not stored
-
-  @property
-  def packed(self) -> bool:
-    """Whether records hold packed document chunks (documents mode) rather than blocks."""
-    return self.packing is not None
-
-  def to_json(self) -> dict:
-    out = dataclasses.asdict(self)
-    del out["directory"]
-    return out
-
-  def shard_paths(self, split: str) -> list[str]:
-    if split not in self.splits:
-      raise DataError(f"prepared data at {self.directory} has no split {split!r}; "
-                      f"expected one of {sorted(self.splits)}")
-    return [os.path.join(self.directory, s) for s in self.splits[split].shards]
-
-  def summary(self) -> str:
-    if not self.packed:
-      parts = [f"{name}: {s.num_documents} documents, {s.num_tokens} tokens, {s.num_blocks} "
-               f"blocks" for name, s in self.splits.items()]
-      between = "" if self.separator_id is not None else ", no separator between documents"
-      return (f"prepared {self.corpus} (block length {self.block_length}, {self.dtype}"
-              f"{between}) at {self.directory}: " + "; ".join(parts))
-    capacity = self.packing["capacity"]
-    parts = []
-    for name, s in self.splits.items():
-      fill = "/".join(f"{t / max(1, s.num_blocks * c):.1%}"
-                      for t, c in zip(s.stream_tokens, capacity))
-      parts.append(f"{name}: {s.num_documents} documents, {s.num_tokens} tokens, "
-                   f"{s.num_segments} chunks in {s.num_blocks} rows (fill {fill})")
-    return (f"prepared {self.corpus} (documents packed for {self.packing['key']!r} into rows "
-            f"of {tuple(capacity)}, chunks of at most {self.block_length} tokens, {self.dtype}) "
-            f"at {self.directory}: " + "; ".join(parts))
-
-
-def block_dtype(vocab_size: int) -> np.dtype:
-  """Little-endian uint16 when every id fits, else int32."""
-  return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<i4")
 
 
 def is_validation(text: str, validation_fraction: float) -> bool:
   """Stable split assignment from the document's text, independent of corpus order."""
   h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
   return h < validation_fraction * 2.0**64
-
-
-def cut_blocks(documents: Iterable[np.ndarray], block_length: int,
-               separator_id: int | None = vocab.EOS_ID) -> Iterator[np.ndarray]:
-  """Joins documents with `separator_id` (None: nothing) between them and yields
-  [n, block_length] chunks.
-
-  The concatenation of all yielded chunks equals the first floor(total / block_length) *
-  block_length tokens of the joined stream; the final partial block is dropped.
-  """
-  stream = _Stream(block_length, separator_id)
-  for doc in documents:
-    blocks = stream.add(np.asarray(doc))
-    if len(blocks):
-      yield blocks
-
-
-def packing_entry(pack: PackSpec, block_length: int) -> dict:
-  """The manifest's `packing` field (and cache-key part) for rows packed under `pack`."""
-  return {"key": pack.key, "capacity": list(pack.capacity), "min_length": pack.min_length,
-          "lengths_sha256": pack.fingerprint(block_length)}
-
-
-def encode_row(segments: Iterable[np.ndarray], dtype: np.dtype | str) -> bytes:
-  """A documents-mode record: uint32 count, uint32 lengths, then the tokens as `dtype`."""
-  segments = [np.asarray(s) for s in segments]
-  header = np.array([len(segments), *(len(s) for s in segments)], _HEADER_DTYPE)
-  tokens = (np.concatenate(segments) if segments else np.zeros(0, np.int64))
-  return header.tobytes() + tokens.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-
-
-def decode_row(record: bytes, dtype: np.dtype | str) -> list[np.ndarray]:
-  """Inverse of `encode_row`: the row's segments as int32 arrays.
-
-  Raises:
-    DataError: a record whose header and size disagree (not a documents-mode record).
-  """
-  dtype = np.dtype(dtype).newbyteorder("<")
-  size = _HEADER_DTYPE.itemsize
-  count = int(np.frombuffer(record[:size], _HEADER_DTYPE)[0]) if len(record) >= size else -1
-  header_end = size * (count + 1)
-  if count < 0 or len(record) < header_end:
-    raise DataError(f"malformed packed record of {len(record)} bytes (segment count {count})")
-  lengths = np.frombuffer(record[size:header_end], _HEADER_DTYPE).astype(np.int64)
-  if int(lengths.sum()) * dtype.itemsize != len(record) - header_end:
-    raise DataError(f"malformed packed record: {count} segments of {int(lengths.sum())} tokens "
-                    f"in {len(record) - header_end} bytes of {dtype.name}")
-  tokens = np.frombuffer(record[header_end:], dtype).astype(np.int32)
-  return np.split(tokens, np.cumsum(lengths)[:-1]) if count else []
-
-
-class _ShardWriter:
-  """Writes records (each a list of segments) to shards of `shard_size` records; the last
-  shard stays in memory until `finish`, so a few records can still be moved to another split.
-
-  Blocks mode (`packer` None): every record is [block], stored as the block's bytes.
-  Documents mode: a record is one packed row, stored by `encode_row`.
-  """
-
-  def __init__(self, directory: str, split: str, shard_size: int, dtype: np.dtype,
-               packer: packing.ChunkPacker | None = None):
-    self._directory, self._split, self._shard_size, self._dtype = (directory, split,
-                                                                    shard_size, dtype)
-    self._packer = packer
-    self.pending: list[list[np.ndarray]] = []
-    self.written: list[str] = []
-    self.num_blocks = 0
-    self.num_segments = 0
-    self.stream_tokens = [0] * len(packer.spec.capacity) if packer else []
-
-  def add(self, records: Iterable[list[np.ndarray]]) -> None:
-    for segments in records:
-      if len(self.pending) == self._shard_size:
-        self._write_pending()
-      # A copy: packed chunks are views of whole documents.
-      self.pending.append([s.astype(self._dtype) for s in segments])
-      self._count(segments, 1)
-
-  def take_last(self, k: int) -> list[list[np.ndarray]]:
-    taken, self.pending = self.pending[len(self.pending) - k:], self.pending[:len(self.pending) - k]
-    for segments in taken:
-      self._count(segments, -1)
-    return taken
-
-  def _count(self, segments: list[np.ndarray], sign: int) -> None:
-    self.num_blocks += sign
-    if self._packer:
-      self.num_segments += sign * len(segments)
-      self.stream_tokens = [t + sign * n for t, n in
-                            zip(self.stream_tokens, self._packer.measure(segments))]
-
-  def _write_pending(self) -> None:
-    path = os.path.join(self._directory, f"{self._split}-{len(self.written):05d}.partial")
-    # group_size:1 keeps every record independently addressable for shuffled random access.
-    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
-    for segments in self.pending:
-      writer.write(encode_row(segments, self._dtype) if self._packer else segments[0].tobytes())
-    writer.close()
-    self.written.append(path)
-    self.pending = []
-
-  def finish(self) -> list[str]:
-    """Writes the last shard and renames all to `<split>-0000i-of-0000N.array_record`."""
-    if self.pending:
-      self._write_pending()
-    names = []
-    for i, path in enumerate(self.written):
-      name = f"{self._split}-{i:05d}-of-{len(self.written):05d}.array_record"
-      os.rename(path, os.path.join(self._directory, name))
-      names.append(name)
-    return names
 
 
 def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: str,
@@ -299,9 +128,9 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
   os.makedirs(tmp_dir)
   try:
     dtype = block_dtype(tokenizer.vocab_size)
-    writers = {s: _ShardWriter(tmp_dir, s, shard_size, dtype, packers.get(s)) for s in SPLITS}
+    writers = {s: ShardWriter(tmp_dir, s, shard_size, dtype, packers.get(s)) for s in SPLITS}
     counts = {s: {"num_documents": 0, "num_tokens": 0} for s in SPLITS}
-    streams = {s: _Stream(block_length, separator_id) for s in SPLITS}
+    streams = {s: BlockStream(block_length, separator_id) for s in SPLITS}
     for batch in _batches(sources.read_documents(corpus_spec, text_field), _ENCODE_BATCH):
       for text, ids in zip(batch, tokenizer.encode_batch(batch)):
         split = "validation" if is_validation(text, validation_fraction) else "train"
@@ -341,27 +170,6 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
   return manifest
 
 
-class _Stream:
-  """Incremental `cut_blocks`: feed documents one at a time, get the blocks they complete."""
-
-  def __init__(self, block_length: int, separator_id: int | None):
-    self._length, self._separator = block_length, separator_id
-    self._pending = np.zeros(0, np.int64)
-    self._started = False
-
-  def add(self, ids: np.ndarray) -> np.ndarray:
-    """Returns int64[n, block_length] newly completed blocks (n may be 0)."""
-    parts = [self._pending]
-    if self._started and self._separator is not None:
-      parts.append(np.array([self._separator]))
-    self._started = True
-    self._pending = np.concatenate([*parts, ids.astype(np.int64)])
-    n = len(self._pending) // self._length
-    blocks = self._pending[: n * self._length].reshape(n, self._length)
-    self._pending = self._pending[n * self._length:]
-    return blocks
-
-
 def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
   batch: list[str] = []
   for item in items:
@@ -373,7 +181,7 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
     yield batch
 
 
-def _ensure_validation(corpus_spec: str, writers: dict[str, _ShardWriter], counts: dict,
+def _ensure_validation(corpus_spec: str, writers: dict[str, ShardWriter], counts: dict,
                        block_length: int, pack: PackSpec | None = None) -> int:
   """Checks both splits have records, moving train's last ones to validation if needed.
 
@@ -415,106 +223,6 @@ def _replace_dir(tmp_dir: str, out_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_manifest(directory: str) -> Manifest:
-  """Reads `<directory>/manifest.json`.
-
-  Raises:
-    DataError: no manifest (not a prepared directory), invalid JSON, or another format version.
-  """
-  path = os.path.join(directory, MANIFEST_NAME)
-  if not os.path.isfile(path):
-    raise DataError(f"{directory} is not prepared data: {MANIFEST_NAME} is missing "
-                    f"(run `pretrain data prepare`)")
-  try:
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
-    if raw.get("format_version") != FORMAT_VERSION:
-      raise DataError(f"{path} has format_version {raw.get('format_version')!r}; this code "
-                      f"reads version {FORMAT_VERSION} (prepare the data again)")
-    raw["splits"] = {k: SplitInfo(**v) for k, v in raw["splits"].items()}
-    packing_field = raw.get("packing")
-    if packing_field is not None and (not isinstance(packing_field, dict)
-                                      or set(packing_field) != set(_PACKING_FIELDS)):
-      raise DataError(f"{path} is not a valid manifest (packing must be null or an object "
-                      f"with {list(_PACKING_FIELDS)}, got {packing_field!r})")
-    return Manifest(**raw, directory=directory)
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
-    if isinstance(e, DataError):
-      raise
-    raise DataError(f"{path} is not a valid manifest ({e})") from None
-
-
-def _describe(packing_field: dict | None, separated: bool | None = None) -> str:
-  if packing_field is None and separated is None:
-    return "blocks of concatenated documents (no packing)"
-  if packing_field is None:
-    between = "a separator" if separated else "no separator"
-    return f"blocks of documents concatenated with {between} between them (no packing)"
-  return (f"documents packed for {packing_field['key']!r} into rows of "
-          f"{tuple(packing_field['capacity'])} (min_length {packing_field['min_length']})")
-
-
-def check_manifest(manifest: Manifest, tokenizer: Tokenizer, block_length: int | None = None,
-                   pack: PackSpec | None = None, separated: bool | None = None) -> None:
-  """Raises DataError when prepared data does not belong to this tokenizer / block length /
-  packing mode. `pack=None` expects blocks mode; a PackSpec expects documents mode packed for
-  the same key, capacity, min_length and lengths (checked over the manifest's block_length).
-  `separated` (blocks mode): True expects a separator between documents, False none, None
-  either."""
-  where = f"prepared data at {manifest.directory}"
-  if manifest.tokenizer_sha256 != tokenizer.sha256:
-    raise DataError(f"{where} was made with tokenizer "
-                    f"{manifest.tokenizer_sha256[:12]} ({manifest.tokenizer_path}), but the run "
-                    f"uses {tokenizer.sha256[:12]} ({tokenizer.model_path})")
-  if block_length is not None and manifest.block_length != block_length:
-    raise DataError(f"{where} has block_length "
-                    f"{manifest.block_length}, but the run needs {block_length}")
-  wanted = packing_entry(pack, manifest.block_length) if pack else None
-  if manifest.packing == wanted:
-    has_separator = manifest.separator_id is not None
-    if wanted is None and separated is not None and has_separator != separated:
-      raise DataError(f"{where} holds {_describe(None, has_separator)}, but the run needs "
-                      f"{_describe(None, separated)}; prepare the data again")
-    return
-  have = manifest.packing
-  if (have is not None and wanted is not None
-      and {k: v for k, v in have.items() if k != "lengths_sha256"}
-      == {k: v for k, v in wanted.items() if k != "lengths_sha256"}):
-    raise DataError(f"{where} was packed with lengths of {have['key']!r} that differ from the "
-                    f"run's (lengths_sha256 {have['lengths_sha256'][:12]} vs "
-                    f"{wanted['lengths_sha256'][:12]}); prepare the data again")
-  raise DataError(f"{where} holds {_describe(have)}, but the run needs {_describe(wanted)}")
-
-
-def cache_key(corpus_spec: str, tokenizer: Tokenizer, block_length: int,
-              validation_fraction: float = 0.02, pack: PackSpec | None = None,
-              separated: bool = True) -> str:
-  """`<readable corpus>-L<block_length>[-<readable pack key>]-<16 hex>` from everything that
-  changes the output; blocks mode with separators (`pack=None`, `separated=True`) keeps the key
-  it had before packing and separator-less blocks existed. `separated` is ignored in documents
-  mode (no separators there)."""
-  identity = [FORMAT_VERSION, sources.fingerprint(corpus_spec), tokenizer.sha256, block_length,
-              validation_fraction]
-  if pack is not None:
-    identity.append(packing_entry(pack, block_length))
-  elif not separated:
-    # Not the separated blocks' key: caches prepared with EOS between documents (all before
-    # span corruption dropped them) are never reused for it.
-    identity.append({"separator": None})
-  digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-  readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(corpus_spec.rstrip("/")))[-40:]
-  mode = "" if pack is None else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", pack.key)[:40]
-  return f"{readable or 'corpus'}-L{block_length}{mode}-{digest}"
-
-
-def prepared_dir(cache_root: str, corpus_spec: str, tokenizer: Tokenizer, block_length: int,
-                 validation_fraction: float = 0.02, pack: PackSpec | None = None,
-                 separated: bool = True) -> str:
-  """Where the prepared data for these inputs lives under `cache_root`."""
-  return os.path.join(cache_root, cache_key(corpus_spec, tokenizer, block_length,
-                                            validation_fraction, pack, separated))
-
-
 def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     block_length: int, validation_fraction: float = 0.02,
                     shard_size: int = 4096, text_field: str = "text",
@@ -533,7 +241,7 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
   remote = storage.join(remote_root, os.path.basename(directory)) if remote_root else None
   if remote and not os.path.isfile(os.path.join(directory, MANIFEST_NAME)) and \
       storage.exists(storage.join(remote, MANIFEST_NAME)):
-    _download_prepared(remote, directory)
+    download_prepared(remote, directory)
   if os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
     manifest = load_manifest(directory)
     check_manifest(manifest, tokenizer, block_length, pack,
@@ -547,26 +255,5 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                      separator_id=tokenizer.vocab_info().eos_id if separated else None,
                      text_field=text_field, pack=pack)
   if remote:
-    _upload_prepared(directory, remote)
+    upload_prepared(directory, remote)
   return manifest
-
-
-def _upload_prepared(directory: str, remote: str) -> None:
-  """Copies a prepared directory to gs://, the manifest last: a remote directory with a
-  manifest is complete (readers download only those)."""
-  for name in sorted(os.listdir(directory)):
-    if name != MANIFEST_NAME:
-      storage.upload(os.path.join(directory, name), storage.join(remote, name))
-  storage.upload(os.path.join(directory, MANIFEST_NAME), storage.join(remote, MANIFEST_NAME))
-  _LOG.info("uploaded the prepared data to %s", remote)
-
-
-def _download_prepared(remote: str, directory: str) -> None:
-  """Copies a complete remote preparation into the local cache (ArrayRecord readers open local
-  files), through a temporary directory renamed when whole."""
-  tmp = directory + f".download-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  storage.download(remote, tmp)
-  shutil.rmtree(directory, ignore_errors=True)
-  os.rename(tmp, directory)
-  _LOG.info("downloaded the prepared data from %s", remote)

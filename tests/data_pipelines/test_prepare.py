@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_pipelines import packing, prepare, sources, tokenizer, vocab
+from data_pipelines import packing, prepare, shards, sources, tokenizer, vocab
 from data_pipelines.errors import DataError
 from tests.data_pipelines.test_tokenizer import tiny_documents, train_tiny
 
@@ -99,7 +99,7 @@ def test_crash_leaves_no_prepared_dir(tok, corpus, tmp_path, monkeypatch):
 def test_failed_reprepare_keeps_previous(tok, corpus, tmp_path, monkeypatch):
   out = str(tmp_path / "out")
   first = prepare.prepare(corpus, tok, BLOCK, out)
-  monkeypatch.setattr(prepare._ShardWriter, "finish", lambda self: 1 / 0)
+  monkeypatch.setattr(shards.ShardWriter, "finish", lambda self: 1 / 0)
   with pytest.raises(ZeroDivisionError):
     prepare.prepare(corpus, tok, BLOCK, out)
   assert prepare.load_manifest(out).to_json() == first.to_json()
