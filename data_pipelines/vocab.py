@@ -7,6 +7,7 @@ tests can drive with a synthetic vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ SPECIAL_PIECES = ("<pad>", "</s>", "<unk>", "<s>", "<sep>", "<mask>")
 # word starts: ASCII punctuation less `'`, `=` and `>` (its literal spells `"` twice where `'`
 # would be; `<` is covered by its `<` prefix rule).
 XLNET_START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
+# Pieces whose last character is a full stop end a sentence (`VocabInfo.sentence_end`); one
+# pattern, so that the SentencePiece and the HF tokenizers agree.
+SENTENCE_END_RE = re.compile(r"[.!?。？！]$")
 
 
 def xlnet_start_pieces(pieces: Sequence[str], is_byte: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def check_workdir(workdir: str) -> None:
 def tokenizer_folder(folder: str) -> str | None:
   """`folder` (absolute) if it holds a tokenizer we can use (`tokenizer.json` or
   `vocab.txt`), else None."""
-  from data_pipelines.tokenizer import is_hf_tokenizer_dir
+  from data_pipelines.hf_tokenizer import is_hf_tokenizer_dir
   folder = os.path.abspath(folder)
   return folder if is_hf_tokenizer_dir(folder) else None
 
@@ -151,7 +151,7 @@ def copy_tokenizer(folder: str, target: str) -> list[str]:
   """Copies the tokenizer files of a HF folder (HF_TOKENIZER_FILES present) into `target`."""
   import shutil
 
-  from data_pipelines.tokenizer import HF_TOKENIZER_FILES
+  from data_pipelines.hf_tokenizer import HF_TOKENIZER_FILES
   os.makedirs(target, exist_ok=True)
   copied = []
   for name in HF_TOKENIZER_FILES:

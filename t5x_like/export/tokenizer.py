@@ -256,17 +256,17 @@ def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_d
 
 def copy_hf_tokenizer(folder: str, out_dir: str, vocab_size: int) -> list[str]:
   """Copies a checkpoint's own HuggingFace tokenizer files (`tokenizer.json`, `vocab.txt`,
-  their configs; see `data_pipelines.tokenizer.HF_TOKENIZER_FILES`) into `out_dir` as they
+  their configs; see `data_pipelines.hf_tokenizer.HF_TOKENIZER_FILES`) into `out_dir` as they
   are, so `AutoTokenizer.from_pretrained(out_dir)` encodes as the training data did.
 
   Raises:
     ValueError: the folder is not a HF tokenizer, or it has more ids than vocab_size.
   """
-  from data_pipelines import tokenizer as data_tokenizer  # pylint: disable=g-import-not-at-top
   from data_pipelines.errors import DataError  # pylint: disable=g-import-not-at-top
+  from data_pipelines.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
 
   try:
-    tok = data_tokenizer.HFTokenizer(folder)
+    tok = HFTokenizer(folder)
   except DataError as e:
     raise ValueError(str(e)) from None
   if tok.vocab_size > vocab_size:

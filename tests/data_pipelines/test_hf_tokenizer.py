@@ -11,9 +11,10 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from data_pipelines.errors import DataError
+from data_pipelines.hf_tokenizer import HFTokenizer
 from data_pipelines.objectives import mlm, span_corruption
-from data_pipelines.tokenizer import HFTokenizer, load_tokenizer
 from data_pipelines.tokenizer import Tokenizer as SPTokenizer
+from data_pipelines.tokenizer import load_tokenizer
 
 WORDPIECE = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat",
              "on", "mat", "un", "##believ", "##able", "##s", "play", "##ing", ".", "!", "a",
