@@ -16,6 +16,7 @@ import pytest
 
 from data_pipelines.errors import DataError
 from data_pipelines.objectives import denoising as dn
+from data_pipelines.objectives import denoising_noises as noises
 from data_pipelines.vocab import VocabInfo
 
 VOCAB = VocabInfo.synthetic(4000, num_sentinels=8, word_start_every=3, seed=1,
@@ -200,9 +201,9 @@ def _naive_infilling(target: np.ndarray, rng: np.random.Generator,
   special[0] = special[-1] = True
   starts_word = _word_starts(x)
   word_pos = [i for i, s in enumerate(starts_word) if s]
-  tables = dn._tables(VOCAB)
-  starts, lengths, num_zero, replacement = dn._infill_draws(len(word_pos), rng, params, tables,
-                                                            VOCAB)
+  tables = noises.vocab_tables(VOCAB)
+  starts, lengths, num_zero, replacement = noises._infill_draws(len(word_pos), rng, params,
+                                                                tables, VOCAB)
   keep = [True] * len(x)
   for start, length, new in zip(starts.tolist(), lengths.tolist(), replacement.tolist()):
     i = word_pos[start]
@@ -220,7 +221,7 @@ def _naive_infilling(target: np.ndarray, rng: np.random.Generator,
   out = np.array([t for t, k in zip(x, keep) if k], np.int32)
   num_insert = min(num_zero, deleted)  # covered - surviving spans = deleted tokens
   if num_insert:
-    out, _ = dn._insert(out, num_insert, rng, params.random_ratio, tables, VOCAB)
+    out, _ = noises._insert(out, num_insert, rng, params.random_ratio, tables, VOCAB)
   return out
 
 
