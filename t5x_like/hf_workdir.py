@@ -6,7 +6,7 @@ with a fresh optimiser state and no data-iterator state, so `pretrain train --wo
 from it. The step restarts at 0, the optimiser state and the learning-rate schedule start
 anew. When the folder has a tokenizer (`tokenizer.json` or a WordPiece `vocab.txt`), its
 files are copied to `<workdir>/tokenizer/` and `data.tokenizer` points there, so the data is
-prepared with the checkpoint's own ids (`data_pipelines.tokenizer.HFTokenizer`).
+prepared with the checkpoint's own ids (`data_pipelines.hf_tokenizer.HFTokenizer`).
 
 Its own module because this is about our training runs (config presets, the trainer, orbax
 checkpoints), not about reading HuggingFace: `import_hf` works without any of it (e.g. for
