@@ -39,8 +39,7 @@ def validate(c: Config) -> None:
   family, objective = families.get(m.family), objectives.get(o.name)
   _require(m.family in objective.families,
            f"objective.name {o.name!r} does not train model.family {m.family!r}; " +
-           ", ".join(f"{f} takes {' or '.join(x.name for x in objectives.OBJECTIVES if f in x.families)}"
-                     for f in families.names()))
+           ", ".join(f"{f} takes {' or '.join(_takes(f))}" for f in families.names()))
   _check_owned(c, family, objective)
   for key in ("dropout_rate", "attention_dropout_rate"):
     _require(0.0 <= getattr(m, key) < 1.0, f"model.{key} must be in [0, 1), got "
@@ -146,6 +145,13 @@ def validate(c: Config) -> None:
            f"every (micro-)batch is the reversed text")
   _require(t.eval_every >= 1 and t.eval_steps >= 0 and t.log_every >= 1,
            "train.eval_every and train.log_every must be >= 1, train.eval_steps >= 0")
+
+
+def _takes(family: str) -> list[str]:
+  """The registered objectives that train `family`."""
+  from t5x_like import objectives
+
+  return [o.name for o in objectives.OBJECTIVES if family in o.families]
 
 
 def _check_owned(c: Config, family: Any, objective: Any) -> None:

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -112,6 +112,43 @@ def _config_ids(hf_config_dict: Any, special_ids: Mapping[str, int] | None) -> d
   import inspect  # pylint: disable=g-import-not-at-top
   params = inspect.signature(hf_config_dict).parameters
   return {k: int(v) for k, v in special_ids.items() if k in params and v is not None}
+
+
+def export_folder(family: str, to_hf: Callable[[Any, Any], dict[str, np.ndarray]],
+                  hf_config_dict: Callable[..., dict[str, Any]], params: Mapping[str, Any],
+                  config: Any, out_dir: str, tokenizer_model: str | None, num_sentinels: int,
+                  special_ids: Mapping[str, int] | None, model_max_length: int) -> str:
+  """Writes a family's HuggingFace folder, atomically: the body every family's export shares.
+
+  Args:
+    family: the registered family name (the export marker's format).
+    to_hf: (params, config) -> HF state dict (the family's tensor map).
+    hf_config_dict: (config, pad/bos/eos ids) -> config.json contents.
+    params: our param tree.
+    config: the family's module config.
+    out_dir: target directory: absent, empty, or a previous export (which is replaced).
+    tokenizer_model: SentencePiece model to export alongside, a HuggingFace tokenizer folder
+      (a checkpoint's own, copied as it is), or None for weights only.
+    num_sentinels: ids above the sp pieces; sp pieces + num_sentinels must equal
+      config.vocab_size, since the embedding rows are indexed by these ids.
+    special_ids: `pad_token_id` / `bos_token_id` / `eos_token_id` for config.json (those
+      the family's config has), e.g. a checkpoint's own tokenizer's; None: the fixed ids.
+    model_max_length: the exported tokenizer's model_max_length.
+
+  Returns:
+    The absolute path of the export.
+
+  Raises:
+    FileExistsError: out_dir is a non-empty directory that is not our export, or a file.
+    ValueError: params/config/tokenizer do not agree.
+  """
+  out_dir = os.path.abspath(out_dir)
+  check_target(out_dir)
+  # Everything that can fail on bad input runs before touching the filesystem.
+  state = to_hf(params, config)
+  hf_config = hf_config_dict(config, **_config_ids(hf_config_dict, special_ids))
+  return write_export(out_dir, family, state, hf_config, config.vocab_size, tokenizer_model,
+                      num_sentinels, model_max_length=model_max_length)
 
 
 def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],

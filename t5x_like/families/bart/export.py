@@ -13,7 +13,6 @@ transformers 5: `model.shared.weight` but not its tied copies
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,12 +21,11 @@ import numpy as np
 from data_pipelines import vocab as vocab_lib
 from t5x_like.export.common import (
   MARKER_FILE,
-  _config_ids,
   _unbox,
   check_target,
+  export_folder,
   layer_trees,
   put_checked,
-  write_export,
 )
 from t5x_like.families.bart.model import POSITION_OFFSET, BartConfig
 
@@ -161,31 +159,8 @@ def export_bart(params: Mapping[str, Any], config: BartConfig, out_dir: str,
                 special_ids: Mapping[str, int] | None = None) -> str:
   """Writes a HuggingFace `BartForConditionalGeneration` folder, atomically.
 
-  Everything is written to a temporary sibling directory that is renamed into place only
-  once complete, so a failed export leaves `out_dir` as it was.
-
-  Args:
-    params: our BART param tree (see `bart_to_hf_state_dict`).
-    config: its config.
-    out_dir: target directory: absent, empty, or a previous export (which is replaced).
-    tokenizer_model: SentencePiece model to export alongside, a HuggingFace tokenizer folder
-      (a checkpoint's own, copied as it is), or None for weights only.
-    num_sentinels: ids above the sp pieces (0 for BART); sp pieces + num_sentinels must
-      equal config.vocab_size, since the embedding rows are indexed by these ids.
-    special_ids: `pad_token_id` / `bos_token_id` / `eos_token_id` for config.json (those
-      this family's config has), e.g. a checkpoint's own tokenizer's; None: the fixed ids.
-
-  Returns:
-    The absolute path of the export.
-
-  Raises:
-    FileExistsError: out_dir is a non-empty directory that is not our export, or a file.
-    ValueError: params/config/tokenizer do not agree.
+  `export.common.export_folder` says what each argument means and what it raises.
   """
-  out_dir = os.path.abspath(out_dir)
-  check_target(out_dir)
-  # Everything that can fail on bad input runs before touching the filesystem.
-  state = bart_to_hf_state_dict(params, config)
-  hf_config = hf_config_dict(config, **_config_ids(hf_config_dict, special_ids))
-  return write_export(out_dir, "bart", state, hf_config, config.vocab_size, tokenizer_model,
-                      num_sentinels, model_max_length=config.max_position_embeddings)
+  return export_folder("bart", bart_to_hf_state_dict, hf_config_dict, params, config, out_dir,
+                       tokenizer_model, num_sentinels, special_ids,
+                       model_max_length=config.max_position_embeddings)

@@ -12,7 +12,6 @@ re-tied on load to `bert.embeddings.word_embeddings.weight` / `cls.predictions.b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +20,11 @@ import numpy as np
 from data_pipelines import vocab as vocab_lib
 from t5x_like.export.common import (
   MARKER_FILE,
-  _config_ids,
   _f32,
   _unbox,
   check_target,
+  export_folder,
   layer_trees,
-  write_export,
 )
 from t5x_like.families.bert.model import BertConfig
 
@@ -154,33 +152,8 @@ def hf_config_dict(config: BertConfig, pad_token_id: int = vocab_lib.PAD_ID,
 def export_bert(params: Mapping[str, Any], config: BertConfig, out_dir: str,
                 tokenizer_model: str | None = None, num_sentinels: int = 0,
                 special_ids: Mapping[str, int] | None = None) -> str:
-  """Writes a HuggingFace `BertForMaskedLM` folder, atomically.
-
-  Everything is written to a temporary sibling directory that is renamed into place only
-  once complete, so a failed export leaves `out_dir` as it was.
-
-  Args:
-    params: our BERT param tree (see `bert_to_hf_state_dict`).
-    config: its config.
-    out_dir: target directory: absent, empty, or a previous export (which is replaced).
-    tokenizer_model: SentencePiece model to export alongside, a HuggingFace tokenizer folder
-      (a checkpoint's own, copied as it is), or None for weights only.
-    num_sentinels: sentinels above the sp pieces; sp pieces + num_sentinels must equal
-      config.vocab_size, since the embedding rows are indexed by these ids.
-    special_ids: `pad_token_id` / `bos_token_id` / `eos_token_id` for config.json (those
-      this family's config has), e.g. a checkpoint's own tokenizer's; None: the fixed ids.
-
-  Returns:
-    The absolute path of the export.
-
-  Raises:
-    FileExistsError: out_dir is a non-empty directory that is not our export, or a file.
-    ValueError: params/config/tokenizer do not agree.
-  """
-  out_dir = os.path.abspath(out_dir)
-  check_target(out_dir)
-  # Everything that can fail on bad input runs before touching the filesystem.
-  state = bert_to_hf_state_dict(params, config)
-  hf_config = hf_config_dict(config, **_config_ids(hf_config_dict, special_ids))
-  return write_export(out_dir, "bert", state, hf_config, config.vocab_size, tokenizer_model,
-                      num_sentinels, model_max_length=config.max_position_embeddings)
+  """Writes a HuggingFace `BertForMaskedLM` folder, atomically (`export.common.export_folder`
+  says what each argument means and what it raises)."""
+  return export_folder("bert", bert_to_hf_state_dict, hf_config_dict, params, config, out_dir,
+                       tokenizer_model, num_sentinels, special_ids,
+                       model_max_length=config.max_position_embeddings)

@@ -21,7 +21,7 @@ def config_from_hf(hf: Mapping[str, Any], notes: list[str]) -> Any:
           f"(one wi); our T5 is v1.1 with a gated FFN (wi_0, wi_1) and cannot hold it. Use "
           f"a T5 v1.1 / flan-t5 checkpoint (feed_forward_proj one of {sorted(from_hf)})")
     raise hfc.HFImportError(f"config.json: feed_forward_proj {proj!r} is not supported (one of "
-                        f"{sorted(from_hf)})")
+                            f"{sorted(from_hf)})")
   # Ours: tie_word_embeddings = a head tied to `shared` AND the decoder output scaled by
   # d_model**-0.5. transformers 5 always ties in memory and keeps the scaling apart as
   # `scale_decoder_outputs` (an untied v1.1 config saves tie_word_embeddings true with

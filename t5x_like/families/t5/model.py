@@ -187,10 +187,10 @@ class T5DenseGatedActDense(nn.Module):
       return layers.Dense((features,), (in_axis,), (out_axis,), use_bias=False, dtype=dtype,
                           param_dtype=pdtype, kernel_init=_normal(std), name=name)
 
-    gate_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp", f * c.hidden_size ** -0.5,
-                                "wi_0"), x_BLD)
+    gate_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp",
+                                      f * c.hidden_size ** -0.5, "wi_0"), x_BLD)
     linear_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp",
-                                  f * c.hidden_size ** -0.5, "wi_1"), x_BLD)
+                                        f * c.hidden_size ** -0.5, "wi_1"), x_BLD)
     h_BLF = layers.ACTIVATIONS[c.hidden_act](gate_BLF) * linear_BLF
     h_BLF = layers.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
     h_BLF = nn.Dropout(c.dropout_rate)(h_BLF, deterministic=self.deterministic)

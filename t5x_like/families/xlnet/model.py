@@ -415,5 +415,6 @@ def hf_config_dict(config: XLNetConfig) -> dict:
           "d_inner": config.intermediate_size, "ff_activation": config.hidden_act,
           "layer_norm_eps": config.layer_norm_eps, "dropout": config.dropout_rate,
           "initializer_range": config.initializer_range, "mem_len": config.mem_len or None,
-          "reuse_len": config.reuse_len or None, "clamp_len": config.clamp_len, "untie_r": config.untie_r,
+          "reuse_len": config.reuse_len or None, "clamp_len": config.clamp_len,
+          "untie_r": config.untie_r,
           "bi_data": config.bi_data, "attn_type": config.attn_type}
