@@ -43,6 +43,7 @@ teaches the decoder to emit EOS before its end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 
 import numpy as np
@@ -189,7 +190,16 @@ def noise_counts(lengths: np.ndarray, params: SpanCorruptionParams,
 
 def span_counts(length: int, params: SpanCorruptionParams) -> tuple[int, int]:
   """(num_noise, num_spans) for a block of `length` >= 2 tokens (see `noise_counts`)."""
-  num_noise, num_spans = noise_counts(np.int64(length), params)
+  return _span_counts(int(length), params.noise_density, params.mean_noise_span_length)
+
+
+@functools.lru_cache(maxsize=4096)
+def _span_counts(length: int, noise_density: float, mean_noise_span_length: float,
+                 ) -> tuple[int, int]:
+  # Cached: a pipeline sees few distinct lengths, and the float32 NumPy scalar arithmetic
+  # costs ~12 us a call, a sixth of a 568-token make_example (called twice per record).
+  num_noise, num_spans = noise_counts(np.int64(length), SpanCorruptionParams(
+      noise_density=noise_density, mean_noise_span_length=mean_noise_span_length))
   return int(num_noise), int(num_spans)
 
 
@@ -323,6 +333,10 @@ def _span_targets(tokens: np.ndarray, noise: np.ndarray, sentinels: np.ndarray,
     `nonnoise_span_to_unique_sentinel`; for a rolled one it keeps S_k before N_k where T5's
     would put a noise span first with no sentinel and shift every later one.
   """
+  if not noise[0] and noise[-1]:
+    # Non-noise first, noise last (every unrolled mask): B_k -> S_k keeps S_k before N_k, and
+    # collapsing the non-noise runs is twice as fast as inserting the sentinels.
+    return _replace_spans(tokens, ~noise, sentinels, eos_id)
   first, _ = _span_starts(noise)
   spans = tokens[noise].astype(np.int32)
   # Where each span's first token sits among the noise tokens: insert its sentinel before it.
