@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import sentencepiece as spm
 import torch
 import transformers
 
 from t5x_like import load_pretrained
 from tests.pretrain.conftest import run_cli
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_export_matches_load_pretrained(trained_workdir, tmp_path, capsys):

@@ -19,6 +19,9 @@ from t5x_like import checkpointing, load_pretrained
 from tests.pretrain.conftest import run_cli, tiny_overrides
 from tests.pretrain.test_cli_errors import EXIT_BAD_INPUT, assert_one_error
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 EXIT_TRAINING_FAILED = 3
 
 

@@ -15,9 +15,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests import gcs_emulator
 from tests.pretrain.conftest import tiny_overrides
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def _run(args: list[str], env: dict[str, str], cwd: str | None = None,

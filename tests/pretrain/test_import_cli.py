@@ -14,6 +14,9 @@ import transformers
 from t5x_like import hf_import, hf_layouts, load_pretrained
 from tests.pretrain.conftest import run_cli, snapshot
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 BUNDLED_VOCAB = 8000  # the bundled tokenizer's ids, so `pretrain train` accepts the model
 RUN = ["data.seq_len=32", "train.batch_size=8", "train.eval_steps=0", "train.log_every=1",
        "checkpoint.every=2", "train.export_at_end=false"]

@@ -23,6 +23,9 @@ from pretrain import data as data_lib
 from t5x_like import load_pretrained
 from tests.pretrain.conftest import run_cli
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SENTENCES = ["The quick brown fox jumps over the lazy dog.",
              "Continue pretraining from public checkpoints, unbelievably cheaply!",
              "오늘 아침에 도서관에서 오래된 책을 읽었습니다.",

@@ -18,6 +18,9 @@ import pytest
 
 from tests.pretrain.conftest import run_cli, tiny_overrides
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FACTOR = 1000.0
 
 

@@ -13,9 +13,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from t5x_like import load_pretrained
 from tests.pretrain.conftest import tiny_overrides
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 STEPS = 4
 

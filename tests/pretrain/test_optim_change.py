@@ -28,6 +28,9 @@ from t5x_like.training import step as step_lib
 from tests.pretrain import test_import_cli
 from tests.pretrain.conftest import run_cli, snapshot, tiny_overrides
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 EXIT_BAD_INPUT = 2
 bert_folder = test_import_cli.bert_folder  # the tiny HF BERT fixture, shared
 

@@ -7,11 +7,15 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from pretrain import cli
 from pretrain import data as data_lib
 from t5x_like.config import load_config
 from tests.pretrain.conftest import tiny_overrides
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_packed_mlm_rows_and_training(tmp_path, corpus, cache_dir):

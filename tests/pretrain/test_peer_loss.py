@@ -23,6 +23,9 @@ import pytest
 
 from tests.pretrain.conftest import tiny_overrides
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 EXIT_PEER_LOST = 4  # pretrain.EXIT_PEER_LOST
 PEER_TIMEOUT_S = 8.0
 # PeerWatch's bound for process 0: the timeout, a beat for the judge to look, two beats of

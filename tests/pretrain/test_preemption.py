@@ -11,7 +11,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.pretrain.conftest import tiny_overrides
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def _command(workdir: str, corpus: str, cache_dir: str, steps: int) -> list[str]:

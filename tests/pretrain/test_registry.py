@@ -142,6 +142,7 @@ def toy_registered():
   objectives.OBJECTIVES.unregister(TOY_OBJECTIVE)
 
 
+@pytest.mark.slow
 def test_a_family_and_an_objective_registered_from_a_test_train_export_and_load(
     toy_registered, tmp_path, corpus, cache_dir):
   preset = tmp_path / "toy.yaml"

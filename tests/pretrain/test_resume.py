@@ -18,6 +18,9 @@ from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
 from tests.pretrain.test_xlnet_cli import MEMORY_BI_DATA, xlnet_overrides
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 STEPS = 60
 EVERY = 10
 

@@ -17,6 +17,9 @@ from t5x_like import load_pretrained
 from tests.pretrain.conftest import run_cli, snapshot
 from tests.pretrain.test_cli_errors import EXIT_BAD_INPUT, assert_one_error
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def t5_overrides(corpus: str, cache_dir: str, **extra: object) -> list[str]:
   """Shrinks t5_tiny to a run of a few seconds: d=32, 1+1 layers, inputs 32, targets 8."""

@@ -20,6 +20,9 @@ from t5x_like import load_pretrained
 from tests.pretrain.conftest import run_cli, snapshot
 from tests.pretrain.test_cli_errors import EXIT_BAD_INPUT, assert_one_error
 
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def xlnet_overrides(corpus: str, cache_dir: str, **extra: object) -> list[str]:
   """Shrinks xlnet_tiny to a run of ~20 s: d=64, 2 layers, rows of 32 (5 targets)."""

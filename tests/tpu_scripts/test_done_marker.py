@@ -5,6 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def test_a_finished_run_writes_done_and_a_longer_run_rewrites_it(tmp_path):
   steps = 2
