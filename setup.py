@@ -39,7 +39,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["t5x_like*", "data_pipelines*", "pretrain*"]),
     package_data={
-        "pretrain": ["configs/*.yaml"],
+        "t5x_like": ["families/*/presets/*.yaml"],
         "data_pipelines": ["corpora/*", "corpora/*/*"],
     },
     install_requires=INSTALL_REQUIRES,

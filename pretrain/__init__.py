@@ -1,1 +1,1 @@
-"""The `pretrain` command line and its presets (pretrain/configs/*.yaml)."""
+"""The `pretrain` command line (presets: t5x_like/families/<name>/presets/*.yaml)."""

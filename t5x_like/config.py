@@ -1,17 +1,18 @@
 """Typed, frozen, nested run configuration: YAML presets plus dotted `key.path=value` overrides.
 
-One schema for every run (`t5x_like.config_schema`). Presets live in `pretrain/configs/*.yaml`
-and only name the keys they change; every key is checked against the schema's dataclasses
-(unknown keys are rejected with the valid ones listed, values are type-checked, choices are
-enforced), cross-field rules run (`t5x_like.config_validation`), and the resolved tree is
-written into the run directory as `config.yaml`. This module is the public surface of all
-three.
+One schema for every run (`t5x_like.config_schema`). Presets live with their family
+(`t5x_like/families/<name>/presets/*.yaml`) and only name the keys they change; every key is
+checked against the schema's dataclasses (unknown keys are rejected with the valid ones
+listed, values are type-checked, choices are enforced), cross-field rules run
+(`t5x_like.config_validation`), and the resolved tree is written into the run directory as
+`config.yaml`. This module is the public surface of all three.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import math
 import os
 import reprlib
@@ -36,8 +37,28 @@ from t5x_like.config_schema import (
 )
 from t5x_like.config_validation import validate
 
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "pretrain", "configs")
+# Presets live with their family: t5x_like/families/<name>/presets/*.yaml. A family registered
+# from elsewhere adds its folder with `add_preset_dir` (its Family record's `presets`).
+_FAMILIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "families")
+_EXTRA_PRESET_DIRS: list[str] = []
+
+
+def add_preset_dir(path: str) -> None:
+  """Makes the `*.yaml` presets in `path` loadable by name."""
+  path = os.path.abspath(path)
+  if path not in _EXTRA_PRESET_DIRS:
+    _EXTRA_PRESET_DIRS.append(path)
+
+
+def _presets() -> dict[str, str]:
+  """Preset name -> its YAML file (built-in families' folders, then added ones)."""
+  dirs = sorted(glob.glob(os.path.join(_FAMILIES_DIR, "*", "presets"))) + _EXTRA_PRESET_DIRS
+  out: dict[str, str] = {}
+  for d in dirs:
+    for f in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+      if f.endswith(".yaml"):
+        out.setdefault(f[:-5], os.path.join(d, f))
+  return out
 
 
 # --------------------------------------------------------------------------- building
@@ -147,7 +168,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_presets() -> list[str]:
-  return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+  return sorted(_presets())
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -183,8 +204,8 @@ def _load_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
   if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
     path = name_or_path
   else:
-    path = os.path.join(PRESET_DIR, name_or_path + ".yaml")
-    if not os.path.exists(path):
+    path = _presets().get(name_or_path, "")
+    if not path:
       raise ConfigError(f"unknown config preset {name_or_path!r}; presets: "
                         f"{', '.join(list_presets())} (or give a path to a .yaml file)")
   if path in seen:
@@ -194,8 +215,7 @@ def _load_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
   if base is not None:
     if not isinstance(base, str):
       raise ConfigError(f"config {path}: base must be a preset name or path, got {base!r}")
-    if not (os.sep in base or base.endswith((".yaml", ".yml"))) and \
-        not os.path.exists(os.path.join(PRESET_DIR, base + ".yaml")):
+    if not (os.sep in base or base.endswith((".yaml", ".yml"))) and base not in _presets():
       base = os.path.join(os.path.dirname(path), base)
     tree = _deep_merge(_load_tree(base, seen + (path,)), tree)
   return tree

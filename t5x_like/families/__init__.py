@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from t5x_like import config
 from t5x_like.registry import Registry
 
 
@@ -84,12 +85,17 @@ class Family:
   export: Callable[..., str] | None = None
   hf: HFSpec | None = None
   tokenizer: TokenizerSpec | None = None
+  # A folder of `*.yaml` presets loadable by name; the built-in families' are found in
+  # `t5x_like/families/<name>/presets/` without it.
+  presets: str | None = None
 
 
 FAMILIES: Registry[Family] = Registry("model family", "model.family")
 
 
 def register(family: Family, replace: bool = False) -> Family:
+  if family.presets is not None:
+    config.add_preset_dir(family.presets)
   return FAMILIES.register(family, replace=replace)
 
 

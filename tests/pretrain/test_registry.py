@@ -5,6 +5,7 @@ names are one error listing the registered ones; core code names no family or ob
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -23,7 +24,7 @@ import yaml
 import t5x_like
 from pretrain import cli
 from t5x_like import families, models, objectives
-from t5x_like.config import ConfigError, load_config
+from t5x_like.config import ConfigError, list_presets, load_config
 from t5x_like.export import common as export_common
 from t5x_like.training import tasks
 from tests.pretrain.conftest import run_cli
@@ -145,7 +146,11 @@ def toy_registered():
 @pytest.mark.slow
 def test_a_family_and_an_objective_registered_from_a_test_train_export_and_load(
     toy_registered, tmp_path, corpus, cache_dir):
-  preset = tmp_path / "toy.yaml"
+  # The family brings its preset folder, as the built-in ones do (families/<name>/presets/).
+  presets = tmp_path / "presets"
+  presets.mkdir()
+  families.register(dataclasses.replace(TOY, presets=str(presets)), replace=True)
+  preset = presets / "toy_tiny.yaml"
   preset.write_text(yaml.safe_dump({
       "model": {"family": TOY_FAMILY, "hidden_size": 16, "num_heads": 1},
       "objective": {"name": TOY_OBJECTIVE},
@@ -156,7 +161,8 @@ def test_a_family_and_an_objective_registered_from_a_test_train_export_and_load(
       "checkpoint": {"every": 30},
   }), encoding="utf-8")
   workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
-  assert cli.main(["train", "--config", str(preset), "--workdir", workdir]) == 0
+  assert "toy_tiny" in list_presets()
+  assert cli.main(["train", "--config", "toy_tiny", "--workdir", workdir]) == 0
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     train = [r for r in map(json.loads, f) if r["split"] == "train"]
   assert train[-1]["loss"] < train[0]["loss"]  # it learns something: the registry is wired
