@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from data_pipelines import vocab
+from data_pipelines import storage, vocab
 from data_pipelines.errors import DataError
 
 # The files of a HuggingFace tokenizer folder that `pretrain import` and the exporters copy.
@@ -34,13 +34,6 @@ _ROLE_FALLBACKS = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"),
                    "mask": ("[MASK]", "<mask>"), "bos": ("<s>",), "eos": ("</s>",)}
 _SENTINEL_RE = re.compile(r"^<extra_id_(\d+)>$")
 _BYTE_PIECE_RE = re.compile(r"^<0x[0-9A-F]{2}>$")
-
-
-def _sha256(path: str) -> str:
-  # The same file digest as `tokenizer.Tokenizer.sha256`; a copy, so that this module does not
-  # import the one that imports it.
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def is_hf_tokenizer_dir(path: str) -> bool:
@@ -135,7 +128,7 @@ class HFTokenizer:
     for name in _HF_IDENTITY_FILES:
       path = os.path.join(folder, name)
       if os.path.isfile(path):
-        digest.update(name.encode() + b"\0" + _sha256(path).encode() + b"\0")
+        digest.update(name.encode() + b"\0" + storage.file_sha256(path).encode() + b"\0")
     self.sha256 = digest.hexdigest()
     names = {**_read_json_file(os.path.join(folder, "special_tokens_map.json")), **config}
     self.special_ids: dict[str, int | None] = {}

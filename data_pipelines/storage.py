@@ -133,6 +133,12 @@ def remote_glob(pattern: str) -> list[str]:
   return sorted("gs://" + f for f in filesystem(pattern).glob(pattern))
 
 
+def file_sha256(p: str) -> str:
+  """The SHA-256 hex digest of a local file's bytes (tokenizer fingerprints)."""
+  with open(p, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def stat_identity(p: str) -> str:
   """Size and generation of a remote object: changes whenever the object is rewritten."""
   info = filesystem(p).info(p)

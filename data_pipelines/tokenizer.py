@@ -17,7 +17,6 @@ one from a spec. `train_tokenizer` trains the SentencePiece model this module lo
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -27,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from data_pipelines import vocab
+from data_pipelines import storage, vocab
 from data_pipelines.errors import DataError
 from data_pipelines.hf_tokenizer import HF_TOKENIZER_FILES, HFTokenizer, is_hf_tokenizer_dir
 
@@ -47,11 +46,6 @@ _LOG = logging.getLogger(__name__)
 def bundled_tokenizer_path() -> str:
   """Path of the committed 8k unigram tokenizer trained on the bundled corpora."""
   return os.path.join(TOKENIZER_DIR, BUNDLED_NAME + ".model")
-
-
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def _sidecar_path(model_path: str) -> str:
@@ -85,7 +79,7 @@ class Tokenizer:
       raise DataError(f"tokenizer model {model_path} has special pieces {list(pieces)} at ids "
                       f"0..5; expected {list(vocab.SPECIAL_PIECES)}")
     self.model_path = model_path
-    self.sha256 = _sha256(model_path)
+    self.sha256 = storage.file_sha256(model_path)
     self.num_sentinels = num_sentinels
     self.sp_vocab_size = self._sp.get_piece_size()
     self.vocab_size = self.sp_vocab_size + num_sentinels
@@ -109,9 +103,9 @@ class Tokenizer:
       except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"tokenizer sidecar {sidecar} is invalid ({e!r}); expected JSON with "
                         f"an integer 'num_sentinels'") from None
-      if meta.get("sha256") and meta["sha256"] != _sha256(model_path):
+      if meta.get("sha256") and meta["sha256"] != storage.file_sha256(model_path):
         raise DataError(f"tokenizer sidecar {sidecar} records sha256 {meta['sha256'][:12]}… "
-                        f"but {model_path} has {_sha256(model_path)[:12]}…; retrain or fix it")
+                        f"but {model_path} has {storage.file_sha256(model_path)[:12]}…; retrain or fix it")
     return cls(model_path, num_sentinels)
 
   def encode(self, text: str) -> np.ndarray:
@@ -303,7 +297,7 @@ def train_tokenizer(documents: Iterable[str], model_prefix: str, vocab_size: int
   model_path = model_prefix + ".model"
   _strip_output_location(model_path)
   meta = {"num_sentinels": num_sentinels, "vocab_size": vocab_size, "model_type": model_type,
-          "trained_on": trained_on, "sha256": _sha256(model_path)}
+          "trained_on": trained_on, "sha256": storage.file_sha256(model_path)}
   with open(_sidecar_path(model_path), "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
     f.write("\n")
