@@ -28,13 +28,13 @@ from benchmarks import train_harness
 from benchmarks.train_spec import Batch, TrainSpec, adamw, stack_rows, torch_inputs
 from data_pipelines.objectives import mlm
 from data_pipelines.vocab import VocabInfo
-from t5x_like.config import Config, max_predictions
+from t5x_like.config import Config
 
 
 def make_batches(config: Config, vocab: VocabInfo, count: int, seed: int) -> list[Batch]:
   """`count` int32 batches [B, L] from the MLM objective on random blocks (EOS every ~300)."""
   b, length = config.train.batch_size, config.data.seq_len
-  params = mlm.MLMParams(max_predictions=max_predictions(config),
+  params = mlm.MLMParams(max_predictions=config.objective.predictions_per_row(config),
                          mask_prob=config.objective.mask_prob,
                          mask_token_frac=config.objective.mask_token_frac,
                          random_token_frac=config.objective.random_token_frac)
@@ -53,7 +53,7 @@ def row_fields(config: Config, batches: list[Batch]) -> dict[str, Any]:
   return {"batch_size": config.train.batch_size, "seq_len": config.data.seq_len,
           "hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_heads": m.num_heads,
           "intermediate_size": m.intermediate_size, "vocab_size": m.vocab_size,
-          "max_predictions": max_predictions(config),
+          "max_predictions": config.objective.predictions_per_row(config),
           "predicted_per_batch": float(np.mean([np.sum(x["labels"] != -100) for x in batches])),
           "dropout": m.dropout_rate}
 

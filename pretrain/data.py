@@ -185,9 +185,11 @@ def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
   # Blocks mode: the objective builds whole rows itself (BART's wraps make_pack_row).
   pack_row = (make_pack_row(config, tokenizer.vocab_info()) if config.data.pack_documents
               else None)
-  second_half = make_objective(config, tokenizer, reverse=True) if config.model.bi_data else None
-  common = {"objective": objective, "pack_row": pack_row,
-            "second_half_objective": second_half, "streams": config.model.mem_len > 0,
+  record = _objective(config)
+  second_half = (make_objective(config, tokenizer, reverse=True)
+                 if record.reversed_second_half and record.reversed_second_half(config) else None)
+  common = {"objective": objective, "pack_row": pack_row, "second_half_objective": second_half,
+            "streams": bool(record.streams and record.streams(config)),
             "global_batch_size": config.train.batch_size,
             "seed": config.train.seed, "process_index": jax.process_index(),
             "process_count": jax.process_count(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import logging
 import math
 import os
 import reprlib
@@ -22,7 +23,6 @@ from typing import Any
 import yaml
 
 from data_pipelines import storage
-from data_pipelines.objectives import mlm
 from t5x_like.config_schema import (
   CheckpointConfig,
   Config,
@@ -32,8 +32,10 @@ from t5x_like.config_schema import (
   ModelConfig,
   ObjectiveConfig,
   OptimConfig,
+  Polymorphic,
   TrainConfig,
   registry_names,
+  tagged,
 )
 from t5x_like.config_validation import validate
 
@@ -89,13 +91,22 @@ def _key_name(name: str) -> str:
   return name if name.isprintable() else repr(name)
 
 
-def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
+def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field,
+            saved: bool = False) -> Any:
   """Checks (and where lossless, converts) a YAML value to the field's declared type."""
+  if typing.get_origin(typ) is tuple:  # a list of records (or of scalars)
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {_show(value)}")
+    item = typing.get_args(typ)[0]
+    return tuple(_coerce(f"{path}.{i}", v, item, field, saved) for i, v in enumerate(value))
   if dataclasses.is_dataclass(typ):
     if not isinstance(value, dict):
       raise ConfigError(f"{path}: expected a mapping of {typ.__name__} keys, got "
                         f"{type(value).__name__} {_show(value)}")
-    return _build(typ, value, path + ".")
+    spec = field.metadata.get("polymorphic")
+    if spec is None:
+      return _build(typ, value, path + ".", saved=saved)
+    return _build_polymorphic(spec, value, path, saved)
   if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
     raise ConfigError(f"{path}: {_show(value)} is out of range (|value| < 2**63)")
   if typ is bool:
@@ -143,7 +154,54 @@ def _coerce(path: str, value: Any, typ: Any, field: dataclasses.Field) -> Any:
                     f"{_show(value)}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build_polymorphic(spec: Polymorphic, values: dict[str, Any], path: str,
+                       saved: bool) -> Any:
+  """A section (or record) whose class its name key chooses: `model` by `model.family`,
+  `objective` by `objective.name`, a record of a list by its own name key."""
+  name = values.get(spec.key, spec.default)
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f"{path}.{spec.key}: expected a name, got {_show(name)}")
+  cls = spec.resolve(name)
+  ours = {f.name for f in dataclasses.fields(cls)}
+  kept = {}
+  for key, value in values.items():
+    if key in ours:
+      kept[key] = value
+    elif not _foreign_at_default(spec, cls, name, key, value, path, saved):
+      kept[key] = value  # not another unit's key either: _build names it as unknown
+  return _build(cls, kept, path + ".", saved=saved)
+
+
+def _foreign_at_default(spec: Polymorphic, cls: type, name: str, key: str, value: Any,
+                        path: str, saved: bool) -> bool:
+  """True (drop it) if `key` belongs to another registered unit's section and `value` is that
+  section's default: a key that would do nothing here, as every earlier config.yaml (one flat
+  section for all families) holds. A non-default value is refused, naming whose key it is
+  (silently ignoring it would train something else than asked); a saved run's config.yaml
+  (`saved`) only warns, since the run it describes already ignored it."""
+  owners = {other: next(f for f in dataclasses.fields(c) if f.name == key)
+            for other, c in spec.classes().items()
+            if other != name and any(f.name == key for f in dataclasses.fields(c))}
+  if not owners:
+    return False
+  for other, field in owners.items():
+    default = (field.default if field.default is not dataclasses.MISSING
+               else field.default_factory())  # type: ignore[misc]
+    try:
+      if _coerce(f"{path}.{key}", value, typing.get_type_hints(spec.classes()[other])[key],
+                 field) == default:
+        return True
+    except ConfigError:
+      pass
+  message = (f"{path}.{_key_name(key)} applies to {', '.join(sorted(owners))} only; "
+             f"{path}.{spec.key} is {name!r}")
+  if saved:
+    logging.getLogger(__name__).warning("%s: ignored, as the run did", message)
+    return True
+  raise ConfigError(message)
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "", saved: bool = False) -> Any:
   fields = {f.name: f for f in dataclasses.fields(cls)}
   types_ = _field_types(cls)
   kwargs = {}
@@ -153,17 +211,38 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
       hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
       raise ConfigError(f"unknown config key {_key_name(f'{prefix}{key}')}{hint}; valid keys "
                         f"in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
-    kwargs[key] = _coerce(prefix + key, value, types_[key], fields[key])
-  return dataclasses.replace(cls(), **kwargs)
+    kwargs[key] = _coerce(prefix + key, value, types_[key], fields[key], saved)
+  for key, field in fields.items():  # an absent polymorphic section: its default unit's
+    if key not in kwargs and "polymorphic" in field.metadata:
+      kwargs[key] = _coerce(prefix + key, {}, types_[key], field, saved)
+  return cls(**kwargs)
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any], path: str = ""
+                ) -> dict[str, Any]:
   out = dict(base)
   for key, value in extra.items():
     if isinstance(value, dict) and isinstance(out.get(key), dict):
-      out[key] = _deep_merge(out[key], value)
+      out[key] = _deep_merge(out[key], value, f"{path}{key}.")
+    elif isinstance(value, dict) and isinstance(out.get(key), list):
+      out[key] = _merge_into_list(out[key], value, f"{path}{key}")
     else:
       out[key] = value
+  return out
+
+
+def _merge_into_list(items: list[Any], extra: dict[Any, Any], path: str) -> list[Any]:
+  """`a.b.1.c=v` on a list of records: record 1's key c (records count from 0)."""
+  out = list(items)
+  for index, value in extra.items():
+    i = int(index) if str(index).isdigit() else -1
+    if not 0 <= i < len(out):
+      raise ConfigError(f"{path}.{_key_name(str(index))}: {path} is a list of {len(out)} "
+                        f"records, numbered 0..{len(out) - 1}")
+    if isinstance(value, dict) and isinstance(out[i], dict):
+      out[i] = _deep_merge(out[i], value, f"{path}.{i}.")
+    else:
+      out[i] = value
   return out
 
 
@@ -246,8 +325,10 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
   return tree
 
 
-def from_dict(tree: dict[str, Any]) -> Config:
-  config = _build(Config, tree)
+def from_dict(tree: dict[str, Any], saved: bool = False) -> Config:
+  """A validated `Config` from a (YAML) tree. saved: the tree is a run's own config.yaml,
+  written by an earlier version maybe (see `_foreign_at_default`)."""
+  config = _build(Config, tree, saved=saved)
   validate(config)
   return config
 
@@ -258,7 +339,14 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-  return dataclasses.asdict(config)
+  """The config as plain YAML-able data (lists of records as lists of mappings)."""
+  def plain(value: Any) -> Any:
+    if isinstance(value, dict):
+      return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [plain(v) for v in value]
+    return value
+  return plain(dataclasses.asdict(config))
 
 
 def save_config(config: Config, path: str) -> None:
@@ -267,7 +355,14 @@ def save_config(config: Config, path: str) -> None:
 
 
 def read_config(path: str) -> Config:
-  return from_dict(_read_yaml(path))
+  """A run's saved config.yaml."""
+  return from_dict(_read_yaml(path), saved=True)
+
+
+def model_section(family: str, **values: Any) -> Any:
+  """The typed `model` section of `family` with `values` (checked as a config file's)."""
+  field = next(f for f in dataclasses.fields(Config) if f.name == "model")
+  return _coerce("model", {"family": family, **values}, ModelConfig, field)
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:
@@ -276,16 +371,6 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
   for name, values in sections.items():
     tree[name] = {**tree[name], **values}
   return from_dict(tree)
-
-
-def max_predictions(c: Config) -> int:
-  """Static number of positions the MLM head scores per row: objective.max_predictions, or
-  (0) the objective's own bound, `data_pipelines.objectives.mlm.default_max_predictions`."""
-  if c.objective.max_predictions:
-    return c.objective.max_predictions
-  return mlm.default_max_predictions(c.data.seq_len, c.objective.mask_prob,
-                                     whole_word=c.objective.whole_word,
-                                     packed=c.data.pack_documents)
 
 
 __all__ = [
@@ -302,10 +387,11 @@ __all__ = [
   "from_dict",
   "list_presets",
   "load_config",
-  "max_predictions",
+  "model_section",
   "read_config",
   "replace",
   "save_config",
+  "tagged",
   "to_dict",
   "validate",
 ]

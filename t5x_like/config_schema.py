@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -15,11 +16,11 @@ class ConfigError(ValueError):
   """A configuration value or key is wrong; the message names it and what was expected."""
 
 
-def _choices(*values: str) -> dict[str, Any]:
+def choices(*values: str) -> dict[str, Any]:
   return {"choices": values}
 
 
-def _registered(kind: str) -> dict[str, Any]:
+def registered(kind: str) -> dict[str, Any]:
   """A name looked up in a registry (`t5x_like.families` or `t5x_like.objectives`)."""
   return {"registry": kind}
 
@@ -30,99 +31,103 @@ def registry_names(kind: str) -> tuple[str, ...]:
   return importlib.import_module(f"t5x_like.{kind}").names()
 
 
+# What a config that names no family / objective gets (documented defaults, not dispatch).
+DEFAULT_FAMILY = "bert"
+DEFAULT_OBJECTIVE = "mlm"
+
+# Field tags (metadata) that core code reads instead of lists of names:
+# shape: the parameters' shapes depend on it (a resume may not change it; an imported
+#   checkpoint's tensors fix it);
+# run: a run choice, not the checkpoint's (`pretrain import` keeps the base config's value).
+SHAPE = {"shape": True}
+RUN = {"run": True}
+
+
+def tagged(section: Any, tag: str) -> tuple[str, ...]:
+  """The names of the fields of `section` (a dataclass or its class) tagged `tag`."""
+  return tuple(f.name for f in dataclasses.fields(section) if f.metadata.get(tag))
+
+
+@dataclasses.dataclass(frozen=True)
+class Polymorphic:
+  """A section, or each record of a list, whose class is chosen by its `key` field: among the
+  units of the registry `t5x_like.<kind>` (each unit's `config` class), or in `table`.
+
+  `model` is chosen by `model.family`, `objective` by `objective.name`: a family's or an
+  objective's own keys are valid only beside its name, and its record validates them.
+  """
+  key: str
+  kind: str = ""
+  default: str = ""
+  table: Callable[[], Mapping[str, type]] | None = None  # name -> class, instead of a registry
+
+  def classes(self) -> Mapping[str, type]:
+    """Every registered name -> its class."""
+    if self.table is not None:
+      return self.table()
+    registry = importlib.import_module(f"t5x_like.{self.kind}")
+    return {name: registry.get(name).config for name in registry.names()}
+
+  def resolve(self, name: str) -> type:
+    """The class for `name` (an unregistered name: ConfigError listing the registered)."""
+    if self.table is None:
+      return importlib.import_module(f"t5x_like.{self.kind}").get(name).config
+    table = self.table()
+    if name not in table:
+      raise ConfigError(f"{self.key} {name!r} is not one of {', '.join(table)}")
+    return table[name]
+
+
+def _default_section(section: str) -> Any:
+  field = next(f for f in dataclasses.fields(Config) if f.name == section)
+  spec: Polymorphic = field.metadata["polymorphic"]
+  return spec.resolve(spec.default)()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture. Sizes follow the HF config names of the mirrored family."""
-  family: str = dataclasses.field(default="bert", metadata=_registered("families"))
-  vocab_size: int = 0  # 0 = the tokenizer's size (sentinels included)
-  hidden_size: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  intermediate_size: int = 3072
-  max_position_embeddings: int = 512
-  type_vocab_size: int = 2
-  hidden_act: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "gelu_new",
+  """The architecture keys every family reads; sizes follow the HF config names of the
+  mirrored family. A family's `model` section subclasses it with its own keys
+  (`t5x_like/families/<name>/config.py`) and checks them (`check`)."""
+  family: str = dataclasses.field(default=DEFAULT_FAMILY,
+                                  metadata={**registered("families"), **SHAPE})
+  vocab_size: int = dataclasses.field(default=0, metadata=SHAPE)  # 0 = the tokenizer's size
+  hidden_size: int = dataclasses.field(default=768, metadata=SHAPE)
+  num_layers: int = dataclasses.field(default=12, metadata=SHAPE)
+  num_heads: int = dataclasses.field(default=12, metadata=SHAPE)
+  intermediate_size: int = dataclasses.field(default=3072, metadata=SHAPE)
+  hidden_act: str = dataclasses.field(default="gelu", metadata=choices("gelu", "gelu_new",
                                                                         "relu"))
   layer_norm_eps: float = 1e-12
   dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
-  initializer_range: float = 0.02
-  dtype: str = dataclasses.field(default="float32", metadata=_choices("float32", "bfloat16"))
+  dtype: str = dataclasses.field(default="float32",
+                                 metadata={**choices("float32", "bfloat16"), **RUN})
   param_dtype: str = dataclasses.field(default="float32",
-                                       metadata=_choices("float32", "bfloat16"))
-  remat: str = dataclasses.field(default="none", metadata=_choices("none", "full", "dots"))
-  scan_layers: bool = False
+                                       metadata={**choices("float32", "bfloat16"), **RUN})
+  remat: str = dataclasses.field(default="none",
+                                 metadata={**choices("none", "full", "dots"), **RUN})
+  scan_layers: bool = dataclasses.field(default=False, metadata=RUN)
   # Attention kernel: "xla" (everywhere) or "splash" (the Pallas splash-attention kernel; on
-  # TPU, elsewhere in Pallas interpret mode). BERT uses it for lengths that are multiples of
-  # 128 without attention dropout; other calls and families use XLA and say why in the log.
-  attention_kernel: str = dataclasses.field(default="xla", metadata=_choices("xla", "splash"))
-  # Encoder-decoder (T5) fields; names follow transformers.T5Config where they differ.
-  num_decoder_layers: int = 0  # 0 = num_layers
-  head_dim: int = 0  # T5 d_kv; 0 = hidden_size // num_heads
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
-  initializer_factor: float = 1.0
-  tie_word_embeddings: bool = False
-  # BART: token embeddings scaled by sqrt(hidden_size) (transformers.BartConfig name).
-  scale_embedding: bool = False
-  # BART: the padding id whose embedding row starts at zero and gets no lookup gradient (HF's
-  # padding_idx); 0 for this project's tokenizers, `pretrain import` sets a checkpoint's.
-  pad_token_id: int = 0
-  # XLNet: relative distances clipped to [-clamp_len, clamp_len] when > 0 (-1 = no clipping).
-  clamp_len: int = -1
-  # XLNet's bi_data: the second half of every global batch is reversed text, and the model
-  # gives it negated relative distances (transformers.XLNetConfig name).
-  bi_data: bool = False
-  # XLNet memory (transformers.XLNetConfig names): mem_len cached states per layer carried from
-  # one step to the next, from the first reuse_len tokens of each row; rows then come in
-  # stream order (row i of step t+1 continues row i of step t). Both 0 (off) or both > 0.
-  mem_len: int = 0
-  reuse_len: int = 0
+  # TPU, elsewhere in Pallas interpret mode). A family that cannot use it says so in the log.
+  attention_kernel: str = dataclasses.field(default="xla", metadata=choices("xla", "splash"))
+
+  def check(self, config: Any) -> None:
+    """The family's own cross-field checks (raise ConfigError); called by `validate`."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-  """Self-supervised objective and its noise parameters (docs/objectives.md)."""
-  name: str = dataclasses.field(default="mlm", metadata=_registered("objectives"))
-  mask_prob: float = 0.15
-  mask_token_frac: float = 0.8
-  random_token_frac: float = 0.1
-  whole_word: bool = False
-  # Static number of positions the MLM head gathers per sequence; 0 derives it from seq_len.
-  max_predictions: int = 0
-  # T5 span corruption: data.seq_len is the encoder input length; the raw block and the
-  # target length follow from random_spans_helper (512 -> 568 raw tokens, 114 targets).
-  noise_density: float = 0.15
-  mean_noise_span_length: float = 3.0
-  # T5's random_roll: rotate each noise mask by a random offset (keeping spans whole), so a short
-  # document's single span is not always its last tokens. Off by default, as in T5.
-  random_roll: bool = False
-  # BART denoising (fairseq semantics, applied in this order): sentence permutation, text
-  # infilling (Poisson spans of whole words, one <mask> each), token masking, token deletion,
-  # insertion, rotation. Each is a ratio in [0, 1]; 0 turns the noise off. data.seq_len is the
-  # encoder (source) length; the target is the clean block with <s> and </s>. The default mix
-  # is the BART paper's best: text infilling 0.3 (lambda 3) + sentence permutation 1.0.
-  text_infilling: float = 0.3  # fraction of word starts masked (fairseq --mask)
-  token_masking: float = 0.0  # fraction of tokens replaced by <mask>
-  token_deletion: float = 0.0  # fraction of tokens deleted
-  permute_sentences: float = 1.0  # fraction of sentences shuffled
-  rotate: float = 0.0  # probability of rotating the document
-  insert: float = 0.0  # inserted tokens, as a fraction of the source length
-  random_ratio: float = 0.1  # masks / inserts that get a random token instead (--mask-random)
-  poisson_lambda: float = 3.0  # mean span length of text infilling
-  # XLNet permutation LM (original semantics): rows `A <sep> B <sep> <cls>` of data.seq_len
-  # tokens; num_predict targets chosen as spans of 1..max_span tokens (p ~ 1/n) with a context
-  # of n * mask_alpha / mask_beta; one factorisation order per perm_size block.
-  num_predict: int = 0  # 0 = round(seq_len / 6), the paper's K = 6 (85 of 512)
-  perm_size: int = 0  # 0 = seq_len; must divide seq_len
-  max_span: int = 5
-  mask_alpha: float = 6.0
-  mask_beta: float = 1.0
+  """The objective keys every objective reads; an objective's `objective` section subclasses
+  it with its noise parameters (`t5x_like/objectives/<name>.py`, docs/objectives.md)."""
+  name: str = dataclasses.field(default=DEFAULT_OBJECTIVE, metadata=registered("objectives"))
   # Loss options T5X users expect: z_loss * logsumexp(logits)^2 per target token, and the
   # normaliser of the summed loss: 0 = the number of target tokens in the global batch, > 0 a
   # constant (T5X's loss_normalizing_factor, e.g. 233472 = 2048 x 114).
   z_loss: float = 0.0
   loss_normalizing_factor: float = 0.0
+
+  def check(self, config: Any) -> None:
+    """The objective's own cross-field checks (raise ConfigError); called by `validate`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,10 +157,10 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   """Optimiser and learning-rate schedule."""
-  name: str = dataclasses.field(default="adamw", metadata=_choices("adamw", "adafactor"))
+  name: str = dataclasses.field(default="adamw", metadata=choices("adamw", "adafactor"))
   learning_rate: float = 1e-4
   schedule: str = dataclasses.field(default="linear",
-                                    metadata=_choices("linear", "cosine", "constant",
+                                    metadata=choices("linear", "cosine", "constant",
                                                       "rsqrt"))
   warmup_steps: int = 10_000
   end_learning_rate_ratio: float = 0.0
@@ -209,13 +214,17 @@ class TrainConfig:
   print_sharding: bool = False
   # A step whose loss or gradient is NaN/Inf is never applied; then "stop" ends the run
   # naming the step and the last good checkpoint, "skip" goes on (and counts them).
-  on_nonfinite: str = dataclasses.field(default="stop", metadata=_choices("stop", "skip"))
+  on_nonfinite: str = dataclasses.field(default="stop", metadata=choices("stop", "skip"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  model: ModelConfig = ModelConfig()
-  objective: ObjectiveConfig = ObjectiveConfig()
+  model: ModelConfig = dataclasses.field(
+      default_factory=lambda: _default_section("model"),
+      metadata={"polymorphic": Polymorphic("family", "families", DEFAULT_FAMILY)})
+  objective: ObjectiveConfig = dataclasses.field(
+      default_factory=lambda: _default_section("objective"),
+      metadata={"polymorphic": Polymorphic("name", "objectives", DEFAULT_OBJECTIVE)})
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   mesh: MeshConfig = MeshConfig()

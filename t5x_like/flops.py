@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_like.config import Config, max_predictions
+from t5x_like.config import Config
 
 
 def encoder_forward_flops(batch: int, length: int, hidden: int, ffn: int, layers: int) -> float:
@@ -30,7 +30,7 @@ def mlm_train_flops_per_step(config: Config) -> float:
   m = config.model
   b, length = config.train.batch_size, config.data.seq_len
   forward = encoder_forward_flops(b, length, m.hidden_size, m.intermediate_size, m.num_layers)
-  predicted = b * max_predictions(config)
+  predicted = b * config.objective.predictions_per_row(config)
   forward += predicted * 2 * (m.hidden_size * m.hidden_size + m.hidden_size * m.vocab_size)
   return 3.0 * forward
 

@@ -39,10 +39,9 @@ from t5x_like.hf_config import HFImportError
 from t5x_like.hf_layouts import Layout, flatten_params, layouts, param_shapes, unflatten_params
 from t5x_like.hf_weights import load_weights, read_hf_config
 
-# Run settings that are ours to choose, not the checkpoint's: taken from the base config
-# (those the run config has). XLNet's memory and bi_data are pretraining choices too.
-RUN_MODEL_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "mem_len", "reuse_len",
-                  "bi_data")
+# Run settings that are ours to choose, not the checkpoint's, are the model section's fields
+# tagged `run` (dtype, remat, scan_layers, a family's pretraining choices such as XLNet's
+# memory): `pretrain import` takes them from the base config.
 
 
 def family_of(hf_config: Mapping[str, Any]) -> tuple[Any, str | None]:
@@ -111,12 +110,13 @@ class ImportedCheckpoint:
             "notes": self.notes}
 
 
-def _model_fields(family: str, model_config: Any) -> dict[str, Any]:
-  from t5x_like.config import ModelConfig
-  ours = {f.name for f in dataclasses.fields(ModelConfig)} - set(RUN_MODEL_KEYS)
+def _model_fields(family: Any, model_config: Any) -> dict[str, Any]:
+  """The run config's model keys that the checkpoint fixes (all but the `run` ones)."""
+  from t5x_like.config import tagged
+  ours = {f.name for f in dataclasses.fields(family.config)} - set(tagged(family.config, "run"))
   fields = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)
             if f.name in ours}
-  return {"family": family, **fields}
+  return {"family": family.name, **fields}
 
 
 def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
@@ -189,7 +189,7 @@ def import_hf(folder: str, allow_pickle: bool = False) -> ImportedCheckpoint:
     raise HFImportError(f"{weights_file} has tensors our {fam.name} cannot hold: {shown}")
   return ImportedCheckpoint(
       source=folder, weights_file=weights_file, family=fam.name, architecture=architecture,
-      model_config=model_config, model_fields=_model_fields(fam.name, model_config),
+      model_config=model_config, model_fields=_model_fields(fam, model_config),
       params=unflatten_params(params), ignored=ignored, new_params=new_params, notes=notes)
 
 
@@ -213,6 +213,6 @@ def full_params(imported: ImportedCheckpoint, seed: int = 0) -> dict[str, Any]:
   return unflatten_params({k: flat.get(k, np.asarray(v)) for k, v in fresh.items()})
 
 
-__all__ = ["RUN_MODEL_KEYS", "HFImportError", "ImportedCheckpoint", "Layout", "family_of",
+__all__ = ["HFImportError", "ImportedCheckpoint", "Layout", "family_of",
            "full_params", "import_hf", "layouts", "load_weights", "param_shapes",
            "read_hf_config"]

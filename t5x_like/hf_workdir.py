@@ -24,15 +24,11 @@ import numpy as np
 
 from t5x_like.config import ConfigError
 from t5x_like.hf_config import HFImportError
-from t5x_like.hf_import import RUN_MODEL_KEYS, ImportedCheckpoint
+from t5x_like.hf_import import ImportedCheckpoint
 from t5x_like.hf_layouts import flatten_params
 
 # The checkpoint's tokenizer files are copied here, under the run directory.
 TOKENIZER_SUBDIR = "tokenizer"
-# Imported model keys an override may not change (the checkpoint's tensors fix them).
-SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
-              "intermediate_size", "max_position_embeddings", "type_vocab_size",
-              "num_decoder_layers", "head_dim", "relative_attention_num_buckets")
 # The import's summary (source, ignored, newly initialised, ...), written beside config.yaml.
 IMPORT_RECORD = "hf_import.json"
 
@@ -65,23 +61,26 @@ def prepare_run(imported: ImportedCheckpoint, base: str | None = None,
   before the overrides, so `data.tokenizer=...` among them still wins; None keeps base's.
 
   base: a preset name or YAML path; default the family's tiny preset (e.g. bert_tiny). Its
-  RUN_MODEL_KEYS (dtype, remat, scan_layers, XLNet memory, ...) are kept (run choices);
-  every other model key comes from the checkpoint (or ModelConfig's default). `overrides` apply last, but may not
-  change a key the checkpoint's tensors fix (SHAPE_KEYS).
+  model keys tagged `run` (dtype, remat, scan_layers, XLNet memory, ...) are kept (run
+  choices); every other model key comes from the checkpoint (or the family's default).
+  `overrides` apply last, but may not change a key the checkpoint's tensors fix (those tagged
+  `shape`).
   """
   from t5x_like import config as config_lib
 
   base_config = config_lib.load_config(base or f"{imported.family}_tiny")
   tree = config_lib.to_dict(base_config)
-  model = config_lib.to_dict(config_lib.ModelConfig())
-  model.update({k: tree["model"][k] for k in RUN_MODEL_KEYS if k in tree["model"]})
+  section = config_lib.model_section(imported.family)
+  model = config_lib.to_dict(section)
+  model.update({k: tree["model"][k] for k in config_lib.tagged(section, "run")
+                if k in tree["model"]})
   model.update(imported.model_fields)
   tree["model"] = model
   if tokenizer is not None:
     tree["data"]["tokenizer"] = tokenizer
   tree = config_lib.apply_overrides(tree, list(overrides))
   config = config_lib.from_dict(tree)
-  changed = [f"model.{k}" for k in SHAPE_KEYS
+  changed = [f"model.{k}" for k in config_lib.tagged(section, "shape")
              if k in imported.model_fields and
              getattr(config.model, k) != imported.model_fields[k]]
   if changed:
@@ -196,5 +195,5 @@ def _flatten_order(tree: Any) -> list[str]:
 
 
 
-__all__ = ["IMPORT_RECORD", "SHAPE_KEYS", "TOKENIZER_SUBDIR", "check_workdir", "copy_tokenizer",
+__all__ = ["IMPORT_RECORD", "TOKENIZER_SUBDIR", "check_workdir", "copy_tokenizer",
            "prepare_run", "tokenizer_folder", "write_workdir"]

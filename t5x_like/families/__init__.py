@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from t5x_like import config
+from t5x_like.config_schema import ModelConfig
 from t5x_like.registry import Registry
 
 
@@ -69,10 +70,8 @@ class Family:
   packed_features: tuple[str, ...] = ()
   always_packed: bool = False  # rows always carry segment ids (BART: random source lengths)
   encoder_decoder: bool = False
-  # Relative positions only: no position table bounds data.seq_len / target_len.
-  relative_positions: bool = False
-  # `model.*` keys only this family reads: any other family must leave them at default.
-  owned_fields: tuple[str, ...] = ()
+  # The typed `model` section (the keys every family has plus its own, with its checks).
+  config: type = ModelConfig
   init_args: int = 1  # leading int [1, L] arguments of the module's init
   # (module, params, feed) -> float logits, for `load_pretrained(...).logits`; the feed holds
   # the batch's features named in `logits_features`, `required` ones always present.

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from t5x_like.config_schema import ObjectiveConfig
 from t5x_like.registry import Registry
 
 # (block, generator) -> one example: a dict of int32 arrays.
@@ -53,8 +54,14 @@ class Objective:
   check: Callable[[Any, Any], None] | None = None
   # config, tokenizer, manifest -> a warning line about the prepared data, or None.
   data_warning: Callable[[Any, Any, Any], str | None] | None = None
-  # `objective.*` keys only this objective reads: any other must leave them at default.
-  owned_fields: tuple[str, ...] = ()
+  # The typed `objective` section (its keys, defaults and checks); the base has only the
+  # loss options every objective reads.
+  config: type = ObjectiveConfig
+  # config -> the second half of every global batch is reversed text (XLNet's bi_data).
+  reversed_second_half: Callable[[Any], bool] | None = None
+  # config -> rows come in stream order, row i of step t+1 continuing row i of step t (a
+  # model that carries memory across steps).
+  streams: Callable[[Any], bool] | None = None
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective", "objective.name")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -10,8 +12,38 @@ from data_pipelines import packing, pipeline
 from data_pipelines.objectives import denoising
 from t5x_like import objectives
 from t5x_like.config import ConfigError
+from t5x_like.config_schema import ObjectiveConfig
+from t5x_like.config_validation import require
 from t5x_like.objectives import seq2seq_rows
 from t5x_like.training import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoisingConfig(ObjectiveConfig):
+  """BART denoising (fairseq semantics, applied in this order): sentence permutation, text
+  infilling (Poisson spans of whole words, one <mask> each), token masking, token deletion,
+  insertion, rotation. Each is a ratio in [0, 1]; 0 turns the noise off. data.seq_len is the
+  encoder (source) length; the target is the clean block with <s> and </s>. The default mix is
+  the BART paper's best: text infilling 0.3 (lambda 3) + sentence permutation 1.0."""
+  text_infilling: float = 0.3  # fraction of word starts masked (fairseq --mask)
+  token_masking: float = 0.0  # fraction of tokens replaced by <mask>
+  token_deletion: float = 0.0  # fraction of tokens deleted
+  permute_sentences: float = 1.0  # fraction of sentences shuffled
+  rotate: float = 0.0  # probability of rotating the document
+  insert: float = 0.0  # inserted tokens, as a fraction of the source length
+  random_ratio: float = 0.1  # masks / inserts that get a random token instead (--mask-random)
+  poisson_lambda: float = 3.0  # mean span length of text infilling
+
+  def check(self, config: Any) -> None:
+    for key in ("text_infilling", "token_masking", "token_deletion", "permute_sentences",
+                "rotate", "insert", "random_ratio"):
+      value = getattr(self, key)
+      require(0.0 <= value <= 1.0, f"objective.{key} must be in [0, 1], got {value}")
+    # >= 0.01, as denoising.DenoisingParams: below it nearly every span is empty and filling
+    # the masking budget takes ~budget/lambda draws.
+    require(self.poisson_lambda >= 0.01 and math.isfinite(self.poisson_lambda),
+            f"objective.poisson_lambda must be >= 0.01, got {self.poisson_lambda} (the mean "
+            f"span length of text infilling)")
 
 
 def params(config: Any) -> denoising.DenoisingParams:
@@ -87,6 +119,7 @@ def sentence_boundary_report(config: Any, tokenizer: Any, manifest: Any,
 
 OBJECTIVE = objectives.register(objectives.Objective(
     name="denoising",
+    config=DenoisingConfig,
     families=("bart",),
     task=tasks.Seq2SeqTask,
     block_length=block_length,

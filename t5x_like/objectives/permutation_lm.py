@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from data_pipelines.objectives import permutation_lm
 from t5x_like import objectives
+from t5x_like.config_schema import ObjectiveConfig
+from t5x_like.config_validation import require
 from t5x_like.training import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class PermutationLMConfig(ObjectiveConfig):
+  """XLNet permutation LM (original semantics): rows `A <sep> B <sep> <cls>` of data.seq_len
+  tokens; num_predict targets chosen as spans of 1..max_span tokens (p ~ 1/n) with a context of
+  n * mask_alpha / mask_beta; one factorisation order per perm_size block."""
+  num_predict: int = 0  # 0 = round(seq_len / 6), the paper's K = 6 (85 of 512)
+  perm_size: int = 0  # 0 = seq_len; must divide seq_len
+  max_span: int = 5
+  mask_alpha: float = 6.0
+  mask_beta: float = 1.0
+
+  def check(self, config: Any) -> None:
+    seq_len, reuse = config.data.seq_len, config.model.reuse_len
+    require(0 <= self.num_predict < seq_len - 3,
+            f"objective.num_predict must be in [0, data.seq_len - 3) = [0, {seq_len - 3}) "
+            f"(0 = seq_len / 6), got {self.num_predict}")
+    if reuse:
+      require(self.perm_size >= 0 and (self.perm_size == 0 or (
+          reuse % self.perm_size == 0 and (seq_len - reuse) % self.perm_size == 0)),
+              f"objective.perm_size ({self.perm_size}) must divide model.reuse_len ({reuse}) "
+              f"and data.seq_len - reuse_len ({seq_len - reuse}) (0 = each part one block)")
+    else:
+      require(self.perm_size >= 0 and (self.perm_size == 0 or seq_len % self.perm_size == 0),
+              f"objective.perm_size ({self.perm_size}) must divide data.seq_len ({seq_len}) "
+              f"(0 = seq_len)")
+    require(self.max_span >= 1, f"objective.max_span must be >= 1, got {self.max_span}")
+    require(self.mask_alpha > 0 and self.mask_beta > 0 and self.mask_alpha >= self.mask_beta,
+            f"objective.mask_alpha / mask_beta must be >= 1 with both > 0, got "
+            f"{self.mask_alpha} / {self.mask_beta}")
 
 
 def params(config: Any) -> permutation_lm.PermutationLMParams:
@@ -31,6 +65,7 @@ def _make_example(config: Any, vocab: Any, reverse: bool = False) -> objectives.
 
 OBJECTIVE = objectives.register(objectives.Objective(
     name="permutation_lm",
+    config=PermutationLMConfig,
     families=("xlnet",),
     task=tasks.PermutationLMTask,
     # A <sep> B <sep> <cls>; with memory, rows are read from consecutive reuse_len blocks
@@ -42,4 +77,6 @@ OBJECTIVE = objectives.register(objectives.Objective(
     packing_refused=("XLNet rows are full concatenated blocks (no padding to reclaim) laid "
                      "out as A <sep> B <sep> <cls>"),
     special_roles=("cls", "sep"),
+    reversed_second_half=lambda config: config.model.bi_data,
+    streams=lambda config: config.model.mem_len > 0,
 ))

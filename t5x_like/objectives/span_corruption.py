@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,27 @@ from data_pipelines import packing
 from data_pipelines.objectives import mlm, span_corruption
 from t5x_like import objectives
 from t5x_like.config import ConfigError
+from t5x_like.config_schema import ObjectiveConfig
+from t5x_like.config_validation import require
 from t5x_like.objectives import seq2seq_rows
 from t5x_like.training import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanCorruptionConfig(ObjectiveConfig):
+  """T5 span corruption: data.seq_len is the encoder input length; the raw block and the
+  target length follow from random_spans_helper (512 -> 568 raw tokens, 114 targets)."""
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+  # T5's random_roll: rotate each noise mask by a random offset (keeping spans whole), so a
+  # short document's single span is not always its last tokens. Off by default, as in T5.
+  random_roll: bool = False
+
+  def check(self, config: Any) -> None:
+    require(0.0 < self.noise_density < 1.0,
+            f"objective.noise_density must be in (0, 1), got {self.noise_density}")
+    require(self.mean_noise_span_length >= 1.0, "objective.mean_noise_span_length must be "
+            f">= 1, got {self.mean_noise_span_length}")
 
 
 def params(config: Any) -> span_corruption.SpanCorruptionParams:
@@ -82,6 +102,7 @@ def _check_sentinels(config: Any, tokenizer: Any) -> None:
 
 OBJECTIVE = objectives.register(objectives.Objective(
     name="span_corruption",
+    config=SpanCorruptionConfig,
     families=("t5",),
     task=tasks.Seq2SeqTask,
     block_length=lambda config: lengths(config)[0],
@@ -94,5 +115,4 @@ OBJECTIVE = objectives.register(objectives.Objective(
     separated_blocks=False,
     special_roles=("eos",),
     check=_check_sentinels,
-    owned_fields=("random_roll",),
 ))

@@ -11,7 +11,7 @@ import jax
 
 from data_pipelines import storage
 from t5x_like import checkpointing
-from t5x_like.config import Config, ConfigError, OptimConfig, read_config, to_dict
+from t5x_like.config import Config, ConfigError, OptimConfig, read_config, tagged, to_dict
 from t5x_like.training import optimizer, tasks
 
 
@@ -25,10 +25,10 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
   except ConfigError as e:
     raise ConfigError(f"{path} (from an earlier run) is invalid: {e}") from None
   old, new = to_dict(saved.model), to_dict(config.model)
-  shape_keys = ("family", "vocab_size", "hidden_size", "num_layers", "num_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                "num_decoder_layers", "head_dim", "scan_layers")
-  diffs = [f"model.{k} {old[k]} -> {new[k]}" for k in shape_keys if old[k] != new[k]]
+  # The parameters' shapes (and the scanned stack's layout) must stay.
+  keys = ("family",) if old["family"] != new["family"] else (
+      tagged(config.model, "shape") + ("scan_layers",))
+  diffs = [f"model.{k} {old[k]} -> {new[k]}" for k in keys if old[k] != new[k]]
   if diffs:
     raise ConfigError(f"workdir {workdir} holds a run with a different model shape "
                       f"({'; '.join(diffs)}); use a new --workdir or the original settings")

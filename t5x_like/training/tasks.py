@@ -15,7 +15,7 @@ import numpy as np
 
 from data_pipelines.vocab import IGNORE_INDEX as IGNORE
 from t5x_like import models
-from t5x_like.config import Config, max_predictions
+from t5x_like.config import Config
 
 
 class Task(Protocol):
@@ -68,7 +68,7 @@ class MLMTask:
     # `dropped_by_objective` [B]: selections the objective cut to fit num_predictions.
     self.features = models.features(config.model, packed=config.data.pack_documents) + (
         "dropped_by_objective",)
-    self.num_predictions = max_predictions(config)
+    self.num_predictions = config.objective.predictions_per_row(config)
     self.seq_len = config.data.seq_len
     self.z_loss = config.objective.z_loss
 

@@ -8,7 +8,7 @@ import numpy as np
 from data_pipelines import pipeline
 from data_pipelines.objectives import mlm
 from pretrain import data as data_lib
-from t5x_like.config import load_config, max_predictions
+from t5x_like.config import load_config
 
 
 def _selected(example: dict[str, np.ndarray]) -> int:
@@ -32,7 +32,7 @@ def test_whole_word_cap_rarely_truncates_on_the_bundled_corpus(tmp_path):
     capped = make(block, np.random.default_rng(i))
     want = _selected(mlm.make_example(block, np.random.default_rng(i), free, vocab))
     got = _selected(capped)
-    assert got <= max_predictions(config)
+    assert got <= config.objective.predictions_per_row(config)
     wanted += want
     kept += got
     reported += int(capped["dropped_by_objective"])

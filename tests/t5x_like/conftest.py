@@ -30,7 +30,7 @@ def tiny_config(**sections: dict) -> config_lib.Config:
 def mlm_batches(config: config_lib.Config, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
   """n global batches produced by the real MLM objective on random blocks."""
   vocab = VocabInfo.synthetic(config.model.vocab_size)
-  params = mlm.MLMParams(max_predictions=config_lib.max_predictions(config))
+  params = mlm.MLMParams(max_predictions=config.objective.predictions_per_row(config))
   rng = np.random.default_rng(seed)
   batches = []
   for _ in range(n):

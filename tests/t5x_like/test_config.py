@@ -80,6 +80,6 @@ def test_bad_yaml_file(tmp_path):
 
 def test_max_predictions_bound():
   c = config_lib.load_config("bert_tiny")
-  assert config_lib.max_predictions(c) == 19  # ceil(0.15 * 126)
+  assert c.objective.predictions_per_row(c) == 19  # ceil(0.15 * 126)
   c = config_lib.load_config("bert_tiny", ["objective.max_predictions=25"])
-  assert config_lib.max_predictions(c) == 25
+  assert c.objective.predictions_per_row(c) == 25

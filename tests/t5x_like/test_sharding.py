@@ -10,7 +10,6 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from t5x_like import checkpointing, flops, sharding
-from t5x_like import config as config_lib
 from t5x_like.config import ConfigError, MeshConfig
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
@@ -153,7 +152,7 @@ def test_flops_model_counts_bert_matmuls():
   task = tasks.make_task(config)
   batch = mlm_batches(config, 1)[0]
   params = task.init(jax.random.key(0))["params"]
-  positions = np.tile(np.arange(config_lib.max_predictions(config)), (len(batch["input_ids"]), 1))
+  positions = np.tile(np.arange(config.objective.predictions_per_row(config)), (len(batch["input_ids"]), 1))
   fwd = jax.jit(lambda p, b: task.model.apply(
       {"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"],
       masked_positions=positions))

@@ -110,8 +110,8 @@ def test_calls_the_kernel_cannot_serve_fall_back_with_a_log_line(caplog):
                                         ("xlnet", "relative attention")])
 def test_families_without_the_kernel_say_so(caplog, family, why):
   models._SAID.discard(family)  # pylint: disable=protected-access
-  cfg = config_lib.ModelConfig(family=family, vocab_size=128, hidden_size=32, num_layers=1,
-                               num_heads=2, intermediate_size=64, attention_kernel="splash")
+  cfg = config_lib.model_section(family, vocab_size=128, hidden_size=32, num_layers=1,
+                                 num_heads=2, intermediate_size=64, attention_kernel="splash")
   with caplog.at_level(logging.WARNING, logger=models.__name__):
     models.build(cfg)
   assert f"model.attention_kernel=splash: {family} uses XLA attention" in caplog.text

@@ -7,6 +7,7 @@ from typing import Any
 
 from t5x_like import families, flops, models
 from t5x_like.families.bart import export, hf_config, model
+from t5x_like.families.bart.config import BartModelConfig
 
 
 def _module_config(cfg: Any) -> model.BartConfig:
@@ -19,6 +20,7 @@ def _flops(config: Any) -> float:
 
 FAMILY = families.register(families.Family(
     name="bart",
+    config=BartModelConfig,
     module_config=_module_config,
     build=model.BartForConditionalGeneration,
     features=model.FEATURES,

@@ -6,6 +6,7 @@ from typing import Any
 
 from t5x_like import families, flops, models
 from t5x_like.families.bert import export, hf_config, model
+from t5x_like.families.bert.config import BertModelConfig
 
 
 def _module_config(cfg: Any) -> model.BertConfig:
@@ -35,6 +36,7 @@ def _normalise_names(tensors: dict[str, Any]) -> dict[str, Any]:
 
 FAMILY = families.register(families.Family(
     name="bert",
+    config=BertModelConfig,
     module_config=_module_config,
     build=model.BertForMaskedLM,
     features=model.FEATURES,

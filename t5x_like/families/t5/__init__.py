@@ -7,6 +7,7 @@ from typing import Any
 
 from t5x_like import families, flops, models
 from t5x_like.families.t5 import export, hf_config, model
+from t5x_like.families.t5.config import T5ModelConfig
 
 
 def _module_config(cfg: Any) -> model.T5Config:
@@ -21,12 +22,12 @@ def _flops(config: Any) -> float:
 
 FAMILY = families.register(families.Family(
     name="t5",
+    config=T5ModelConfig,
     module_config=_module_config,
     build=model.T5ForConditionalGeneration,
     features=model.FEATURES,
     packed_features=model.PACKED_FEATURES,
     encoder_decoder=True,
-    relative_positions=True,
     init_args=2,
     logits=models.encoder_decoder_logits,
     logits_features=models.ENCODER_DECODER_LOGITS_FEATURES,

@@ -8,6 +8,7 @@ from typing import Any
 
 from t5x_like import families, flops, models
 from t5x_like.families.xlnet import export, hf_config, model
+from t5x_like.families.xlnet.config import XLNetModelConfig
 
 
 def _module_config(cfg: Any) -> model.XLNetConfig:
@@ -29,11 +30,10 @@ def _logits(module: Any, params: Any, b: dict[str, Any]) -> Any:
 
 FAMILY = families.register(families.Family(
     name="xlnet",
+    config=XLNetModelConfig,
     module_config=_module_config,
     build=model.XLNetLMHeadModel,
     features=model.FEATURES,  # rows are never packed (the objective refuses packing)
-    relative_positions=True,
-    owned_fields=("bi_data", "mem_len", "reuse_len"),
     logits=_logits,
     logits_features=("input_ids", "token_type_ids", "perm_mask", "target_mapping",
                      "attention_mask"),
