@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pretrain import supervise
+
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 3  # e.g. a non-finite loss with train.on_nonfinite=stop
 # Another process of a multi-process job was lost; see t5x_like.distributed.PeerWatch.
@@ -325,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
   """Entry point of the `pretrain` console script."""
+  # A process other than 0 of a multi-process job runs as a child of a JAX-free parent, which
+  # turns JAX's C++ abort on losing process 0 into one `error:` line (pretrain/supervise.py).
+  supervise.supervise_if_needed(EXIT_PEER_LOST)
   code = main()
   if _EXIT_AT_ONCE:
     # A failed orbax/tensorstore restore leaves async tasks that print tracebacks at

@@ -20,7 +20,9 @@ refreshes a liveness key in the coordination service's key-value store, and a pr
 key has not changed for `PRETRAIN_PEER_TIMEOUT_S` seconds (default 30) is declared lost; each
 survivor then prints one `error:` line naming it and exits (see docs/reliability.md). JAX's
 own heartbeat check would instead abort every survivor with a C++ check-failure trace, so its
-timeout is set well above ours.
+timeout is set well above ours. Losing process 0, which runs the coordination service, makes
+JAX abort the others at once, before Python can act: there a JAX-free parent process
+(pretrain/supervise.py) prints the line this process left with it (`send_will`).
 """
 
 from __future__ import annotations
@@ -80,11 +82,43 @@ def initialize_from_env() -> bool:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=count, process_id=index,
                                heartbeat_timeout_seconds=_jax_heartbeat_timeout())
-    return True
-  if mode == "auto":
+  elif mode == "auto":
     jax.distributed.initialize(heartbeat_timeout_seconds=_jax_heartbeat_timeout())
-    return True
-  return False
+  else:
+    return False
+  if jax.process_index() != 0:
+    send_will(_coordinator_host(), None)
+  return True
+
+
+def _coordinator_host() -> str:
+  """Process 0's host as the coordinator address names it (host:port, [v6 address]:port)."""
+  from jax._src import distributed as jax_distributed  # no public accessor
+  address = getattr(jax_distributed.global_state, "coordinator_address", None) or "?"
+  return address.rsplit(":", 1)[0].strip("[]")
+
+
+def send_will(host: str, workdir: str | None) -> None:
+  """Leaves the line to end with if process 0 (on `host`) goes, with the supervising parent.
+
+  Called in a process other than 0: after joining the job, and again by `PeerWatch` with the
+  workdir and process 0's own host name. Nothing happens without a parent (pretrain/supervise).
+  """
+  from pretrain import supervise  # JAX-free: the parent imports it too
+  what = (f"lost process 0 (host {host}), which runs the job's coordination service: it ended "
+          f"or became unreachable (killed, crashed, stopped by an error, or its host went "
+          f"away; see its log)")
+  supervise.send_will(lost_message(what, jax.process_index(), workdir))
+
+
+def lost_message(what: str, process: int, workdir: str | None) -> str:
+  """The `error:` line of a process that stops because another one was lost."""
+  message = f"error: {what}; process {process} stopped too."
+  if workdir is None:  # not a training run: nothing to resume
+    return f"{message} Run the same command again on all hosts"
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return (f"{message} Complete checkpoints in {checkpoints} are intact (a save in progress is "
+          f"discarded); run the same command again on all hosts to resume from the last one")
 
 
 def is_main_process() -> bool:
@@ -149,6 +183,7 @@ class PeerWatch:
     self._seen: dict[int, str] = {}  # process id -> its liveness value
     self._verdict: str | None = None
     self._last_ok = 0.0  # monotonic time of the last answer from the key-value store
+    self._will_host: str | None = None  # process 0's host as last named in the will
     self._threads: list[threading.Thread] = []
 
   def __enter__(self) -> typing.Self:
@@ -160,6 +195,9 @@ class PeerWatch:
     self.process, self.count = state.process_id, state.num_processes
     self.host = socket.gethostname()
     self._last_ok = time.monotonic()
+    if self.process != 0:
+      self._will_host = _coordinator_host()
+      send_will(self._will_host, self.workdir)
     self._threads = [threading.Thread(target=self._beat_loop, name="peer-watch-beat",
                                       daemon=True),
                      threading.Thread(target=self._judge_loop, name="peer-watch-judge",
@@ -212,6 +250,11 @@ class PeerWatch:
             verdict = value
         with self._lock:
           self._seen, self._verdict, self._last_ok = seen, verdict, time.monotonic()
+        host0 = seen.get(0, "").split(" ", 1)[-1]
+        if self.process != 0 and host0 and host0 != self._will_host:
+          # Name process 0 as PeerWatch's own lines do: by the host name it reports.
+          self._will_host = host0
+          send_will(host0, self.workdir)
       self._stop.wait(self.beat)
 
   def _judge_loop(self) -> None:
@@ -244,16 +287,13 @@ class PeerWatch:
             ) -> typing.NoReturn:
     hosts = ", ".join(f"process {p} (host {seen[p].split(' ', 1)[-1]})" if p in seen
                       else f"process {p}" for p in lost)
-    checkpoints = os.path.join(self.workdir, "checkpoints")
     if coordinator:
       what = (f"lost contact with {hosts}, which runs the job's coordination service: no "
               f"answer for {self.timeout:g} s")
     else:
       what = (f"lost {hosts} of this {self.count}-process job: no sign of life for "
               f"{self.timeout:g} s (killed, crashed, or its host went away)")
-    message = (f"error: {what}; process {self.process} stopped too. Complete checkpoints in "
-               f"{checkpoints} are intact (a save in progress is discarded); run the same "
-               f"command again on all hosts to resume from the last one")
+    message = lost_message(what, self.process, self.workdir)
     if self.process == 0:
       # Every survivor then names the same process, and exits before this one; without the
       # key they reach their own verdict a beat later.
