@@ -14,7 +14,7 @@ the repo root:
       [--warmup 3] [--rounds 4] [--json out.json]
 
 Tokens/s counts row positions (B x L); MFU uses the same analytic FLOP count for both sides
-(`t5x_like.flops.xlnet_train_flops_per_step`: the FLOPs the model needs, query stream on the
+(`t5x_like.families.xlnet.flops.train_flops_per_step`: the FLOPs the model needs, query stream on the
 P targets only).
 """
 

@@ -1,5 +1,9 @@
 """Analytic model FLOPs per training step and the measured matmul peak, for MFU.
 
+The formulas every family composes are here (an encoder stack, an encoder-decoder); each
+family's count per training step is its `Family.flops` (in its own unit), looked up by
+`train_flops_per_step`.
+
 MFU = FLOPs the model actually needs / step time / measured matmul peak of this machine.
 Only matmul FLOPs count (the usual convention): projections, FFN, attention scores and
 context, and the output head at the positions that are actually scored. Backward = 2x forward.
@@ -8,7 +12,6 @@ context, and the output head at the positions that are actually scored. Backward
 from __future__ import annotations
 
 import functools
-import math
 import time
 
 import jax
@@ -23,16 +26,6 @@ def encoder_forward_flops(batch: int, length: int, hidden: int, ffn: int, layers
   per_token_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn)  # q,k,v,o + FFN in/out
   attention = 2 * 2 * length * hidden  # scores q.k and context p.v, per token per layer
   return float(batch * length * layers * (per_token_layer + attention))
-
-
-def mlm_train_flops_per_step(config: Config) -> float:
-  """Training FLOPs of one optimizer step of BERT MLM (gather-first head)."""
-  m = config.model
-  b, length = config.train.batch_size, config.data.seq_len
-  forward = encoder_forward_flops(b, length, m.hidden_size, m.intermediate_size, m.num_layers)
-  predicted = b * config.objective.predictions_per_row(config)
-  forward += predicted * 2 * (m.hidden_size * m.hidden_size + m.hidden_size * m.vocab_size)
-  return 3.0 * forward
 
 
 def encoder_decoder_forward_flops(batch: int, inputs: int, targets: int, hidden: int,
@@ -64,39 +57,6 @@ def seq2seq_train_flops_per_step(config: Config, gated: bool, head_dim: int = 0)
       config.train.batch_size, d.seq_len, d.target_len, m.hidden_size, inner,
       m.intermediate_size, m.num_layers, m.num_decoder_layers or m.num_layers, m.vocab_size,
       gated=gated)
-
-
-def xlnet_forward_flops(batch: int, length: int, predict: int, hidden: int, ffn: int,
-                        layers: int, vocab: int, mem_len: int = 0, bi_data: bool = False
-                        ) -> float:
-  """Matmul FLOPs of XLNet's two-stream forward pass (attn_type "bi").
-
-  Per layer: the content stream as an encoder (q, o, FFN on its L rows; k and v on the
-  M + L rows of memory and tokens; content and position scores over K = M + L keys /
-  R = M + 2L distances, context) except in the last layer, where only its k and v feed the
-  query stream; the query stream on its P rows (q, o, FFN, scores, context); the r projection
-  of the R sinusoids once per layer (shared by the batch; twice with bi_data, one per
-  direction). The tied head runs on the P targets only.
-  """
-  d = hidden
-  keys, dists = mem_len + length, mem_len + 2 * length
-  attend = 2 * 2 * keys * d + 2 * 2 * dists * d  # content/context + position scores
-  content = length * (2 * (2 * d * d + 2 * d * ffn) + attend) + keys * 2 * 2 * d * d
-  content_last = keys * 2 * 2 * d * d  # k and v only
-  query = predict * (2 * (2 * d * d + 2 * d * ffn) + attend)
-  per_row = (layers - 1) * content + content_last + layers * query + 2 * d * vocab * predict
-  directions = 2 if bi_data else 1
-  return float(batch * per_row + directions * layers * 2 * dists * d * d)
-
-
-def xlnet_train_flops_per_step(config: Config) -> float:
-  """Training FLOPs of one optimizer step of XLNet (3x forward); P as the objective's
-  (`permutation_lm.num_predict_for`: L/6 rounded half up unless set)."""
-  m, d = config.model, config.data
-  predict = config.objective.num_predict or math.floor(d.seq_len / 6 + 0.5)
-  return 3.0 * xlnet_forward_flops(config.train.batch_size, d.seq_len, predict, m.hidden_size,
-                                   m.intermediate_size, m.num_layers, m.vocab_size,
-                                   m.mem_len, m.bi_data)
 
 
 def train_flops_per_step(config: Config) -> float:

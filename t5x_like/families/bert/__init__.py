@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from t5x_like import families, flops, models
-from t5x_like.families.bert import export, hf_config, model
+from t5x_like import families, models
+from t5x_like.families.bert import export, flops, hf_config, model
 from t5x_like.families.bert.config import BertModelConfig
 
 
@@ -44,7 +44,7 @@ FAMILY = families.register(families.Family(
     logits=_logits,
     logits_features=("input_ids", "attention_mask", "token_type_ids", "segment_ids",
                      "positions"),
-    flops=flops.mlm_train_flops_per_step,
+    flops=flops.train_flops_per_step,
     export=export.export_bert,
     hf=families.HFSpec(
         model_type="bert",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from t5x_like import families, flops, models
-from t5x_like.families.xlnet import export, hf_config, model
+from t5x_like import families, models
+from t5x_like.families.xlnet import export, flops, hf_config, model
 from t5x_like.families.xlnet.config import XLNetModelConfig
 
 
@@ -38,7 +38,7 @@ FAMILY = families.register(families.Family(
     logits_features=("input_ids", "token_type_ids", "perm_mask", "target_mapping",
                      "attention_mask"),
     float_features=("perm_mask", "target_mapping"),
-    flops=flops.xlnet_train_flops_per_step,
+    flops=flops.train_flops_per_step,
     export=export.export_xlnet,
     hf=families.HFSpec(
         model_type="xlnet",
