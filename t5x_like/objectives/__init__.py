@@ -81,8 +81,10 @@ def names() -> tuple[str, ...]:
 
 # The built-in objectives (each registers itself on import).
 from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-position
+    causal_lm,
     denoising,
     mlm,
     permutation_lm,
+    prefix_lm,
     span_corruption,
 )

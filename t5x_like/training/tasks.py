@@ -217,6 +217,48 @@ class PermutationLMTask:
     return loss_sum, aux
 
 
+class DecoderLMTask:
+  """Decoder-only LM (causal or prefix): loss on every labelled position of the row.
+
+  Batch: `input_ids`, `labels` [B, L] (labels[i] is the token after input i, -100 where none
+  is scored); packed rows add `segment_ids` (0 = padding) and `positions` (restarting per
+  document); prefix LM adds `prefix` (1 on the bidirectionally seen prefix inputs). The
+  family's module takes them as `(input_ids, segment_ids=, positions=, prefix_BL=)` and
+  returns [B, L, V] logits.
+  """
+
+  def __init__(self, config: Config, prefix: bool = False):
+    self.config = config
+    self.prefix = prefix
+    self.model = models.build(config.model)
+    self.features = models.features(config.model, packed=config.data.pack_documents) + (
+        ("prefix",) if prefix else ())
+    self.z_loss = config.objective.z_loss
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    # No parameter depends on the length (rotary or ALiBi positions): initialise on short rows.
+    shape = (batch_size, 8)
+    return {"input_ids": np.ones(shape, np.int32), "labels": np.ones(shape, np.int32)}
+
+  def init(self, rng: jax.Array) -> Any:
+    return self.model.init(rng, self.dummy_batch(1)["input_ids"])
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (summed NLL + z-loss, {count, correct, dropped, [z_loss]})."""
+    prefix_BL = batch["prefix"].astype(bool) if self.prefix else None
+    logits_BLV = self.model.apply(
+        {"params": params}, batch["input_ids"], segment_ids_BL=batch.get("segment_ids"),
+        positions_BL=batch.get("positions"), prefix_BL=prefix_BL, deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng})
+    labels_BL = batch["labels"]
+    valid_BL = labels_BL != IGNORE
+    loss_sum, aux = _token_losses(logits_BLV.astype(jnp.float32),
+                                  jnp.where(valid_BL, labels_BL, 0), valid_BL, self.z_loss)
+    aux["dropped"] = jnp.zeros((), jnp.int32)
+    return loss_sum, aux
+
+
 def make_task(config: Config) -> Task:
   """The training task of the run's objective (its registered `Objective.task`)."""
   from t5x_like import objectives  # the objective records import the tasks above

@@ -218,8 +218,8 @@ def test_unknown_family_and_objective_list_the_registered_ones(capsys, tmp_path)
                      r"family; registered: bart, bert, t5, xlnet$"):
     load_config("bert_tiny", ["model.family=gtp2"])
   with pytest.raises(ConfigError, match=r"^objective.name 'clm' is not a registered objective "
-                     r"\(did you mean 'mlm'\?\); registered: denoising, mlm, permutation_lm, "
-                     r"span_corruption$"):
+                     r"\(did you mean 'mlm'\?\); registered: causal_lm, denoising, mlm, "
+                     r"permutation_lm, prefix_lm, span_corruption$"):
     load_config("bert_tiny", ["objective.name=clm"])
   with pytest.raises(ConfigError, match=r"model.family 'bret' is not a registered model family "
                      r"\(did you mean 'bert'\?\); registered: bart, bert, t5, xlnet"):
