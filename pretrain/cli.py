@@ -1,4 +1,5 @@
-"""`pretrain` command line: train | eval | export | import | tokenizer train | data prepare | plot.
+"""`pretrain` command line: train | eval | export | import | generate | tokenizer train |
+data prepare | plot.
 
 `import` turns a HuggingFace folder (bert, t5 v1.1, bart, xlnet) into a run directory whose
 step-0 checkpoint `train` resumes from: the step restarts at 0 with a new optimiser state,
@@ -47,6 +48,11 @@ def _training_failures() -> tuple[type[BaseException], ...]:
 def _load_run_config(args: argparse.Namespace):
   from t5x_like import config as config_lib
   return config_lib.load_config(args.config, args.overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+  from pretrain import generating
+  return generating.run(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -272,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("overrides", nargs="*", metavar="key.path=value",
                  help="dotted overrides of the resulting config, e.g. data.seq_len=64")
   p.set_defaults(fn=cmd_import)
+
+  p = sub.add_parser("generate", help="continue a prompt with a decoder-only run's model")
+  p.add_argument("--workdir", required=True)
+  prompt = p.add_mutually_exclusive_group(required=True)
+  prompt.add_argument("--prompt", help="the text to continue")
+  prompt.add_argument("--prompt-file", help="a UTF-8 file holding the text to continue")
+  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+  p.add_argument("--top-k", type=int, default=0, help="0 = off")
+  p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--step", type=int, default=None)
+  p.set_defaults(fn=cmd_generate)
 
   p = sub.add_parser("tokenizer", help="tokenizer tools")
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)

@@ -75,6 +75,12 @@ def restore_params(config: Config, workdir: str, step: int | None = None) -> tup
   return jax.device_get(params), restored_step
 
 
+def run_config(workdir_or_checkpoint: str) -> Config:
+  """The run's config (cheap: no parameters are read)."""
+  workdir, _ = _locate(workdir_or_checkpoint)
+  return read_config(os.path.join(workdir, "config.yaml"))
+
+
 def load_pretrained(workdir_or_checkpoint: str, step: int | None = None) -> Pretrained:
   workdir, located_step = _locate(workdir_or_checkpoint)
   config = read_config(os.path.join(workdir, "config.yaml"))

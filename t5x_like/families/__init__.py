@@ -70,6 +70,12 @@ class Family:
   packed_features: tuple[str, ...] = ()
   always_packed: bool = False  # rows always carry segment ids (BART: random source lengths)
   encoder_decoder: bool = False
+  # A decoder-only LM: its module takes (input_ids, segment_ids_BL=, positions_BL=,
+  # prefix_BL=, decode=) and keeps a KV cache in the "cache" collection (`pretrain generate`).
+  decoder_only: bool = False
+  # run model section -> the longest sequence it may read (a rotary model's
+  # max_position_embeddings); None (or no function): no limit (ALiBi).
+  context_length: Callable[[Any], int | None] | None = None
   # The typed `model` section (the keys every family has plus its own, with its checks).
   config: type = ModelConfig
   init_args: int = 1  # leading int [1, L] arguments of the module's init
