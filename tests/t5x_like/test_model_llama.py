@@ -425,13 +425,15 @@ def test_model_section_and_registration():
                                                                                  1e-6)
   module_config = family.module_config(dataclasses.replace(section, vocab_size=128))
   assert module_config.kv_heads == 2 and module_config.d_head == 8
-  run = types.SimpleNamespace(model=section, data=types.SimpleNamespace(seq_len=4096))
+  run = types.SimpleNamespace(model=section, data=types.SimpleNamespace(seq_len=4096),
+                              mesh=config_lib.MeshConfig(tensor=2))
   section.check(run)  # longer than max_position_embeddings is fine: RoPE has no table
   for values, message in (({"num_kv_heads": 3}, "divisible by model.num_kv_heads"),
                           ({"hidden_size": 30}, "divisible by model.num_heads"),
                           ({"hidden_size": 30, "head_dim": 6}, None),
                           ({"head_dim": 5}, "must be even"),
-                          ({"rope_theta": 0.0}, "rope_theta")):
+                          ({"rope_theta": 0.0}, "rope_theta"),
+                          ({"num_kv_heads": 1}, "divisible by mesh.tensor")):
     bad = config_lib.model_section("llama", num_heads=4, **values)
     if message is None:
       bad.check(run)

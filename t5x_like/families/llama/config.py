@@ -38,6 +38,12 @@ class LlamaModelConfig(ModelConfig):
     require(self.num_heads % kv_heads == 0,
             f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads "
             f"({kv_heads}): each key/value head serves a whole group of query heads")
+    # k_proj / v_proj split their kv heads over the tensor axis as the query heads (logical
+    # axis `heads`): an uneven split is an XLA error at init, so say it here.
+    tensor = config.mesh.tensor * config.mesh.dcn_tensor
+    require(config.mesh.tensor == -1 or kv_heads % tensor == 0,
+            f"model.num_kv_heads ({kv_heads}) must be divisible by mesh.tensor x "
+            f"mesh.dcn_tensor ({tensor}): the key/value heads are split over it")
     head_dim = self.head_dim or self.hidden_size // self.num_heads
     require(head_dim % 2 == 0, f"the head size ({head_dim}, model.head_dim or "
             "model.hidden_size / model.num_heads) must be even: RoPE rotates pairs")
