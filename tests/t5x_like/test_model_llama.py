@@ -282,12 +282,17 @@ def test_decode_after_a_prefix_prompt():
   prefix[0, :4] = True
   full = _ours(GQA, params, ids, prefix_BL=prefix)
   cache = model.init(jax.random.key(0), ids, decode=True)["cache"]
-  logits, v = model.apply({"params": params, "cache": cache}, ids[:, :6], prefix_BL=prefix[:, :6],
-                          decode=True, mutable=["cache"])
+
+  @jax.jit
+  def step(cache, chunk, prefix=None):
+    logits, variables = model.apply({"params": params, "cache": cache}, chunk, prefix_BL=prefix,
+                                    decode=True, mutable=["cache"])
+    return logits, variables["cache"]
+
+  logits, cache_after = step(cache, ids[:, :6], prefix[:, :6])  # a bidirectional prompt
   outs = [logits]
   for t in range(6, 10):
-    logits, v = model.apply({"params": params, "cache": v["cache"]}, ids[:, t:t + 1],
-                            decode=True, mutable=["cache"])
+    logits, cache_after = step(cache_after, ids[:, t:t + 1])
     outs.append(logits)
   np.testing.assert_allclose(np.concatenate(outs, axis=1), full, atol=1e-5)
   with pytest.raises(ValueError, match="takes no segment_ids"):
