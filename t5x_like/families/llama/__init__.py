@@ -38,6 +38,10 @@ FAMILY = families.register(families.Family(
     build=model.LlamaForCausalLM,
     features=model.FEATURES,
     packed_features=model.PACKED_FEATURES,
+    decoder_only=True,
+    # RoPE has no table, but the model is only trained (and HF's generate only runs) up to
+    # max_position_embeddings: generation refuses longer prompts
+    context_length=lambda m: m.max_position_embeddings,
     logits=_logits,
     logits_features=("input_ids", "segment_ids", "positions"),
     flops=flops.train_flops_per_step,
