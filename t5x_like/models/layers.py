@@ -137,23 +137,29 @@ class Dense(nn.Module):
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm over the last axis; statistics in float32 whatever the compute dtype."""
+  """LayerNorm over the last axis; statistics in float32 whatever the compute dtype.
+
+  use_bias=False: a scale only (MPT's LayerNorms, whose HF bias is None).
+  """
   epsilon: float = 1e-12
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = x.shape[-1]
     scale = self.param("scale", logical(nn.initializers.ones_init(), ("embed",)), (features,),
                        self.param_dtype)
-    bias = self.param("bias", logical(nn.initializers.zeros_init(), ("embed",)), (features,),
-                      self.param_dtype)
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    y = y * scale.astype(jnp.float32)
+    if self.use_bias:
+      bias = self.param("bias", logical(nn.initializers.zeros_init(), ("embed",)), (features,),
+                        self.param_dtype)
+      y = y + bias.astype(jnp.float32)
     return y.astype(self.dtype)
 
 
