@@ -268,13 +268,15 @@ class MptForCausalLM(nn.Module):
     slots_L = jnp.arange(length, dtype=jnp.int32)
     transformer = MptModel(c, deterministic, decode, name="transformer")
     index = None
-    if decode and self.has_variable("cache", "cache_index"):
-      index = self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32).value
-      keep, dist = self._cached_attention_inputs(index, segment_ids_BL, positions_BL,
-                                                 prefix_BL, length)
-    else:
-      if decode:  # init: create the cache, sized by this input
-        self._cache_variables(batch, length)
+    if decode:
+      initialized = self.has_variable("cache", "cache_index")
+      # At init the cache is created, sized by this input; later the sizes are not used.
+      cache = self._cache_variables(batch, length)
+      if initialized:
+        index = cache[0].value
+        keep, dist = self._cached_attention_inputs(cache, segment_ids_BL, positions_BL,
+                                                   prefix_BL, length)
+    if index is None:
       if positions_BL is None:
         positions_BL = jnp.broadcast_to(slots_L, (batch, length))
       prefix = None if prefix_BL is None else prefix_BL.astype(bool)
@@ -289,14 +291,15 @@ class MptForCausalLM(nn.Module):
             self.variable("cache", "cached_segment_ids", jnp.zeros, (batch, size), jnp.int32),
             self.variable("cache", "cached_positions", jnp.zeros, (batch, size), jnp.int32))
 
-  def _cached_attention_inputs(self, index: jax.Array, segment_ids_BL: jax.Array | None,
+  @staticmethod
+  def _cached_attention_inputs(cache: tuple[nn.Variable, ...], segment_ids_BL: jax.Array | None,
                                positions_BL: jax.Array | None, prefix_BL: jax.Array | None,
                                length: int) -> tuple[jax.Array, jax.Array]:
     """Records this call's segment ids and positions at the cache index; returns (keep,
     dist) of its L queries over the S cache slots and advances the index by L. Empty slots
     hold segment 0, so they are never seen."""
-    # The variables exist (made at init), so the shapes given here are not used.
-    cache_index, cached_segments, cached_positions = self._cache_variables(0, 0)
+    cache_index, cached_segments, cached_positions = cache
+    index = cache_index.value
     batch, size = cached_segments.value.shape
     slots_L = index + jnp.arange(length, dtype=jnp.int32)
     if segment_ids_BL is None:
