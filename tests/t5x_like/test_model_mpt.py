@@ -137,6 +137,11 @@ def test_causal_logits_equal_reference():
     np.testing.assert_allclose(ours[b], _reference(CFG6, _params(CFG6), ids[b], keep,
                                                    np.arange(12)), atol=1e-4)
   assert ours.dtype == np.float32 and 0.5 < ours.std() < 3
+  # the ALiBi distance is taken from the positions given, not from the slots
+  gaps = np.array([0, 1, 2, 5, 6, 7, 8, 12, 13, 14, 15, 16], np.int32)
+  ours = _logits(CFG6, _params(CFG6), ids, positions=np.stack([gaps, gaps]))
+  np.testing.assert_allclose(ours[1], _reference(CFG6, _params(CFG6), ids[1], keep, gaps),
+                             atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------
