@@ -27,6 +27,7 @@ FAMILY = families.register(families.Family(
     build=model.MptForCausalLM,
     features=model.FEATURES,
     packed_features=model.PACKED_FEATURES,
+    decoder_only=True,  # no context_length: ALiBi reads past its training length
     logits=_logits,
     logits_features=("input_ids", "segment_ids", "positions"),
     flops=flops.train_flops_per_step,

@@ -1,0 +1,156 @@
+"""The decoder-only line through the command line (issue 19): `pretrain train` with causal and
+prefix LM on llama and mpt, `export` to transformers, greedy `generate` equal to HF's
+`generate(do_sample=False)` token for token, `import` back with continued training, and
+`generate`'s bad input as one error line each."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from data_pipelines.tokenizer import load_tokenizer
+from pretrain import cli
+from t5x_like import config as config_lib
+from t5x_like import families, generation
+from t5x_like.pretrained import load_pretrained
+from tests.pretrain.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "The interpreter reads the file and"
+FAMILY_MODEL = {  # small shapes of each decoder preset
+    "llama_tiny": {"model.hidden_size": 32, "model.num_heads": 4, "model.num_kv_heads": 2,
+                   "model.intermediate_size": 64, "model.num_layers": 2},
+    "mpt_tiny": {"model.hidden_size": 32, "model.num_heads": 4, "model.intermediate_size": 128,
+                 "model.num_layers": 2},
+}
+
+
+def _overrides(preset: str, corpus: str, cache_dir: str, **extra: object) -> list[str]:
+  values = {**FAMILY_MODEL[preset], "data.seq_len": 32, "train.batch_size": 8,
+            "train.steps": 8, "train.eval_every": 8, "train.eval_steps": 2, "train.log_every": 4,
+            "checkpoint.every": 8, "optim.warmup_steps": 2, "data.corpus": corpus,
+            "data.cache_dir": cache_dir, **extra}
+  return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus, cache_dir):
+  """One short causal-LM run per decoder family, exported."""
+  out = {}
+  for preset in FAMILY_MODEL:
+    workdir = str(tmp_path_factory.mktemp(preset) / "run")
+    assert cli.main(["train", "--config", preset, "--workdir", workdir,
+                     *_overrides(preset, corpus, cache_dir)]) == 0
+    out[preset] = workdir
+  return out
+
+
+@pytest.mark.parametrize("preset", list(FAMILY_MODEL))
+def test_greedy_generation_equals_transformers(runs, preset):
+  workdir = runs[preset]
+  export = os.path.join(workdir, "export")
+  hf_tok = transformers.AutoTokenizer.from_pretrained(export)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(export).eval()
+  pretrained = load_pretrained(workdir)
+  # our tokenizer + the run's BOS convention give the exported tokenizer's ids
+  tokenizer = load_tokenizer(pretrained.config.data.tokenizer)
+  ids = tokenizer.encode(PROMPT)
+  if pretrained.config.objective.add_bos:
+    ids = np.concatenate([[tokenizer.vocab_info().bos_id], ids])
+  np.testing.assert_array_equal(ids, hf_tok(PROMPT)["input_ids"])
+  new = 24
+  ours = generation.generate(pretrained.model, pretrained.params, ids,
+                             generation.SamplingParams(max_new_tokens=new),
+                             tokenizer.vocab_info().eos_id)
+  with torch.no_grad():
+    theirs = hf.generate(torch.tensor(np.asarray([ids])), do_sample=False, max_new_tokens=new,
+                         eos_token_id=tokenizer.vocab_info().eos_id,
+                         pad_token_id=tokenizer.vocab_info().pad_id)[0, len(ids):].tolist()
+  assert ours.tokens == theirs, (ours.tokens, theirs)
+  assert len(ours.tokens) >= 2  # a real continuation, not an immediate EOS
+
+
+@pytest.mark.parametrize("preset", list(FAMILY_MODEL))
+def test_generate_cli_prints_text_and_speed_and_is_seeded(runs, preset, capsys):
+  args = ["generate", "--workdir", runs[preset], "--prompt", PROMPT, "--max-new-tokens", "12",
+          "--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", "7"]
+  code, out1, err = run_cli(capsys, args)
+  assert code == 0 and out1.strip(), err
+  assert "tokens/s" in err.strip().splitlines()[-1]
+  assert run_cli(capsys, args)[1] == out1  # same seed, same text
+  others = {run_cli(capsys, args[:-1] + [str(s)])[1] for s in (1, 2, 3)}
+  assert others != {out1}  # sampling depends on the seed
+
+
+def test_generate_bad_input_is_one_error_line(runs, tmp_path, capsys):
+  llama, mpt = runs["llama_tiny"], runs["mpt_tiny"]
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"caf\xe9 au lait")
+  encoder = tmp_path / "encoder"
+  encoder.mkdir()
+  config_lib.save_config(config_lib.load_config("bert_tiny"), str(encoder / "config.yaml"))
+  long_prompt = " ".join(["word"] * 200)
+  cases = [
+      (["--workdir", llama, "--prompt", "   "], "the prompt is empty"),
+      (["--workdir", llama, "--prompt-file", str(bad)], "is not UTF-8 text (byte 3"),
+      (["--workdir", llama, "--prompt-file", str(tmp_path / "nope.txt")], "does not exist"),
+      (["--workdir", llama, "--prompt", "x", "--temperature", "-1"], "--temperature must be"),
+      (["--workdir", llama, "--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+      (["--workdir", llama, "--prompt", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+      (["--workdir", str(encoder), "--prompt", "x"], "generate needs a decoder-only model"),
+  ]
+  for argv, message in cases:
+    code, _, err = run_cli(capsys, ["generate", *argv])
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], (argv, err)
+  # a prompt beyond Llama's context (its max_position_embeddings, 2048 in the preset) is
+  # refused; ALiBi (mpt) reads one longer than it was trained on
+  config = config_lib.read_config(os.path.join(llama, "config.yaml"))
+  assert families.get(config.model.family).context_length(config.model) == 2048
+  code, _, err = run_cli(capsys, ["generate", "--workdir", llama, "--prompt",
+                                  " ".join(["word"] * 1100) * 2, "--max-new-tokens", "2"])
+  assert code == 2 and "more than the model's context of 2048" in err.strip().splitlines()[-1]
+  code, _, err = run_cli(capsys, ["generate", "--workdir", mpt, "--prompt", long_prompt,
+                                  "--max-new-tokens", "4"])
+  assert code == 0 and "tokens/s" in err, err
+
+
+def test_import_the_export_and_train_on(runs, tmp_path, corpus, cache_dir, capsys):
+  """`pretrain import` of the exported llama folder resumes training with the same logits."""
+  export = os.path.join(runs["llama_tiny"], "export")
+  workdir = str(tmp_path / "imported")
+  code, _, err = run_cli(capsys, ["import", "--from", export, "--workdir", workdir,
+                                  f"data.corpus={corpus}", f"data.cache_dir={cache_dir}",
+                                  "data.seq_len=32", "train.steps=10", "train.batch_size=8",
+                                  "train.eval_every=10", "train.eval_steps=1",
+                                  "checkpoint.every=10", "train.export_at_end=false"])
+  assert code == 0, err
+  original, imported = load_pretrained(runs["llama_tiny"]), load_pretrained(workdir)
+  ids = np.arange(2 * 16, dtype=np.int32).reshape(2, 16) % 50 + 10
+  np.testing.assert_allclose(imported.logits({"input_ids": ids}),
+                             original.logits({"input_ids": ids}), atol=1e-5)
+  code, _, err = run_cli(capsys, ["train", "--config", os.path.join(workdir, "config.yaml"),
+                                  "--workdir", workdir])
+  assert code == 0, err
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
+  assert steps and steps[-1] == 10
+
+
+def test_prefix_lm_trains_through_the_cli(tmp_path, corpus, cache_dir, capsys):
+  workdir = str(tmp_path / "prefix")
+  code, _, err = run_cli(capsys, ["train", "--config", "mpt_tiny", "--workdir", workdir,
+                                  "objective.name=prefix_lm", "train.export_at_end=false",
+                                  *_overrides("mpt_tiny", corpus, cache_dir)])
+  assert code == 0, err
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    train = [r for r in map(json.loads, f) if r["split"] == "train"]
+  # the suffix only: fewer scored tokens than a causal row's (every non-padding position)
+  assert 0 < train[-1]["predicted_tokens"] < 8 * 32
+  assert train[-1]["loss"] < train[0]["loss"]
