@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from t5x_like.models import layers
-from t5x_like.models.layers import REMAT_POLICIES, cross_mask, decoder_mask, encoder_mask
+from t5x_like.models.layers import cross_mask, decoder_mask, encoder_mask
+from t5x_like.models.stack import layer_stack
 
 # Batch features this family consumes (the objective must produce exactly these). Sources
 # are variable-length, so BART rows always carry segment ids and positions.
@@ -204,18 +205,9 @@ class BartStack(nn.Module):
     x_BLD = layers.constrain(x_BLD, _ACT_BLD)
 
     num_layers = c.decoder_layers if self.is_decoder else c.num_layers
-    block = BartLayer
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (self_mask, encoded_BSD, cross_mask, self_segments, cross_segments)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, self.is_decoder, deterministic, name="layers")(x_BLD, *args)
-    else:
-      for i in range(num_layers):
-        x_BLD, _ = block(c, self.is_decoder, deterministic, name=f"layer_{i}")(x_BLD, *args)
+    block_kwargs = {"config": c, "is_decoder": self.is_decoder, "deterministic": deterministic}
+    x_BLD, _ = layer_stack(BartLayer, num_layers, c.remat, c.scan_layers, block_kwargs, x_BLD,
+                           self_mask, encoded_BSD, cross_mask, self_segments, cross_segments)
     return x_BLD
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_like.models import layers
-from t5x_like.models.layers import REMAT_POLICIES
+from t5x_like.models.stack import layer_stack
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -120,18 +120,9 @@ class BertEncoder(nn.Module):
   def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,
                segment_ids_BL: jax.Array | None = None) -> jax.Array:
     c = self.config
-    block = BertLayer
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                                                                       "dropout": True},
-                      in_axes=nn.broadcast, length=c.num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, self.deterministic, name="layers")(x_BLD, bias, segment_ids_BL)
-      return x_BLD
-    for i in range(c.num_layers):
-      x_BLD, _ = block(c, self.deterministic, name=f"layer_{i}")(x_BLD, bias, segment_ids_BL)
+    x_BLD, _ = layer_stack(BertLayer, c.num_layers, c.remat, c.scan_layers,
+                           {"config": c, "deterministic": self.deterministic}, x_BLD, bias,
+                           segment_ids_BL)
     return x_BLD
 
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.models import layers
-from t5x_like.models.layers import REMAT_POLICIES, cross_mask, decoder_mask, encoder_mask
+from t5x_like.models.layers import cross_mask, decoder_mask, encoder_mask
+from t5x_like.models.stack import layer_stack
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "decoder_input_ids", "labels")
@@ -256,18 +257,9 @@ class T5Stack(nn.Module):
 
     x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
     num_layers = c.decoder_layers if self.is_decoder else c.num_layers
-    block = T5Block
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (position_bias_HLL, self_mask, encoded_BSD, cross_mask)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, self.is_decoder, deterministic, name="layers")(x_BLD, *args)
-    else:
-      for i in range(num_layers):
-        x_BLD, _ = block(c, self.is_decoder, deterministic, name=f"layer_{i}")(x_BLD, *args)
+    block_kwargs = {"config": c, "is_decoder": self.is_decoder, "deterministic": deterministic}
+    x_BLD, _ = layer_stack(T5Block, num_layers, c.remat, c.scan_layers, block_kwargs, x_BLD,
+                           position_bias_HLL, self_mask, encoded_BSD, cross_mask)
     x_BLD = RMSNorm(c.layer_norm_eps, dtype, pdtype, name="final_layer_norm")(x_BLD)
     x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
     return layers.constrain(x_BLD, _ACT_BLD)

@@ -44,6 +44,7 @@ import numpy as np
 
 from t5x_like.models import layers
 from t5x_like.models.layers import REMAT_POLICIES
+from t5x_like.models.stack import layer_stack
 
 FEATURES = ("input_ids", "token_type_ids", "perm_mask", "target_mapping", "labels")
 
@@ -376,24 +377,12 @@ class XLNetLMHeadModel(nn.Module):
               else jnp.broadcast_to(r_RD, (batch,) + r_RD.shape))
       r_RD = drop(r_RD)
 
-    block = XLNetLayer
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (r_RD, seg_BLK, mask_h_BLK, mask_g_BPK, seg_g_BPK, positions_BP, valid_BP)
     carry = (layers.constrain(h_BLD, _ACT_BLD), g_BPD)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(0 if mlen else nn.broadcast,) + (nn.broadcast,) * len(args),
-                      length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, new_mems = stack(c, deterministic, return_mems, name="layers")(carry, mems, *args)
-    else:
-      outs = []
-      for i in range(c.num_layers):
-        carry, new_mem = block(c, deterministic, return_mems, name=f"layer_{i}")(
-            carry, None if not mlen else mems[i], *args)
-        outs.append(new_mem)
-      new_mems = jnp.stack(outs) if return_mems else None
+    block_kwargs = {"config": c, "deterministic": deterministic, "return_mems": return_mems}
+    carry, new_mems = layer_stack(
+        XLNetLayer, c.num_layers, c.remat, c.scan_layers, block_kwargs, carry,
+        mems if mlen else None, r_RD, seg_BLK, mask_h_BLK, mask_g_BPK, seg_g_BPK, positions_BP,
+        valid_BP, per_layer=1)
     out_BXD = drop(carry[1] if target_mapping is not None else carry[0])
 
     lm_loss_bias = self.param("lm_loss_bias",
