@@ -44,8 +44,28 @@ def dtype_of(name: str) -> Dtype:
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def dtypes(config: Any) -> tuple[Dtype, Dtype]:
+  """(compute dtype, param dtype) named by a family config's `dtype` and `param_dtype`."""
+  return dtype_of(config.dtype), dtype_of(config.param_dtype)
+
+
 def logical(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
   return nn.with_logical_partitioning(init, axes)
+
+
+def normal(std: float) -> Initializer:
+  """N(0, std^2): every family's weights and tables (HF's `_init_weights`)."""
+  return nn.initializers.normal(std)
+
+
+def zeros(axes: tuple[str | None, ...]) -> Initializer:
+  """Zeros with logical axes: biases (and the LayerNorm shift)."""
+  return logical(nn.initializers.zeros_init(), axes)
+
+
+def ones(axes: tuple[str | None, ...]) -> Initializer:
+  """Ones with logical axes: norm scales."""
+  return logical(nn.initializers.ones_init(), axes)
 
 
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
@@ -111,7 +131,7 @@ class Dense(nn.Module):
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.normal(0.02)
+  kernel_init: Initializer = normal(0.02)
   out_dtype: Dtype | None = None  # the result's dtype (default: dtype); float32 for logits
 
   @nn.compact
@@ -130,8 +150,8 @@ class Dense(nn.Module):
     y = einsum("ti,io->to", x.reshape(-1, math.prod(in_shape)), kernel.reshape(-1, n_out))
     y = y.reshape(lead + tuple(self.out_features))
     if self.use_bias:
-      bias = self.param("bias", logical(nn.initializers.zeros_init(), self.out_axes),
-                        tuple(self.out_features), self.param_dtype)
+      bias = self.param("bias", zeros(self.out_axes), tuple(self.out_features),
+                        self.param_dtype)
       y = y + bias.astype(jnp.float32)
     return y.astype(self.out_dtype or self.dtype)
 
@@ -149,16 +169,14 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = x.shape[-1]
-    scale = self.param("scale", logical(nn.initializers.ones_init(), ("embed",)), (features,),
-                       self.param_dtype)
+    scale = self.param("scale", ones(("embed",)), (features,), self.param_dtype)
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
     y = y * scale.astype(jnp.float32)
     if self.use_bias:
-      bias = self.param("bias", logical(nn.initializers.zeros_init(), ("embed",)), (features,),
-                        self.param_dtype)
+      bias = self.param("bias", zeros(("embed",)), (features,), self.param_dtype)
       y = y + bias.astype(jnp.float32)
     return y.astype(self.dtype)
 
@@ -170,7 +188,7 @@ class Embed(nn.Module):
   axes: tuple[str, str] = ("vocab", "embed")
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  embedding_init: Initializer = nn.initializers.normal(0.02)
+  embedding_init: Initializer = normal(0.02)
 
   def setup(self) -> None:
     self.embedding = self.param("embedding", logical(self.embedding_init, self.axes),
@@ -274,7 +292,7 @@ class MultiHeadDotProductAttention(nn.Module):
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.normal(0.02)
+  kernel_init: Initializer = normal(0.02)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,

@@ -82,14 +82,10 @@ class BartConfig:
     return math.sqrt(self.hidden_size) if self.scale_embedding else 1.0
 
 
-def _normal(std: float) -> layers.Initializer:
-  return nn.initializers.normal(std)
-
-
 def _token_embedding_init(std: float, pad_id: int) -> layers.Initializer:
   """normal(std) with the padding row zeroed, as HF's `_init_weights` for `padding_idx`."""
   def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    return _normal(std)(key, shape, dtype).at[pad_id].set(0)
+    return layers.normal(std)(key, shape, dtype).at[pad_id].set(0)
   return init
 
 
@@ -107,9 +103,9 @@ class BartAttention(nn.Module):
     segments: (query ids [B, Q], key ids [B, K]) instead of `mask` select the splash kernel:
     a query attends to the keys of its id (and, causal, not after it)."""
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     h, k = c.num_heads, c.head_dim
-    init = _normal(c.initializer_range)
+    init = layers.normal(c.initializer_range)
 
     def proj(name: str) -> layers.Dense:
       return layers.Dense((h, k), ("embed",), ("heads", "kv"), dtype=dtype,
@@ -153,8 +149,8 @@ class BartLayer(nn.Module):
                cross_segments: tuple[jax.Array, jax.Array] | None = None
                ) -> tuple[jax.Array, None]:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-    init = _normal(c.initializer_range)
+    dtype, pdtype = layers.dtypes(c)
+    init = layers.normal(c.initializer_range)
     norm = lambda name: layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name=name)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
 
@@ -188,7 +184,7 @@ class BartStack(nn.Module):
                self_segments: tuple[jax.Array, jax.Array] | None = None,
                cross_segments: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     batch, length = x_BLD.shape[:2]
     if length > c.max_position_embeddings:
       side = "decoder" if self.is_decoder else "encoder"
@@ -198,7 +194,7 @@ class BartStack(nn.Module):
       positions_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     table = layers.Embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size,
                          ("position", "embed"), dtype, pdtype,
-                         embedding_init=_normal(c.initializer_range), name="embed_positions")
+                         embedding_init=layers.normal(c.initializer_range), name="embed_positions")
     x_BLD = x_BLD + table(positions_BL + POSITION_OFFSET)
     x_BLD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name="layernorm_embedding")(x_BLD)
     x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
@@ -236,15 +232,14 @@ class BartForConditionalGeneration(nn.Module):
 
   def setup(self) -> None:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     self.shared = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), dtype, pdtype,
                                embedding_init=_token_embedding_init(c.initializer_range,
                                                                     c.pad_token_id))
     self.encoder = BartStack(c, is_decoder=False)
     self.decoder = BartStack(c, is_decoder=True)
     self.final_logits_bias = self.param(
-        "final_logits_bias", layers.logical(nn.initializers.zeros_init(), ("vocab",)),
-        (c.vocab_size,), pdtype)
+        "final_logits_bias", layers.zeros(("vocab",)), (c.vocab_size,), pdtype)
 
   def _embed_tokens(self, ids_BL: jax.Array) -> jax.Array:
     x_BLD = self.shared(ids_BL)

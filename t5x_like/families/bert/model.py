@@ -54,16 +54,15 @@ class BertEmbeddings(nn.Module):
 
   def setup(self) -> None:
     c = self.config
-    init = nn.initializers.normal(c.initializer_range)
-    kw = {"dtype": layers.dtype_of(c.dtype), "param_dtype": layers.dtype_of(c.param_dtype),
-          "embedding_init": init}
+    dtype, pdtype = layers.dtypes(c)
+    kw = {"dtype": dtype, "param_dtype": pdtype,
+          "embedding_init": layers.normal(c.initializer_range)}
     self.word_embeddings = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), **kw)
     self.position_embeddings = layers.Embed(c.max_position_embeddings, c.hidden_size,
                                             ("position", "embed"), **kw)
     self.token_type_embeddings = layers.Embed(c.type_vocab_size, c.hidden_size,
                                               ("type", "embed"), **kw)
-    self.layer_norm = layers.LayerNorm(c.layer_norm_eps, dtype=layers.dtype_of(c.dtype),
-                                       param_dtype=layers.dtype_of(c.param_dtype))
+    self.layer_norm = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def __call__(self, input_ids_BL: jax.Array, token_type_ids_BL: jax.Array,
@@ -87,8 +86,8 @@ class BertLayer(nn.Module):
   def __call__(self, x_BLD: jax.Array, bias: jax.Array | None,
                segment_ids_BL: jax.Array | None = None) -> tuple[jax.Array, None]:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-    init = nn.initializers.normal(c.initializer_range)
+    dtype, pdtype = layers.dtypes(c)
+    init = layers.normal(c.initializer_range)
     dense = lambda features, in_axes, out_axes, name: layers.Dense(
         features, in_axes, out_axes, dtype=dtype, param_dtype=pdtype, kernel_init=init,
         name=name)
@@ -133,16 +132,15 @@ class BertMLMHead(nn.Module):
   @nn.compact
   def __call__(self, h_BPD: jax.Array, embeddings: BertEmbeddings) -> jax.Array:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     h_BPD = layers.Dense((c.hidden_size,), ("embed",), ("hidden",), dtype=dtype,
                          param_dtype=pdtype,
-                         kernel_init=nn.initializers.normal(c.initializer_range),
+                         kernel_init=layers.normal(c.initializer_range),
                          name="transform")(h_BPD)
     h_BPD = layers.ACTIVATIONS[c.hidden_act](h_BPD)
     h_BPD = layers.LayerNorm(c.layer_norm_eps, dtype, pdtype, name="layer_norm")(h_BPD)
     logits_BPV = embeddings.attend(h_BPD).astype(jnp.float32)
-    bias = self.param("bias", layers.logical(nn.initializers.zeros_init(), ("vocab",)),
-                      (c.vocab_size,), pdtype)
+    bias = self.param("bias", layers.zeros(("vocab",)), (c.vocab_size,), pdtype)
     logits_BPV = logits_BPV + bias.astype(jnp.float32)
     return layers.constrain(logits_BPV, ("act_batch", "act_length", "act_vocab"))
 

@@ -103,16 +103,16 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", layers.logical(nn.initializers.ones_init(), ("embed",)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = self.param("scale", layers.ones(("embed",)), (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
     return y.astype(self.dtype)
 
 
-def _normal(std: float) -> layers.Initializer:
-  return nn.initializers.normal(std)
+def _fan_in_normal(factor: float, fan_in: int) -> layers.Initializer:
+  """N(0, (factor / sqrt(fan_in))^2), HF T5's `_init_weights` for a weight of `fan_in` inputs."""
+  return layers.normal(factor * fan_in ** -0.5)
 
 
 @jax.custom_vjp
@@ -145,16 +145,17 @@ class T5Attention(nn.Module):
                position_bias_HQK: jax.Array | None) -> jax.Array:
     """Returns [B, Q, D]; mask is bool, broadcastable to [B, 1, Q, K], True = attend."""
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     d, h, k, f = c.hidden_size, c.num_heads, c.d_kv, c.initializer_factor
 
-    def proj(name: str, std: float) -> layers.Dense:
+    def proj(name: str, fan_in: int) -> layers.Dense:
       return layers.Dense((h, k), ("embed",), ("heads", "kv"), use_bias=False, dtype=dtype,
-                          param_dtype=pdtype, kernel_init=_normal(std), name=name)
+                          param_dtype=pdtype, kernel_init=_fan_in_normal(f, fan_in), name=name)
 
-    q_BQHK = layers.per_token(proj("q", f * (d * k) ** -0.5), x_BQD)
-    k_BKHK = layers.per_token(proj("k", f * d ** -0.5), kv_BKD)
-    v_BKHK = layers.per_token(proj("v", f * d ** -0.5), kv_BKD)
+    # q's fan-in counts d_kv too: the 1/sqrt(d_kv) score scale folded into its init.
+    q_BQHK = layers.per_token(proj("q", d * k), x_BQD)
+    k_BKHK = layers.per_token(proj("k", d), kv_BKD)
+    v_BKHK = layers.per_token(proj("v", d), kv_BKD)
     q_BQHK = layers.constrain(q_BQHK, ("act_batch", "act_length", "act_heads", None))
     k_BKHK = layers.constrain(k_BKHK, ("act_batch", "act_length", "act_heads", None))
     v_BKHK = layers.constrain(v_BKHK, ("act_batch", "act_length", "act_heads", None))
@@ -169,7 +170,7 @@ class T5Attention(nn.Module):
     out_BQHK = layers.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BKHK).astype(dtype)
     out_BQHK = layers.constrain(out_BQHK, ("act_batch", "act_length", "act_heads", None))
     o = layers.Dense((d,), ("heads", "kv"), ("embed",), use_bias=False, dtype=dtype,
-                     param_dtype=pdtype, kernel_init=_normal(f * (h * k) ** -0.5), name="o")
+                     param_dtype=pdtype, kernel_init=_fan_in_normal(f, h * k), name="o")
     return layers.per_token(o, out_BQHK, num_in=2)
 
 
@@ -181,22 +182,22 @@ class T5DenseGatedActDense(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     f = c.initializer_factor
 
-    def dense(features, in_axis, out_axis, std, name):
+    def dense(features, in_axis, out_axis, fan_in, name):
       return layers.Dense((features,), (in_axis,), (out_axis,), use_bias=False, dtype=dtype,
-                          param_dtype=pdtype, kernel_init=_normal(std), name=name)
+                          param_dtype=pdtype, kernel_init=_fan_in_normal(f, fan_in), name=name)
 
-    gate_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp",
-                                      f * c.hidden_size ** -0.5, "wi_0"), x_BLD)
-    linear_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp",
-                                        f * c.hidden_size ** -0.5, "wi_1"), x_BLD)
+    gate_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp", c.hidden_size,
+                                      "wi_0"), x_BLD)
+    linear_BLF = layers.per_token(dense(c.intermediate_size, "embed", "mlp", c.hidden_size,
+                                        "wi_1"), x_BLD)
     h_BLF = layers.ACTIVATIONS[c.hidden_act](gate_BLF) * linear_BLF
     h_BLF = layers.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
     h_BLF = nn.Dropout(c.dropout_rate)(h_BLF, deterministic=self.deterministic)
-    return layers.per_token(dense(c.hidden_size, "mlp", "embed", f * c.intermediate_size ** -0.5,
-                            "wo"), h_BLF)
+    return layers.per_token(dense(c.hidden_size, "mlp", "embed", c.intermediate_size, "wo"),
+                            h_BLF)
 
 
 class T5Block(nn.Module):
@@ -210,7 +211,7 @@ class T5Block(nn.Module):
                encoded_BSD: jax.Array | None, cross_mask: jax.Array | None
                ) -> tuple[jax.Array, None]:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     norm = lambda name: RMSNorm(c.layer_norm_eps, dtype, pdtype, name=name)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
 
@@ -242,9 +243,9 @@ class T5Stack(nn.Module):
                encoded_BSD: jax.Array | None = None, cross_mask: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     table = self.param("relative_attention_bias",
-                       layers.logical(_normal(c.initializer_factor * c.hidden_size ** -0.5),
+                       layers.logical(_fan_in_normal(c.initializer_factor, c.hidden_size),
                                       ("relpos_buckets", "heads")),
                        (c.relative_attention_num_buckets, c.num_heads), pdtype)
     length = x_BLD.shape[1]
@@ -276,15 +277,15 @@ class T5ForConditionalGeneration(nn.Module):
 
   def setup(self) -> None:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     self.shared = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), dtype, pdtype,
-                               embedding_init=_normal(c.initializer_factor))
+                               embedding_init=layers.normal(c.initializer_factor))
     self.encoder = T5Stack(c, is_decoder=False)
     self.decoder = T5Stack(c, is_decoder=True)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Dense((c.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                   dtype=dtype, param_dtype=pdtype,
-                                  kernel_init=_normal(c.initializer_factor),
+                                  kernel_init=layers.normal(c.initializer_factor),
                                   out_dtype=jnp.float32)
 
   def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,

@@ -101,10 +101,6 @@ class XLNetConfig:
     return self.hidden_size // self.num_heads
 
 
-def _normal(std: float) -> layers.Initializer:
-  return nn.initializers.normal(std)
-
-
 def relative_positional_encoding(qlen: int, klen: int, d_model: int, clamp_len: int = -1,
                                  backward: bool = False) -> np.ndarray:
   """Sinusoids [klen + qlen, D] for distances klen, klen-1, .., -qlen+1 (HF, attn_type bi).
@@ -135,9 +131,9 @@ class XLNetRelativeAttention(nn.Module):
 
   def setup(self) -> None:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
+    dtype, pdtype = layers.dtypes(c)
     h, k = c.num_heads, c.head_dim
-    init = _normal(c.initializer_range)
+    init = layers.normal(c.initializer_range)
     proj = lambda: layers.Dense((h, k), ("embed",), ("heads", "kv"), use_bias=False,
                                 dtype=dtype, param_dtype=pdtype, kernel_init=init)
     self.q, self.k, self.v, self.r = proj(), proj(), proj(), proj()
@@ -228,8 +224,8 @@ class XLNetFeedForward(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-    init = _normal(c.initializer_range)
+    dtype, pdtype = layers.dtypes(c)
+    init = layers.normal(c.initializer_range)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     layer_1 = layers.Dense((c.intermediate_size,), ("embed",), ("mlp",), dtype=dtype,
                            param_dtype=pdtype, kernel_init=init, name="layer_1")
@@ -313,8 +309,8 @@ class XLNetLMHeadModel(nn.Module):
       return_mems: also return the new memory [num_layers, B, M', D] (see `cache_mem`).
     """
     c = self.config
-    dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
-    init = _normal(c.initializer_range)
+    dtype, pdtype = layers.dtypes(c)
+    init = layers.normal(c.initializer_range)
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     word_embedding = layers.Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), dtype,
                                   pdtype, embedding_init=init, name="word_embedding")
@@ -386,8 +382,7 @@ class XLNetLMHeadModel(nn.Module):
     out_BXD = drop(carry[1] if target_mapping is not None else carry[0])
 
     lm_loss_bias = self.param("lm_loss_bias",
-                              layers.logical(nn.initializers.zeros_init(), ("vocab",)),
-                              (c.vocab_size,), pdtype)
+                              layers.zeros(("vocab",)), (c.vocab_size,), pdtype)
     b, x, d = out_BXD.shape
     # One token axis for the head's GEMMs (see layers.per_token); only the P rows when given.
     logits_NV = word_embedding.attend(out_BXD.reshape(b * x, d)).astype(jnp.float32)
