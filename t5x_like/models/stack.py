@@ -3,7 +3,8 @@ optionally rematerialised (`model.scan_layers`, `model.remat`).
 
 Param layout: a Python loop gives children `layer_0 .. layer_{n-1}`; `scan` gives one child
 `layers` whose params carry a leading axis of length n, named `layers` in their logical axes
-(`t5x_like.sharding` maps it). Each layer draws its own params and dropout rngs either way.
+(`t5x_like.sharding` maps it). Each layer draws its own params and dropout rngs either way,
+and keeps its own slice of the "cache" collection (a decoder's keys and values).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def layer_stack(block: type[nn.Module], num_layers: int, remat: str, scan: bool,
     block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
   if scan:
     in_axes = tuple(0 if a is not None else nn.broadcast for a in args[:per_layer])
-    scanned = nn.scan(block, variable_axes={"params": 0},
+    # A decoder's KV cache ("cache" collection) is per layer like its params.
+    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=in_axes + (nn.broadcast,) * (len(args) - per_layer),
                       length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})

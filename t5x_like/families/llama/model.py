@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.models import layers
-from t5x_like.models.layers import REMAT_POLICIES
+from t5x_like.models.stack import layer_stack
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "labels")
@@ -289,18 +289,9 @@ class LlamaModel(nn.Module):
                                                                length)
 
     x_BLD = self.embed_tokens(input_ids_BL)
-    block = LlamaDecoderLayer
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (cos_BLK, sin_BLK, mask, cache_index, prefix_BL)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, deterministic, decode, name="layers")(x_BLD, *args)
-    else:
-      for i in range(c.num_layers):
-        x_BLD, _ = block(c, deterministic, decode, name=f"layer_{i}")(x_BLD, *args)
+    x_BLD, _ = layer_stack(LlamaDecoderLayer, c.num_layers, c.remat, c.scan_layers,
+                           {"config": c, "deterministic": deterministic, "decode": decode},
+                           x_BLD, cos_BLK, sin_BLK, mask, cache_index, prefix_BL)
     return layers.constrain(self.norm(x_BLD), _ACT_BLD)
 
   def attend(self, x_BLD: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.models import layers
-from t5x_like.models.layers import REMAT_POLICIES
+from t5x_like.models.stack import layer_stack
 
 # Batch features this family consumes (the objective must produce exactly these).
 FEATURES = ("input_ids", "labels")
@@ -181,19 +181,9 @@ class MptBlocks(nn.Module):
   def __call__(self, x_BLD: jax.Array, keep_B1LS: jax.Array, dist_B1LS: jax.Array,
                index: jax.Array | None) -> jax.Array:
     c = self.config
-    block = MptBlock
-    if c.remat != "none":
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-    args = (x_BLD, keep_B1LS, dist_B1LS, index)
-    if c.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(c, self.deterministic, self.decode, name="layers")(*args)
-      return x_BLD
-    for i in range(c.num_layers):
-      x_BLD, _ = block(c, self.deterministic, self.decode, name=f"layer_{i}")(*args)
-      args = (x_BLD, *args[1:])
+    x_BLD, _ = layer_stack(MptBlock, c.num_layers, c.remat, c.scan_layers,
+                           {"config": c, "deterministic": self.deterministic,
+                            "decode": self.decode}, x_BLD, keep_B1LS, dist_B1LS, index)
     return x_BLD
 
 
