@@ -132,9 +132,18 @@ def _train_locked(args: argparse.Namespace, config, tokenizer) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
   from pretrain import evaluation
   from t5x_like import distributed
+  from t5x_like.config import ConfigError
 
+  if args.length_sweep and args.seq_len:
+    raise ConfigError("--seq-len and --length-sweep exclude each other")
+  lengths = evaluation.parse_lengths(args.length_sweep) if args.length_sweep else None
   distributed.initialize_from_env()
-  print(json.dumps(evaluation.evaluate_workdir(args.workdir, args.step, args.max_batches)))
+  if lengths:
+    for row in evaluation.length_sweep(args.workdir, lengths, args.step, args.max_batches):
+      print(json.dumps(row))
+    return 0
+  print(json.dumps(evaluation.evaluate_workdir(args.workdir, args.step, args.max_batches,
+                                               seq_len=args.seq_len)))
   return 0
 
 
@@ -244,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", type=int, default=None)
   p.add_argument("--max-batches", type=int, default=0, help="0 = the whole validation split")
+  p.add_argument("--seq-len", type=int, default=None,
+                 help="evaluate at this row length instead of the trained one")
+  p.add_argument("--length-sweep", default=None, metavar="N,N,...",
+                 help="evaluate at each length (e.g. 128,256,512,1024): one JSON line each, "
+                      "also written to WORKDIR/length_sweep.jsonl for `pretrain plot`")
   p.set_defaults(fn=cmd_eval)
 
   p = sub.add_parser("export", help="write a HuggingFace transformers folder")

@@ -29,14 +29,38 @@ def read_metrics(workdir: str) -> dict[str, list[dict]]:
   return by_split
 
 
+def read_length_sweep(workdir: str) -> list[dict]:
+  """The rows of `pretrain eval --length-sweep` (empty if it was not run)."""
+  path = os.path.join(workdir, "length_sweep.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    try:
+      return [json.loads(line) for line in f if line.strip()]
+    except json.JSONDecodeError:
+      raise ConfigError(f"{path} is not JSON lines (written by pretrain eval "
+                        f"--length-sweep)") from None
+
+
 def plot_workdir(workdir: str, out: str | None = None) -> str:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   metrics = read_metrics(workdir)
+  sweep = read_length_sweep(workdir)
   out = out or os.path.join(workdir, "loss.png")
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(16 if sweep else 11, 4))
+  ax_loss, ax_acc = axes[0], axes[1]
+  if sweep:  # `pretrain eval --length-sweep`: perplexity against the evaluation length
+    ax_len = axes[2]
+    ax_len.plot([r["seq_len"] for r in sweep], [r["perplexity"] for r in sweep], "o-",
+                label=f"step {sweep[0]['step']}")
+    ax_len.set_xscale("log", base=2)
+    ax_len.set_xlabel("evaluation length (tokens)")
+    ax_len.set_ylabel("validation perplexity")
+    ax_len.grid(alpha=0.3)
+    ax_len.legend()
   for split, style in (("train", "-"), ("eval", "o-")):
     records = metrics.get(split, [])
     if not records:

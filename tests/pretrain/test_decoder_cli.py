@@ -154,3 +154,28 @@ def test_prefix_lm_trains_through_the_cli(tmp_path, corpus, cache_dir, capsys):
   # the suffix only: fewer scored tokens than a causal row's (every non-padding position)
   assert 0 < train[-1]["predicted_tokens"] < 8 * 32
   assert train[-1]["loss"] < train[0]["loss"]
+
+
+def test_eval_at_other_lengths_and_the_sweep_plot(runs, capsys):
+  """`pretrain eval --seq-len` / `--length-sweep` (trained at 32 here): one JSON line per
+  length, the table kept for `pretrain plot`."""
+  mpt = runs["mpt_tiny"]
+  code, out, err = run_cli(capsys, ["eval", "--workdir", mpt, "--seq-len", "48",
+                                    "--max-batches", "1"])
+  assert code == 0, err
+  assert json.loads(out)["seq_len"] == 48
+  code, out, err = run_cli(capsys, ["eval", "--workdir", mpt, "--length-sweep", "32,64",
+                                    "--max-batches", "1"])
+  assert code == 0, err
+  rows = [json.loads(line) for line in out.strip().splitlines()]
+  assert [r["seq_len"] for r in rows] == [32, 64]
+  assert all(np.isfinite(r["perplexity"]) and r["predicted_tokens"] > 0 for r in rows)
+  with open(os.path.join(mpt, "length_sweep.jsonl"), encoding="utf-8") as f:
+    assert [json.loads(line)["seq_len"] for line in f] == [32, 64]
+  code, _, err = run_cli(capsys, ["plot", "--workdir", mpt])
+  assert code == 0 and os.path.getsize(os.path.join(mpt, "loss.png")) > 0, err
+  for argv, message in ((["--length-sweep", "32,x"], "lengths separated by commas"),
+                        (["--length-sweep", "4"], "lengths >= 8"),
+                        (["--seq-len", "32", "--length-sweep", "64"], "exclude each other")):
+    code, _, err = run_cli(capsys, ["eval", "--workdir", mpt, *argv])
+    assert code == 2 and message in err.strip().splitlines()[-1], err
