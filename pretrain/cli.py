@@ -136,8 +136,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
   if args.length_sweep and args.seq_len:
     raise ConfigError("--seq-len and --length-sweep exclude each other")
+  if args.stride is not None and args.length_sweep:
+    raise ConfigError("--stride and --length-sweep exclude each other")
   lengths = evaluation.parse_lengths(args.length_sweep) if args.length_sweep else None
   distributed.initialize_from_env()
+  if args.stride is not None:
+    print(json.dumps(evaluation.evaluate_sliding(args.workdir, args.stride, args.step,
+                                                 args.seq_len, args.max_batches)))
+    return 0
   if lengths:
     for row in evaluation.length_sweep(args.workdir, lengths, args.step, args.max_batches):
       print(json.dumps(row))
@@ -255,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-batches", type=int, default=0, help="0 = the whole validation split")
   p.add_argument("--seq-len", type=int, default=None,
                  help="evaluate at this row length instead of the trained one")
+  p.add_argument("--stride", type=int, default=None,
+                 help="decoder-only runs: sliding-window perplexity over the validation text "
+                      "as one stream, windows of --seq-len (default the trained length) "
+                      "moved by this many tokens")
   p.add_argument("--length-sweep", default=None, metavar="N,N,...",
                  help="evaluate at each length (e.g. 128,256,512,1024): one JSON line each, "
                       "also written to WORKDIR/length_sweep.jsonl for `pretrain plot`")

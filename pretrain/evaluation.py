@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
-from data_pipelines import storage
+from data_pipelines import pipeline, storage
+from data_pipelines.vocab import IGNORE_INDEX
 from pretrain import data as data_lib
 from t5x_like import checkpointing
 from t5x_like.config import ConfigError, read_config, replace
@@ -71,3 +74,78 @@ def length_sweep(workdir: str, lengths: list[int], step: int | None = None,
     storage.write_text(os.path.join(workdir, LENGTH_SWEEP_FILE),
                        "".join(json.dumps(r) + "\n" for r in rows))
   return rows
+
+
+def sliding_windows(stream: np.ndarray, length: int, stride: int
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(inputs, labels) windows of at most `length` positions over a token stream, each target
+  scored exactly once: window k reads tokens [b, e] (b = k * stride, e = min(b + length, N - 1))
+  and scores the targets after the previous window's end, each with the most context the
+  window holds (>= length - stride tokens after the first window). HF's "perplexity of
+  fixed-length models" method, counting every token of the stream but the first."""
+  n = len(stream)
+  prev_end = 0
+  for begin in range(0, n - 1, stride):
+    end = min(begin + length, n - 1)
+    window = stream[begin:end + 1]
+    inputs, labels = window[:-1].copy(), window[1:].copy()
+    labels[: len(labels) - (end - prev_end)] = IGNORE_INDEX
+    yield inputs, labels
+    prev_end = end
+    if end == n - 1:
+      break
+
+
+def evaluate_sliding(workdir: str, stride: int, step: int | None = None,
+                     seq_len: int | None = None, max_batches: int = 0) -> dict[str, Any]:
+  """Perplexity of a decoder-only run over its validation text as one stream (documents
+  joined by EOS), read in windows of seq_len (default: the trained length) moved by
+  `stride`; see `sliding_windows`."""
+  from t5x_like import families
+
+  path = os.path.join(workdir, "config.yaml")
+  if not os.path.exists(path):
+    raise ConfigError(f"{workdir} is not a run directory: {path} does not exist")
+  config = read_config(path)
+  if not families.get(config.model.family).decoder_only:
+    raise ConfigError(f"--stride (sliding-window perplexity) needs a decoder-only model; "
+                      f"model.family is {config.model.family!r}")
+  length = seq_len or config.data.seq_len
+  if not 1 <= stride <= length:
+    raise ConfigError(f"--stride must be in [1, {length}] (the window length), got {stride}")
+  if jax.process_count() > 1:
+    raise ConfigError("--stride runs in one process (the windows are cut on this host)")
+  # The stream: the validation split in blocks mode (documents joined by EOS, in order).
+  objective = {"add_bos": False} if hasattr(config.objective, "add_bos") else {}
+  config = replace(config, data={"seq_len": length, "pack_documents": False, "target_len": 0},
+                   objective=objective)
+  config, _, manifest = data_lib.prepare_for(config)
+  records = pipeline.num_records(manifest.directory, "validation")
+  stream = np.concatenate([pipeline.read_segments(manifest.directory, "validation", i)[0]
+                           for i in range(records)])
+  trainer = loop.Trainer(config, workdir)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+  try:
+    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
+  finally:
+    ckpt.close()
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
+                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
+                                     trainer.state_sh.mems)
+  rows = config.train.batch_size
+
+  def batches() -> Iterator[dict[str, np.ndarray]]:
+    windows = list(sliding_windows(stream, length, stride))
+    for start in range(0, len(windows), rows):
+      ids = np.zeros((rows, length), np.int32)
+      labels = np.full((rows, length), IGNORE_INDEX, np.int32)
+      for r, (x, y) in enumerate(windows[start:start + rows]):
+        ids[r, :len(x)], labels[r, :len(y)] = x, y
+      yield {"input_ids": ids, "labels": labels}
+
+  with step_lib.mesh_context(trainer.mesh):
+    metrics = evaluation_lib.evaluate(eval_step, params, batches(), trainer.batch_sh,
+                                      trainer.task.features, max_batches)
+  return {"step": restored, "split": "validation", "seq_len": length, "stride": stride,
+          "stream_tokens": len(stream), **metrics}
+

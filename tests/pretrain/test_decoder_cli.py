@@ -179,3 +179,42 @@ def test_eval_at_other_lengths_and_the_sweep_plot(runs, capsys):
                         (["--seq-len", "32", "--length-sweep", "64"], "exclude each other")):
     code, _, err = run_cli(capsys, ["eval", "--workdir", mpt, *argv])
     assert code == 2 and message in err.strip().splitlines()[-1], err
+
+
+def test_sliding_window_perplexity(runs, tmp_path, capsys):
+  """`pretrain eval --stride`: the validation text as one stream, every token but the first
+  scored once; the figure equals the windows' NLL computed from the model's logits."""
+  from pretrain import data as data_lib
+  from pretrain.evaluation import sliding_windows
+
+  mpt = runs["mpt_tiny"]
+  code, out, err = run_cli(capsys, ["eval", "--workdir", mpt, "--stride", "8"])
+  assert code == 0, err
+  result = json.loads(out)
+  assert result["predicted_tokens"] == result["stream_tokens"] - 1
+  # the same stream and windows, scored here from the logits
+  pretrained = load_pretrained(mpt)
+  config = config_lib.replace(pretrained.config, data={"pack_documents": False})
+  _, _, manifest = data_lib.prepare_for(config)
+  from data_pipelines import pipeline
+  n = pipeline.num_records(manifest.directory, "validation")
+  stream = np.concatenate([pipeline.read_segments(manifest.directory, "validation", i)[0]
+                           for i in range(n)])
+  assert len(stream) == result["stream_tokens"]
+  nll, count = 0.0, 0
+  for inputs, labels in sliding_windows(stream, 32, 8):
+    logits = pretrained.logits({"input_ids": inputs[None]})[0].astype(np.float64)
+    logz = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+    scored = labels >= 0
+    nll += float(np.sum(logz[scored] - logits[scored, labels[scored]]))
+    count += int(scored.sum())
+  assert count == result["predicted_tokens"]
+  np.testing.assert_allclose(result["loss"], nll / count, rtol=1e-5)
+  encoder = tmp_path / "encoder"
+  encoder.mkdir()
+  config_lib.save_config(config_lib.load_config("bert_tiny"), str(encoder / "config.yaml"))
+  for argv, message in (([mpt, "--stride", "0"], "--stride must be in [1, 32]"),
+                        ([mpt, "--stride", "64"], "--stride must be in [1, 32]"),
+                        ([str(encoder), "--stride", "8"], "needs a decoder-only model")):
+    code, _, err = run_cli(capsys, ["eval", "--workdir", *argv])
+    assert code == 2 and message in err.strip().splitlines()[-1], err
