@@ -52,6 +52,13 @@ def add_preset_dir(path: str) -> None:
     _EXTRA_PRESET_DIRS.append(path)
 
 
+def remove_preset_dir(path: str) -> None:
+  """Undoes `add_preset_dir` (a family registered from outside is unregistered)."""
+  path = os.path.abspath(path)
+  if path in _EXTRA_PRESET_DIRS:
+    _EXTRA_PRESET_DIRS.remove(path)
+
+
 def _presets() -> dict[str, str]:
   """Preset name -> its YAML file (built-in families' folders, then added ones)."""
   dirs = sorted(glob.glob(os.path.join(_FAMILIES_DIR, "*", "presets"))) + _EXTRA_PRESET_DIRS

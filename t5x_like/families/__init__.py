@@ -104,6 +104,14 @@ def register(family: Family, replace: bool = False) -> Family:
   return FAMILIES.register(family, replace=replace)
 
 
+def unregister(name: str) -> None:
+  """Removes a family and its preset folder (tests register toy families)."""
+  family = FAMILIES.get(name) if name in FAMILIES else None
+  if family is not None and family.presets is not None:
+    config.remove_preset_dir(family.presets)
+  FAMILIES.unregister(name)
+
+
 def get(name: str) -> Family:
   return FAMILIES.get(name)
 
