@@ -115,7 +115,9 @@ def test_import_from_transformers(tmp_path, case):
     np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Import covers all four cases; export the two that differ in every respect (GQA untied,
+# MHA tied).
+@pytest.mark.parametrize("case", ["gqa-untied", "mha-tied"])
 def test_export_loads_in_transformers(tmp_path, case):
   config = CASES[case]
   params = _params(config)
@@ -245,7 +247,8 @@ def test_prefix_is_bidirectional_and_the_suffix_causal():
 # Decoding with the KV cache.
 
 
-@pytest.mark.parametrize("scan", [False, True])
+# The scanned stack's per-layer cache is checked by mpt's decode test (the same layer_stack).
+@pytest.mark.parametrize("scan", [False])
 def test_decode_matches_the_full_forward_and_compiles_once(scan):
   config = dataclasses.replace(GQA, scan_layers=scan)
   params = _params(GQA)
@@ -330,8 +333,10 @@ def test_scan_and_remat_do_not_change_the_result():
   stacked = _stacked(params, GQA.num_layers)
   scanned = dataclasses.replace(GQA, scan_layers=True)
   np.testing.assert_allclose(_ours(scanned, stacked, ids), _ours(GQA, params, ids), atol=1e-5)
-  for config, p in ((scanned, stacked), (dataclasses.replace(GQA, remat="full"), params),
-                    (dataclasses.replace(scanned, remat="dots"), stacked)):
+  # Every remat/scan combination goes through the one models.stack.layer_stack, whose own
+  # test (tests/t5x_like/test_stack.py) covers them all; here the Llama block under the
+  # scanned, rematerialised stack.
+  for config, p in ((dataclasses.replace(scanned, remat="dots"), stacked),):
     got_loss, got_grads = _loss_and_grads(config, p, ids)
     np.testing.assert_allclose(got_loss, loss, rtol=1e-6)
     want = grads if not config.scan_layers else _stacked(grads, GQA.num_layers)
