@@ -136,7 +136,8 @@ def shape_text(r: dict[str, Any]) -> str:
   """A row's shape name with its architecture, from whichever size fields the row has."""
   layers = (f"{r['num_layers']}+{r['num_decoder_layers']}L" if "num_decoder_layers" in r
             else f"{r['num_layers']}L")
-  heads = f"{r['num_heads']}H" + (f"×{r['head_dim']}" if "head_dim" in r else "")
+  heads = (f"{r['num_heads']}H" + (f"×{r['head_dim']}" if "head_dim" in r else "")
+           + (f"/{r['num_kv_heads']}KV" if "num_kv_heads" in r else ""))
   return (f"{r['shape']} ({layers}, d={r['hidden_size']}, {heads}, "
           f"FFN {r['intermediate_size']}, V={r['vocab_size']})")
 
