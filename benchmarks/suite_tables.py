@@ -73,3 +73,26 @@ def gemm_table(report: Report) -> list[str]:
     lines.append(f"| {r['tokens']} × {r['d_in']} → {r['d_out']} | {r['xla_gflops']:.1f} | "
                  f"{r['torch_gflops']:.1f} | {r['xla_gflops'] / r['torch_gflops']:.2f} |")
   return lines
+
+
+def generate_table(report: Report) -> list[str]:
+  """One row per model: tokens/s both sides, prefill and decode split, tokens identical."""
+  lines = [(f"batch 1, greedy, median of {report['results'][0]['repeats']} calls per side; "
+            f"torch {report['torch']}, transformers {report['transformers']}; HF at the faster "
+            "of 2 and 1 torch threads (HF threads column). Prefill: a call with one new token; "
+            "decode: the rest of a full call per further token."), "",
+           ("| model | prompt + new | ours tokens/s | HF tokens/s | ours/HF | ours prefill ms | "
+            "HF prefill ms | ours decode ms/token | HF decode ms/token | HF threads | "
+            "ours compile s | tokens identical |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+  for r in report["results"]:
+    same = "yes" if r["identical"] else f"no (from {r['first_difference']})"
+    lines.append(
+        f"| {r['model']} ({r['num_layers']}L, d={r['hidden_size']}, {r['num_heads']}H/"
+        f"{r['num_kv_heads']}KV, FFN {r['intermediate_size']}, V={r['vocab_size']}; HF "
+        f"{r['hf_class']}, {r['hf_attn_implementation']}) | {r['prompt_len']} + "
+        f"{r['new_tokens']} | {r['ours_tokens_per_s']:,.0f} | {r['hf_tokens_per_s']:,.0f} | "
+        f"{r['ratio']:.2f}× | {1e3 * r['ours_prefill_s']:.1f} | {1e3 * r['hf_prefill_s']:.1f} | "
+        f"{1e3 * r['ours_decode_s_per_token']:.2f} | {1e3 * r['hf_decode_s_per_token']:.2f} | "
+        f"{r['hf_threads']} | {r['ours_compile_s']:.1f} | {same} |")
+  return lines

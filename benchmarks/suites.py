@@ -10,11 +10,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from benchmarks.suite_tables import checkpoint_table, gemm_table, objective_table, train_table
+from benchmarks.suite_tables import (
+  checkpoint_table,
+  gemm_table,
+  generate_table,
+  objective_table,
+  train_table,
+)
 from benchmarks.suite_targets import (
   Report,
   Target,
   checkpoint_targets,
+  generate_targets,
   mlm_targets,
   rate_target,
   train_targets,
@@ -63,6 +70,17 @@ SUITES: tuple[Suite, ...] = (
           "XLNetLMHeadModel", ("--shapes", "xlnet_small_bench", *_TRAIN_FULL),
           ("--shapes", "xlnet_tiny", *_TRAIN_QUICK),
           train_targets("XLNetLMHeadModel", 1.2), train_table, _HF),
+    Suite("train_llama", "bench_train_llama", "Train: Llama causal LM vs HF LlamaForCausalLM",
+          ("--shapes", "llama_tiny,llama_small_bench", *_TRAIN_FULL),
+          ("--shapes", "llama_tiny", *_TRAIN_QUICK),
+          train_targets("LlamaForCausalLM", 1.2), train_table, _HF),
+    Suite("generate", "bench_generate", "Greedy generation (KV cache, batch 1) vs HF generate "
+          "on the same exported weights",
+          ("--models", "llama_small_bench,mpt_small_bench", "--prompt-len", "32",
+           "--new-tokens", "128", "--repeats", "5"),
+          ("--models", "llama_small_bench", "--prompt-len", "8", "--new-tokens", "8",
+           "--repeats", "1"),
+          generate_targets(1.5), generate_table, _HF),
     Suite("checkpoint", "bench_checkpoint", "Checkpoint cost during training (ours only)",
           ("--shape", "bert_small", "--steps", "20", "--every", "10", "--rounds", "3"),
           ("--shape", "bert_tiny", "--steps", "4", "--every", "2", "--rounds", "1"),
