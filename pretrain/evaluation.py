@@ -23,6 +23,21 @@ from t5x_like.training import step as step_lib
 LENGTH_SWEEP_FILE = "length_sweep.jsonl"
 
 
+def _restore_for_eval(config: Any, workdir: str, step: int | None) -> tuple[Any, Any, int, Any]:
+  """The run's trainer, the params of `step` (latest if None; no optimiser state), the step
+  restored, and the jitted eval step."""
+  trainer = loop.Trainer(config, workdir)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+  try:
+    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
+  finally:
+    ckpt.close()
+  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
+                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
+                                     trainer.state_sh.mems)
+  return trainer, params, restored, eval_step
+
+
 def evaluate_workdir(workdir: str, step: int | None = None, max_batches: int = 0,
                      seq_len: int | None = None) -> dict[str, Any]:
   """Metrics of a checkpoint on the validation split; `seq_len` evaluates at another row
@@ -37,15 +52,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, max_batches: int = 0
       raise ConfigError(f"--seq-len must be >= 8, got {seq_len}")
     config = replace(config, data={"seq_len": seq_len, "target_len": 0})
   run = data_lib.build(config)
-  trainer = loop.Trainer(run.config, workdir)
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
-  try:
-    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)  # no optimiser
-  finally:
-    ckpt.close()
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
-                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
-                                     trainer.state_sh.mems)
+  trainer, params, restored, eval_step = _restore_for_eval(run.config, workdir, step)
   with step_lib.mesh_context(trainer.mesh):
     metrics = evaluation_lib.evaluate(eval_step, params, run.hooks.make_eval(),
                                       trainer.batch_sh, trainer.task.features, max_batches,
@@ -123,15 +130,7 @@ def evaluate_sliding(workdir: str, stride: int, step: int | None = None,
   records = pipeline.num_records(manifest.directory, "validation")
   stream = np.concatenate([pipeline.read_segments(manifest.directory, "validation", i)[0]
                            for i in range(records)])
-  trainer = loop.Trainer(config, workdir)
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
-  try:
-    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
-  finally:
-    ckpt.close()
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
-                                     trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
-                                     trainer.state_sh.mems)
+  trainer, params, restored, eval_step = _restore_for_eval(config, workdir, step)
   rows = config.train.batch_size
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
