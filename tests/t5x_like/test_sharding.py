@@ -3,6 +3,8 @@ matches the 1-device run; checkpoints restore onto a different mesh."""
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -120,6 +122,33 @@ def test_restore_onto_a_different_mesh(tmp_path, runs):
   assert kernel.sharding.spec == P("fsdp", "tensor") and kernel.sharding.mesh.shape["fsdp"] == 4
   for a, b in zip(jax.tree_util.tree_leaves(state_1), jax.tree_util.tree_leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_small_replicated_arrays_are_saved_whole_and_large_ones_replica_parallel(
+    tmp_path, caplog):
+  """Orbax's replica-parallel save slices a replicated array between its replicas, one
+  compiled slice op per piece: only arrays whose pieces reach the threshold are sliced."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  piece = checkpointing.REPLICA_PARALLEL_MIN_SLICE_BYTES // 4  # float32 elements
+  small = {f"w{i}": jax.device_put(np.full((i + 3, 5), i, np.float32), replicated)
+           for i in range(6)}
+  large = {"big": jax.device_put(np.ones((len(jax.devices()), piece), np.float32), replicated)}
+
+  def slices_compiled(tree: dict, name: str) -> int:
+    ckpt = checkpointing.Checkpointer(str(tmp_path / name), keep=1, async_save=False)
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+      ckpt.save(1, tree, {})
+    restored, _, _ = ckpt.restore(1, jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree))
+    ckpt.close()
+    for key, a in tree.items():
+      np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(a))
+    return sum("compilation of jit(slice)" in r.getMessage() for r in caplog.records)
+
+  assert slices_compiled(small, "small") == 0
+  assert slices_compiled(large, "large") >= len(jax.devices()) - 1
 
 
 def test_mesh_shape_errors():
