@@ -1,11 +1,11 @@
 """Test set-up: 8 fake CPU devices, forced before JAX is imported anywhere.
 
-Every test process (each xdist worker) also gets its own JAX persistent compilation cache in a
-fresh temporary directory, inherited by the `pretrain` subprocesses it starts: the resume,
-fault and preemption tests start the same command two or three times, and each start would
-otherwise spend most of its time compiling the same train step again. The cache changes no
-result (a hit is the same executable), it is never shared between test runs, and it is
-removed when the process exits.
+A test run also gets one JAX persistent compilation cache in a fresh temporary directory,
+shared by its xdist workers and the `pretrain` subprocesses they start: the resume, fault and
+preemption tests start the same command two or three times, many files train the same tiny
+model, and each start would otherwise spend most of its time compiling the same train step
+again. The cache changes no result (a hit is the same executable), it is never shared between
+test runs, and it is removed when the run ends.
 """
 
 import atexit
@@ -20,10 +20,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# One per pytest process (an xdist worker does not reuse the controller's), so no two test
-# processes write one cache at the same time.
-_cache = tempfile.mkdtemp(prefix="pretrain-tests-jax-cache-")
-atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# One per test run: the controller makes it and its xdist workers inherit it through the
+# environment (two workers often compile the same tiny train step), as do the `pretrain`
+# subprocesses. A size limit turns on JAX's file lock around every read and write, so two
+# processes never read an entry half written.
+_cache = os.environ.get("PRETRAIN_TESTS_JAX_CACHE", "")
+if not _cache:
+  _cache = tempfile.mkdtemp(prefix="pretrain-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["PRETRAIN_TESTS_JAX_CACHE"] = _cache
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
