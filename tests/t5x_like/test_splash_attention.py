@@ -14,6 +14,7 @@ import pytest
 from t5x_like import config as config_lib
 from t5x_like import models
 from t5x_like.families.bert import model as bert
+from t5x_like.families.llama import model as llama
 from t5x_like.models import layers
 
 B, L, H, K = 2, 128, 2, 16
@@ -44,12 +45,12 @@ def test_kernel_equals_softmax_attention_forward_and_backward(causal):
   real = np.asarray(seg)[:, :, None, None] != 0  # padding rows' outputs are not compared
 
   ours = jax.jit(lambda q, k, v: layers.splash_attention(q, k, v, seg, seg, causal))
-  theirs = lambda q, k, v: _reference(q, k, v, seg, seg, causal)
+  theirs = jax.jit(lambda q, k, v: _reference(q, k, v, seg, seg, causal))
   np.testing.assert_allclose(np.where(real, ours(q, k, v), 0),
                              np.where(real, theirs(q, k, v), 0), atol=1e-5)
   loss = lambda fn: lambda *a: jnp.sum(jnp.where(real, fn(*a) * g, 0.0))
   grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
-  expected = jax.grad(loss(theirs), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.jit(jax.grad(loss(theirs), argnums=(0, 1, 2)))(q, k, v)
   for ours_g, their_g in zip(grads, expected):
     np.testing.assert_allclose(ours_g, their_g, atol=1e-5)
 
@@ -68,7 +69,7 @@ def test_bert_with_splash_equals_xla(packed):
   ids = np.random.default_rng(0).integers(5, 128, (B, L)).astype(np.int32) * (seg > 0)
   kwargs = {"segment_ids": seg} if packed else {"attention_mask": (seg > 0).astype(np.int32)}
   xla, splash = _bert("xla"), _bert("splash")
-  params = xla.init(jax.random.key(1), ids, **kwargs)
+  params = jax.jit(xla.init)(jax.random.key(1), ids, **kwargs)
   real = seg > 0
 
   def loss(model):
@@ -92,7 +93,7 @@ def test_calls_the_kernel_cannot_serve_fall_back_with_a_log_line(caplog):
   layers._fallbacks_logged.clear()  # pylint: disable=protected-access
   short = 96  # not a multiple of the 128-token block
   ids = np.random.default_rng(0).integers(5, 128, (B, short)).astype(np.int32)
-  params = _bert("xla").init(jax.random.key(1), ids)
+  params = jax.jit(_bert("xla").init)(jax.random.key(1), ids)
   with caplog.at_level(logging.WARNING, logger=layers.__name__):
     got = _bert("splash").apply(params, ids)
   np.testing.assert_array_equal(got, _bert("xla").apply(params, ids))
@@ -107,7 +108,7 @@ def test_calls_the_kernel_cannot_serve_fall_back_with_a_log_line(caplog):
 
 
 @pytest.mark.parametrize("family,why", [("t5", "relative position bias"),
-                                        ("xlnet", "relative attention")])
+                                        ("xlnet", "relative attention"), ("mpt", "ALiBi bias")])
 def test_families_without_the_kernel_say_so(caplog, family, why):
   models._SAID.discard(family)  # pylint: disable=protected-access
   cfg = config_lib.model_section(family, vocab_size=128, hidden_size=32, num_layers=1,
@@ -116,6 +117,62 @@ def test_families_without_the_kernel_say_so(caplog, family, why):
     models.build(cfg)
   assert f"model.attention_kernel=splash: {family} uses XLA attention" in caplog.text
   assert why in caplog.text
+
+
+def _llama(kernel: str) -> llama.LlamaForCausalLM:
+  # grouped-query: 4 query heads read 2 kv heads
+  return llama.LlamaForCausalLM(llama.LlamaConfig(
+      vocab_size=128, hidden_size=4 * K, num_layers=2, num_heads=4, num_kv_heads=2,
+      intermediate_size=64, attention_kernel=kernel))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_llama_with_splash_equals_xla(packed):
+  """Causal splash attention with segment ids and grouped-query heads: the loss, logits and
+  gradients of XLA's masked attention; packed rows restart their positions per document."""
+  seg = _segments() if packed else np.ones((B, L), np.int32)
+  ids = np.random.default_rng(0).integers(5, 128, (B, L)).astype(np.int32)
+  args = {"segment_ids_BL": seg} if packed else {}
+  if packed:
+    args["positions_BL"] = np.concatenate([np.arange(50), np.arange(60), np.arange(18)])[
+        None].repeat(B, 0).astype(np.int32)
+  xla, splash = _llama("xla"), _llama("splash")
+  params = jax.jit(xla.init)(jax.random.key(1), ids, **args)
+  real = seg > 0
+
+  def loss(model):
+    def f(p):
+      logits = model.apply(p, ids, **args)
+      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+  (value_x, logits_x), grads_x = loss(xla)(params)
+  (value_s, logits_s), grads_s = loss(splash)(params)
+  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
+  np.testing.assert_allclose(value_s, value_x, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
+  assert "while" in jax.jit(splash.apply).lower(params, ids, **args).as_text()
+
+
+def test_llama_prefix_lm_and_decoding_use_xla_with_a_log_line(caplog):
+  layers._fallbacks_logged.clear()  # pylint: disable=protected-access
+  ids = np.random.default_rng(0).integers(5, 128, (B, L)).astype(np.int32)
+  prefix = np.zeros((B, L), bool)
+  prefix[:, :20] = True
+  params = jax.jit(_llama("xla").init)(jax.random.key(1), ids)
+  with caplog.at_level(logging.WARNING, logger=layers.__name__):
+    got = jax.jit(_llama("splash").apply)(params, ids, prefix_BL=prefix)
+  np.testing.assert_array_equal(got, jax.jit(_llama("xla").apply)(params, ids, prefix_BL=prefix))
+  assert "Llama: prefix-LM rows" in caplog.text and "using XLA attention" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger=layers.__name__):
+    jax.eval_shape(lambda: _llama("splash").init(jax.random.key(0), ids[:, :1], decode=True))
+    cache = jax.eval_shape(lambda: _llama("splash").init(jax.random.key(0), ids,
+                                                         decode=True))["cache"]
+    jax.eval_shape(lambda c: _llama("splash").apply({**params, "cache": c}, ids[:, :1],
+                                                    decode=True, mutable=["cache"]), cache)
+  assert "Llama: decoding attends over the key/value cache" in caplog.text
 
 
 def test_unknown_kernel_is_refused():
@@ -166,7 +223,7 @@ def test_bart_with_splash_equals_xla(packed):
     kwargs = {"attention_mask": (seg > 0).astype(np.int32),
               "decoder_attention_mask": (dec > 0).astype(np.int32)}
   xla, splash = _bart("xla"), _bart("splash")
-  params = xla.init(jax.random.key(1), ids, dec_ids, **kwargs)
+  params = jax.jit(xla.init)(jax.random.key(1), ids, dec_ids, **kwargs)
   real = dec > 0
 
   def loss(model):

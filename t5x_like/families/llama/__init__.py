@@ -14,8 +14,6 @@ _LAYER_INV_FREQ = re.compile(r"^model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv
 
 
 def _module_config(cfg: Any) -> model.LlamaConfig:
-  models.xla_attention_only(cfg, "its packed / prefix / decoding masks are not wired to the "
-                            "splash kernel yet")
   return models.copy_fields(model.LlamaConfig, cfg)
 
 

@@ -60,7 +60,9 @@ class LlamaConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots" (layers.REMAT_POLICIES)
   scan_layers: bool = False
-  attention_kernel: str = "xla"  # splash is not wired up: XLA attention always
+  # "splash": the Pallas kernel (causal, segment ids) in training and full forwards; prefix
+  # LM, decoding and attention dropout use XLA (said once per process).
+  attention_kernel: str = "xla"
 
   @property
   def d_head(self) -> int:
@@ -111,6 +113,27 @@ def attention_mask(segment_ids_BL: jax.Array | None, prefix_BL: jax.Array | None
   return keep_BLL[:, None, None]
 
 
+def splash_segments(c: LlamaConfig, segment_ids_BL: jax.Array | None,
+                    prefix_BL: jax.Array | None, batch: int, length: int, deterministic: bool,
+                    decode: bool) -> jax.Array | None:
+  """The segment ids the splash kernel runs a call with (packed rows' ids; one segment per
+  row otherwise), or None for XLA attention: not asked for, or a call it cannot serve."""
+  if c.attention_kernel != "splash":
+    return None
+  if decode:
+    reason = "decoding attends over the key/value cache"
+  elif prefix_BL is not None:
+    reason = "prefix-LM rows (a bidirectional prefix) are not a causal mask"
+  else:
+    reason = layers.splash_unusable(length, length, c.dropout_rate > 0 and not deterministic)
+  if reason is not None:
+    layers.log_fallback(f"Llama: {reason}")
+    return None
+  if segment_ids_BL is not None:
+    return segment_ids_BL.astype(jnp.int32)
+  return jnp.ones((batch, length), jnp.int32)
+
+
 class RMSNorm(nn.Module):
   """LlamaRMSNorm: normalised in float32, cast to the compute dtype, then scaled there."""
   epsilon: float = 1e-6
@@ -141,10 +164,12 @@ class LlamaAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, cos_BLK: jax.Array, sin_BLK: jax.Array,
                mask: jax.Array | None, cache_index: jax.Array | None,
-               prefix_BL: jax.Array | None) -> jax.Array:
+               prefix_BL: jax.Array | None, splash_segments_BL: jax.Array | None = None
+               ) -> jax.Array:
     """Returns [B, L, D]. mask: bool, broadcastable to [B, KV, G, L, T] (None when decoding:
     built here against the cache); cache_index: int32 scalar, the first slot of this chunk
-    in the cache (decoding only)."""
+    in the cache (decoding only); splash_segments_BL: int32 segment ids (0 = padding) when
+    the splash kernel runs this call (`splash_segments`), else None."""
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     h, kv, k, d = c.num_heads, c.kv_heads, c.d_head, c.hidden_size
@@ -161,6 +186,16 @@ class LlamaAttention(nn.Module):
     q_BLHK = apply_rope(q_BLHK, cos_BLK, sin_BLK)
     k_BLHK = apply_rope(k_BLHK, cos_BLK, sin_BLK)
 
+    o = layers.Dense((d,), ("heads", "kv"), ("embed",), use_bias=False, dtype=dtype,
+                     param_dtype=pdtype, kernel_init=init, name="o_proj")
+    if splash_segments_BL is not None:
+      # Query head h reads kv head h // groups (HF's repeat_kv), repeated for the kernel.
+      out_BLHK = layers.splash_attention(
+          q_BLHK * jnp.asarray(k ** -0.5, dtype), jnp.repeat(k_BLHK, groups, axis=2),
+          jnp.repeat(v_BLHK, groups, axis=2), splash_segments_BL, splash_segments_BL,
+          causal=True)
+      return layers.per_token(o, layers.constrain(out_BLHK.astype(dtype), _ACT_BLHK),
+                              num_in=2)
     if self.decode:
       k_BLHK, v_BLHK, mask = self._cached(k_BLHK, v_BLHK, mask, cache_index, prefix_BL)
     b, length = q_BLHK.shape[:2]
@@ -174,8 +209,6 @@ class LlamaAttention(nn.Module):
       probs_BNGLT = nn.Dropout(c.dropout_rate)(probs_BNGLT, deterministic=False)
     out_BLNGK = layers.einsum("bnglt,btnk->blngk", probs_BNGLT, v_BLHK).astype(dtype)
     out_BLHK = layers.constrain(out_BLNGK.reshape(b, length, h, k), _ACT_BLHK)
-    o = layers.Dense((d,), ("heads", "kv"), ("embed",), use_bias=False, dtype=dtype,
-                     param_dtype=pdtype, kernel_init=init, name="o_proj")
     return layers.per_token(o, out_BLHK, num_in=2)
 
   def _cached(self, k_BTHK: jax.Array, v_BTHK: jax.Array, mask: jax.Array | None,
@@ -238,12 +271,13 @@ class LlamaDecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, cos_BLK: jax.Array, sin_BLK: jax.Array,
                mask: jax.Array | None, cache_index: jax.Array | None,
-               prefix_BL: jax.Array | None) -> tuple[jax.Array, None]:
+               prefix_BL: jax.Array | None, splash_segments_BL: jax.Array | None
+               ) -> tuple[jax.Array, None]:
     c = self.config
     dtype, pdtype = layers.dtype_of(c.dtype), layers.dtype_of(c.param_dtype)
     h_BLD = RMSNorm(c.layer_norm_eps, dtype, pdtype, name="input_layernorm")(x_BLD)
     h_BLD = LlamaAttention(c, self.deterministic, self.decode, name="self_attn")(
-        h_BLD, cos_BLK, sin_BLK, mask, cache_index, prefix_BL)
+        h_BLD, cos_BLK, sin_BLK, mask, cache_index, prefix_BL, splash_segments_BL)
     x_BLD = layers.constrain(x_BLD + h_BLD, _ACT_BLD)
     h_BLD = RMSNorm(c.layer_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x_BLD)
     h_BLD = LlamaMLP(c, name="mlp")(h_BLD)
@@ -285,13 +319,14 @@ class LlamaModel(nn.Module):
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(length), (b, length))
     cos_BLK, sin_BLK = rope_cos_sin(positions_BL, c.d_head, c.rope_theta)
-    mask = None if cache_index is not None else attention_mask(segment_ids_BL, prefix_BL,
-                                                               length)
+    splash_BL = splash_segments(c, segment_ids_BL, prefix_BL, b, length, deterministic, decode)
+    mask = None if cache_index is not None or splash_BL is not None else attention_mask(
+        segment_ids_BL, prefix_BL, length)
 
     x_BLD = self.embed_tokens(input_ids_BL)
     x_BLD, _ = layer_stack(LlamaDecoderLayer, c.num_layers, c.remat, c.scan_layers,
                            {"config": c, "deterministic": deterministic, "decode": decode},
-                           x_BLD, cos_BLK, sin_BLK, mask, cache_index, prefix_BL)
+                           x_BLD, cos_BLK, sin_BLK, mask, cache_index, prefix_BL, splash_BL)
     return layers.constrain(self.norm(x_BLD), _ACT_BLD)
 
   def attend(self, x_BLD: jax.Array) -> jax.Array:
