@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from t5x_like import checkpointing, load_pretrained
+from tests.conftest import xla_flags
 from tests.pretrain.conftest import run_cli, tiny_overrides
 from tests.pretrain.test_cli_errors import EXIT_BAD_INPUT, assert_one_error
 
@@ -26,7 +27,7 @@ EXIT_TRAINING_FAILED = 3
 
 
 def _env() -> dict[str, str]:
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return {**os.environ, "XLA_FLAGS": xla_flags(1)}
 
 
 def _steps(workdir: str) -> list[int]:

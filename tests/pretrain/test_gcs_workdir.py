@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator
+from tests.conftest import xla_flags
 from tests.pretrain.conftest import tiny_overrides
 
 # End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
@@ -33,7 +34,7 @@ def _run(args: list[str], env: dict[str, str], cwd: str | None = None,
 def _env(tmp: str, machine: str, url: str | None) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("STORAGE_EMULATOR", "TENSORSTORE_GCS", "GOOGLE_"))}
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = xla_flags(1)
   env["XDG_CACHE_HOME"] = os.path.join(tmp, machine)  # each "machine" has its own local disk
   if url is not None:
     env.update(gcs_emulator.environment(url))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from t5x_like import load_pretrained
+from tests.conftest import xla_flags
 from tests.pretrain.conftest import tiny_overrides
 
 # End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
@@ -37,7 +38,7 @@ def _worker(workdir: str, record: str, corpus: str, cache_dir: str, devices: int
       "checkpoint.every": 2, "train.log_every": 1, "mesh.fsdp": 2, "mesh.tensor": 2,
       "model.num_heads": 2, **{f"mesh.{k}": v for k, v in mesh.items()}})
   full_env = {**os.environ, **env, "RECORD_PATH": record,
-              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+              "XLA_FLAGS": xla_flags(devices)}
   return subprocess.Popen([sys.executable, "-m", "tests.pretrain.multihost_worker", "train",
                            "--config", "bert_tiny", "--workdir", workdir, *args],
                           env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from tests.conftest import xla_flags
 from tests.pretrain.conftest import tiny_overrides
 
 # End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
@@ -56,7 +57,7 @@ def _start(workdir: str, corpus: str, cache_dir: str, port: int, steps: int, tmp
     env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
            "PRETRAIN_PEER_TIMEOUT_S": str(PEER_TIMEOUT_S),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": xla_flags(1)}
     # stderr to a file: a pipe nobody reads could fill up and block the process.
     err_path = os.path.join(tmp, f"err{i}-{port}.txt")
     with open(err_path, "w", encoding="utf-8") as err:

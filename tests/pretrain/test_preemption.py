@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.conftest import xla_flags
 from tests.pretrain.conftest import tiny_overrides
 
 # End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
@@ -29,7 +30,7 @@ def _command(workdir: str, corpus: str, cache_dir: str, steps: int) -> list[str]
 
 
 def _env() -> dict[str, str]:
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return {**os.environ, "XLA_FLAGS": xla_flags(1)}
 
 
 def _train_records(workdir: str) -> int:

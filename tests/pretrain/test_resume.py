@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from t5x_like import load_pretrained
+from tests.conftest import xla_flags
 from tests.pretrain.test_bart_cli import bart_overrides
 from tests.pretrain.test_t5_cli import t5_overrides
 from tests.pretrain.test_xlnet_cli import MEMORY_BI_DATA, xlnet_overrides
@@ -21,13 +22,14 @@ from tests.pretrain.test_xlnet_cli import MEMORY_BI_DATA, xlnet_overrides
 # End to end (trains through the CLI): skipped by the inner loop, `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
 
-STEPS = 60
-EVERY = 10
+STEPS = 30
+EVERY = 5
 
 
 def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str]:
   common = {"train.steps": STEPS, "checkpoint.every": EVERY, "checkpoint.keep": 10,
-            "train.eval_steps": 0, "train.log_every": 5, "model.hidden_size": 64,
+            "train.eval_steps": 0, "train.log_every": 5, "train.export_at_end": "false",
+            "model.hidden_size": 64,
             "model.intermediate_size": 128, "model.num_layers": 2, "model.dropout_rate": 0.1}
   if preset == "t5_tiny":
     # Packed documents, Adafactor, z-loss: the T5 path's state and data position resume too.
@@ -49,7 +51,7 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
 
 def _env() -> dict[str, str]:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = xla_flags(1)
   return env
 
 

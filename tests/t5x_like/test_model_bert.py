@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,10 +37,16 @@ class _Jitted:
     return self._apply(*args, **kwargs)
 
 
-def _init(cfg=CFG):
+@functools.cache
+def _variables(cfg: bert.BertConfig) -> dict:
+  """The initial variables of `cfg`, made once (jitted: an eager init compiles op by op)."""
   ids, mask, types = _inputs()
   model = bert.BertForMaskedLM(cfg)
-  return _Jitted(model), nn.meta.unbox(model.init(jax.random.key(0), ids, mask, types))
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, types))
+
+
+def _init(cfg=CFG):
+  return _Jitted(bert.BertForMaskedLM(cfg)), _variables(cfg)
 
 
 def test_logits_shape_and_gather_first_equals_full():
@@ -93,8 +101,8 @@ def test_scan_and_remat_match_the_python_loop(remat):
   cfg = bert.BertConfig(**{**CFG.__dict__, "scan_layers": True, "remat": remat})
   scanned = bert.BertForMaskedLM(cfg)
   params = _stack_layers(variables["params"])
-  shapes = jax.tree_util.tree_map(
-      jnp.shape, nn.meta.unbox(scanned.init(jax.random.key(0), ids, mask, types))["params"])
+  shapes = jax.tree_util.tree_map(jnp.shape, nn.meta.unbox(
+      jax.eval_shape(scanned.init, jax.random.key(0), ids, mask, types))["params"])
   assert jax.tree_util.tree_map(jnp.shape, params) == shapes
 
   def loss_of(m):
@@ -134,7 +142,7 @@ def test_bfloat16_compute_is_close_to_float32():
 
 def test_every_parameter_has_logical_axes():
   ids, mask, types = _inputs()
-  boxed = bert.BertForMaskedLM(CFG).init(jax.random.key(0), ids, mask, types)
+  boxed = jax.eval_shape(bert.BertForMaskedLM(CFG).init, jax.random.key(0), ids, mask, types)
   specs = nn.get_partition_spec(boxed)["params"]
   leaves = jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(
       x, jax.sharding.PartitionSpec))

@@ -258,7 +258,8 @@ def test_decode_matches_the_full_forward_and_compiles_once(scan):
   length, prompt = 12, 5
   ids = _ids(2, length, seed=7)
   full = _ours(config, params, ids)
-  cache = model.init(jax.random.key(0), jnp.zeros((2, length), jnp.int32), decode=True)["cache"]
+  cache = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, length), jnp.int32),
+                                     decode=True)["cache"])()
   traces = []
 
   @jax.jit
@@ -284,7 +285,7 @@ def test_decode_after_a_prefix_prompt():
   prefix = np.zeros((1, 10), bool)
   prefix[0, :4] = True
   full = _ours(GQA, params, ids, prefix_BL=prefix)
-  cache = model.init(jax.random.key(0), ids, decode=True)["cache"]
+  cache = jax.jit(lambda: model.init(jax.random.key(0), ids, decode=True)["cache"])()
 
   @jax.jit
   def step(cache, chunk, prefix=None):

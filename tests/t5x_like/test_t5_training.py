@@ -114,11 +114,12 @@ def _reference_losses(logits: np.ndarray, labels: np.ndarray, z_loss: float):
 def test_seq2seq_loss_and_z_loss_match_numpy():
   config = t5_config()
   task = tasks.make_task(config)
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.jit(task.init)(jax.random.key(0))["params"]
   batch = span_batches(config, 1, seed=3)[0]
   batch["labels"][:, -3:] = tasks.IGNORE  # padded targets are not scored
-  loss_sum, aux = task.loss(params, batch, None, deterministic=True)
-  logits = task.model.apply({"params": params}, batch["input_ids"], batch["decoder_input_ids"])
+  (loss_sum, aux), logits = jax.jit(lambda p, b: (
+      task.loss(p, b, None, deterministic=True),
+      task.model.apply({"params": p}, b["input_ids"], b["decoder_input_ids"])))(params, batch)
   nll, z, count = _reference_losses(np.asarray(logits), batch["labels"], 1e-4)
   assert int(aux["count"]) == count == config.train.batch_size * (config.data.target_len - 3)
   np.testing.assert_allclose(float(aux["z_loss"]), z, rtol=1e-5)
@@ -134,13 +135,13 @@ def test_constant_loss_normalizing_factor_scales_the_gradient():
   task = tasks.make_task(config)
   tx = optimizer.make_optimizer(config.optim, 10)
   sched = optimizer.make_schedule(config.optim, 10)
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.jit(task.init)(jax.random.key(0))["params"]
   state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(params))
+                              opt_state=jax.jit(tx.init)(params))
   tokens = int(np.sum(batch["labels"] != tasks.IGNORE))
-  _, by_tokens = step_lib.make_train_step(task, tx, sched, 0, 1)(state, batch)
-  _, by_const = step_lib.make_train_step(task, tx, sched, 0, 1, loss_normalizing_factor=1000.0)(
-      state, batch)
+  _, by_tokens = jax.jit(step_lib.make_train_step(task, tx, sched, 0, 1))(state, batch)
+  _, by_const = jax.jit(step_lib.make_train_step(
+      task, tx, sched, 0, 1, loss_normalizing_factor=1000.0))(state, batch)
   np.testing.assert_allclose(float(by_const["grad_norm"]) * 1000.0,
                              float(by_tokens["grad_norm"]) * tokens, rtol=1e-4)
   # the logged loss is the per-token cross-entropy either way
@@ -181,15 +182,16 @@ def test_packed_rows_train_and_isolate_segments():
         targets, packed["decoder_segment_ids"])
     return {k: v[None] for k, v in packed.items()}
 
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.jit(task.init)(jax.random.key(0))["params"]
   a, b = row(1), row(2)
   assert not np.array_equal(a["input_ids"], b["input_ids"])
+  loss = jax.jit(lambda p, batch: task.loss(p, batch, None, deterministic=True)[0])
 
   def loss_of_first(batch):
     only_first = dict(batch)
     only_first["labels"] = np.where(batch["decoder_segment_ids"] == 1, batch["labels"],
                                     tasks.IGNORE)
-    return float(task.loss(params, only_first, None, deterministic=True)[0])
+    return float(loss(params, only_first))
 
   assert loss_of_first(a) == pytest.approx(loss_of_first(b), rel=1e-6, abs=1e-6)
 
@@ -199,7 +201,7 @@ def test_flops_model_counts_encoder_decoder_matmuls():
   config = t5_config()
   task = tasks.make_task(config)
   batch = span_batches(config, 1)[0]
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.eval_shape(task.init, jax.random.key(0))["params"]  # shapes suffice
   fwd = jax.jit(lambda p, b: task.model.apply({"params": p}, b["input_ids"],
                                               b["decoder_input_ids"]))
   cost = fwd.lower(params, batch).compile().cost_analysis()

@@ -148,13 +148,14 @@ def test_memory_is_carried_sharded_accumulated_and_holds_the_reuse_part():
 def test_loss_is_cross_entropy_of_the_query_stream_at_the_targets():
   config = xlnet_config()
   task = tasks.make_task(config)
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.jit(task.init)(jax.random.key(0))["params"]
   batch = xlnet_batches(config, 1, seed=2)[0]
   batch["labels"][:, -1] = tasks.IGNORE
-  loss_sum, aux = task.loss(params, batch, None, deterministic=True)
-  logits = np.asarray(task.model.apply({"params": params}, batch["input_ids"],
-                                       batch["token_type_ids"], batch["perm_mask"],
-                                       batch["target_mapping"]), np.float64)
+  (loss_sum, aux), logits = jax.jit(lambda p, b: (
+      task.loss(p, b, None, deterministic=True),
+      task.model.apply({"params": p}, b["input_ids"], b["token_type_ids"], b["perm_mask"],
+                       b["target_mapping"])))(params, batch)
+  logits = np.asarray(logits, np.float64)
   valid = batch["labels"] != tasks.IGNORE
   lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
   target = np.take_along_axis(logits, np.where(valid, batch["labels"], 0)[..., None], -1)[..., 0]
@@ -169,7 +170,7 @@ def test_flops_model_counts_xlnet_matmuls(extra):
   config = xlnet_config(model={"hidden_size": 256, "intermediate_size": 1024, **extra})
   task = tasks.make_task(config)
   batch = xlnet_batches(config, 1)[0] if not extra else stream_batches(config, 1)[0]
-  params = task.init(jax.random.key(0))["params"]
+  params = jax.eval_shape(task.init, jax.random.key(0))["params"]  # shapes suffice
   mems = None if not extra else np.zeros((2, 8, 24, 256), np.float32)
   fwd = jax.jit(lambda p, b, m: task.model.apply(
       {"params": p}, b["input_ids"], b["token_type_ids"], b["perm_mask"], b["target_mapping"],
