@@ -42,3 +42,11 @@ def test_generate_targets_need_the_ratio_and_identical_tokens():
   assert judge(1.5, True) == [("1.50×", True)]
   assert judge(1.49, True) == [("1.49×", False)]
   assert judge(2.0, False) == [("2.00×", False)]
+
+
+def test_chunked_loss_probe_runs_and_every_variant_equals_the_whole_loss(capsys):
+  from benchmarks import bench_chunked_loss
+  bench_chunked_loss.main(["--batch", "2", "--length", "8", "--hidden", "8", "--vocab", "16",
+                           "--chunks", "2,4", "--repeats", "1"])
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+  assert len(rows) == 1 + 1 + 4  # header, whole, 2 chunk counts x (plain, checkpoint)
