@@ -55,6 +55,24 @@ def test_kernel_equals_softmax_attention_forward_and_backward(causal):
     np.testing.assert_allclose(ours_g, their_g, atol=1e-5)
 
 
+def _assert_splash_equals_xla(xla, splash, params, real, *args, **kwargs) -> str:
+  """The masked log-likelihood at the `real` positions, its logits and its gradients are
+  XLA's with the splash model; returns the splash model's lowered HLO text."""
+  def loss(model):
+    def f(p):
+      logits = model.apply(p, *args, **kwargs)
+      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+  (value_x, logits_x), grads_x = loss(xla)(params)
+  (value_s, logits_s), grads_s = loss(splash)(params)
+  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
+  np.testing.assert_allclose(value_s, value_x, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
+  return jax.jit(splash.apply).lower(params, *args, **kwargs).as_text()
+
+
 def _bert(kernel: str, **extra) -> bert.BertForMaskedLM:
   values = {"vocab_size": 128, "hidden_size": H * K, "num_layers": 2, "num_heads": H,
             "intermediate_size": 64, "max_position_embeddings": L, "dropout_rate": 0.0,
@@ -70,22 +88,9 @@ def test_bert_with_splash_equals_xla(packed):
   kwargs = {"segment_ids": seg} if packed else {"attention_mask": (seg > 0).astype(np.int32)}
   xla, splash = _bert("xla"), _bert("splash")
   params = jax.jit(xla.init)(jax.random.key(1), ids, **kwargs)
-  real = seg > 0
-
-  def loss(model):
-    def f(p):
-      logits = model.apply(p, ids, **kwargs)
-      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
-    return jax.jit(jax.value_and_grad(f, has_aux=True))
-
-  (value_x, logits_x), grads_x = loss(xla)(params)
-  (value_s, logits_s), grads_s = loss(splash)(params)
-  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
-  np.testing.assert_allclose(value_s, value_x, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
-    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
+  hlo = _assert_splash_equals_xla(xla, splash, params, seg > 0, ids, **kwargs)
   # and the kernel really ran: its HLO has the interpreted Pallas grid loop, XLA's has none
-  assert "while" in jax.jit(splash.apply).lower(params, ids, **kwargs).as_text()
+  assert "while" in hlo
   assert "while" not in jax.jit(xla.apply).lower(params, ids, **kwargs).as_text()
 
 
@@ -138,21 +143,7 @@ def test_llama_with_splash_equals_xla(packed):
         None].repeat(B, 0).astype(np.int32)
   xla, splash = _llama("xla"), _llama("splash")
   params = jax.jit(xla.init)(jax.random.key(1), ids, **args)
-  real = seg > 0
-
-  def loss(model):
-    def f(p):
-      logits = model.apply(p, ids, **args)
-      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
-    return jax.jit(jax.value_and_grad(f, has_aux=True))
-
-  (value_x, logits_x), grads_x = loss(xla)(params)
-  (value_s, logits_s), grads_s = loss(splash)(params)
-  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
-  np.testing.assert_allclose(value_s, value_x, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
-    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
-  assert "while" in jax.jit(splash.apply).lower(params, ids, **args).as_text()
+  assert "while" in _assert_splash_equals_xla(xla, splash, params, seg > 0, ids, **args)
 
 
 def test_llama_prefix_lm_and_decoding_use_xla_with_a_log_line(caplog):
@@ -165,11 +156,11 @@ def test_llama_prefix_lm_and_decoding_use_xla_with_a_log_line(caplog):
     got = jax.jit(_llama("splash").apply)(params, ids, prefix_BL=prefix)
   np.testing.assert_array_equal(got, jax.jit(_llama("xla").apply)(params, ids, prefix_BL=prefix))
   assert "Llama: prefix-LM rows" in caplog.text and "using XLA attention" in caplog.text
-  caplog.clear()
+  cache = jax.eval_shape(lambda: _llama("splash").init(jax.random.key(0), ids,
+                                                       decode=True))["cache"]
+  layers._fallbacks_logged.clear()  # pylint: disable=protected-access
+  caplog.clear()  # a decoding step over the cache (not only its init) says so
   with caplog.at_level(logging.WARNING, logger=layers.__name__):
-    jax.eval_shape(lambda: _llama("splash").init(jax.random.key(0), ids[:, :1], decode=True))
-    cache = jax.eval_shape(lambda: _llama("splash").init(jax.random.key(0), ids,
-                                                         decode=True))["cache"]
     jax.eval_shape(lambda c: _llama("splash").apply({**params, "cache": c}, ids[:, :1],
                                                     decode=True, mutable=["cache"]), cache)
   assert "Llama: decoding attends over the key/value cache" in caplog.text
@@ -224,18 +215,5 @@ def test_bart_with_splash_equals_xla(packed):
               "decoder_attention_mask": (dec > 0).astype(np.int32)}
   xla, splash = _bart("xla"), _bart("splash")
   params = jax.jit(xla.init)(jax.random.key(1), ids, dec_ids, **kwargs)
-  real = dec > 0
-
-  def loss(model):
-    def f(p):
-      logits = model.apply(p, ids, dec_ids, **kwargs)
-      return jnp.sum(jnp.where(real[..., None], jax.nn.log_softmax(logits), 0.0)), logits
-    return jax.jit(jax.value_and_grad(f, has_aux=True))
-
-  (_, logits_x), grads_x = loss(xla)(params)
-  (_, logits_s), grads_s = loss(splash)(params)
-  np.testing.assert_allclose(np.asarray(logits_s)[real], np.asarray(logits_x)[real], atol=1e-4)
-  for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_x)):
-    np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
-  hlo = jax.jit(splash.apply).lower(params, ids, dec_ids, **kwargs).as_text()
+  hlo = _assert_splash_equals_xla(xla, splash, params, dec > 0, ids, dec_ids, **kwargs)
   assert hlo.count("while") >= 3  # the kernel ran for all three attentions
