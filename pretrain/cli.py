@@ -158,9 +158,23 @@ def cmd_export(args: argparse.Namespace) -> int:
   from pretrain import exporting
   from t5x_like.pretrained import load_pretrained
 
+  from t5x_like.config import ConfigError
+
   exporting.check_target(args.out)  # before the restore, which logs and takes time
+  if args.lora == "adapter" and args.base is not None:
+    exporting.check_target(args.base)
   model = load_pretrained(args.workdir, args.step)
+  if args.lora is not None and model.lora_params is None:
+    raise ConfigError(f"--lora {args.lora}: the run in {args.workdir} trained no LoRA adapters "
+                      "(lora.rank 0); export it without --lora")
   tokenizer = load_tokenizer(model.config.data.tokenizer)
+  if args.lora == "adapter":
+    out = exporting.export_adapter(model.config, model.lora_params, tokenizer, args.out,
+                                   args.base)
+    print(json.dumps({"export": out, "adapter": True,
+                      "base": os.path.join(out, "base") if args.base is None
+                      else os.path.abspath(args.base), "step": model.step}))
+    return 0
   out = exporting.export(model.config, model.params, tokenizer, args.out)
   print(json.dumps({"export": out, "step": model.step}))
   return 0
@@ -177,7 +191,12 @@ def cmd_import(args: argparse.Namespace) -> int:
   own = hf_workdir.tokenizer_folder(args.source)
   own_copy = (os.path.join(os.path.abspath(args.workdir), hf_workdir.TOKENIZER_SUBDIR)
               if own else None)
-  config = hf_workdir.prepare_run(imported, args.config, args.overrides, tokenizer=own_copy)
+  overrides, adapter = list(args.overrides), None
+  if args.adapter is not None:
+    adapter_config, adapter = _read_adapter(args.adapter, imported)
+    # The adapter's settings first: an override that contradicts them fails the shape check.
+    overrides = [f"lora.{k}={json.dumps(v)}" for k, v in adapter_config.items()] + overrides
+  config = hf_workdir.prepare_run(imported, args.config, overrides, tokenizer=own_copy)
   use_own = own is not None and config.data.tokenizer == own_copy
   for line in imported.report():
     print(line, file=sys.stderr)
@@ -197,13 +216,27 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"data.tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size}; `pretrain "
           f"train` refuses this mismatch{why}", file=sys.stderr)
   summary = hf_workdir.write_workdir(imported, config, args.workdir,
-                                     tokenizer_from=own if use_own else None)
+                                     tokenizer_from=own if use_own else None, adapter=adapter)
   print(json.dumps({"workdir": summary["workdir"], "step": 0,
                     "checkpoint": summary["checkpoint"], "family": imported.family,
                     "tokenizer": config.data.tokenizer,
                     "ignored": len(imported.ignored),
                     "newly_initialized": len(imported.new_params)}))
   return 0
+
+
+def _read_adapter(folder: str, imported) -> tuple[dict, dict]:
+  """A peft adapter's `lora` settings (our targets) and tensors, for `import --adapter`."""
+  import re
+
+  from t5x_like import families
+  from t5x_like.export import peft
+
+  adapter_config, tensors = peft.read_adapter(folder)
+  family = families.get(imported.family)
+  paths = peft.adapter_targets(tensors, family, imported.model_config)
+  targets = sorted({re.sub(r"(^|/)layer_\d+(?=/)", r"\1*", p) for p in paths})
+  return peft.lora_fields(adapter_config, targets), tensors
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
@@ -274,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--step", type=int, default=None)
+  p.add_argument("--lora", choices=("adapter", "merge"), default=None,
+                 help="a LoRA run: 'adapter' writes a peft folder (adapter_config.json + "
+                      "adapter_model.safetensors) and the frozen base it adapts (OUT/base, or "
+                      "--base); 'merge' (the default for a LoRA run) a plain transformers "
+                      "folder with the adapters merged in float32")
+  p.add_argument("--base", default=None, metavar="DIR",
+                 help="with --lora adapter: where to write the base model's transformers "
+                      "folder (default OUT/base); adapter_config.json points at it")
   p.set_defaults(fn=cmd_export)
 
   p = sub.add_parser(
@@ -299,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--allow-pickle", action="store_true",
                  help="read pytorch_model.bin when there is no model.safetensors (with "
                       "torch.load(weights_only=True))")
+  p.add_argument("--adapter", default=None, metavar="PEFT_DIR",
+                 help="a peft LoRA adapter of the --from model (adapter_config.json + "
+                      "adapter_model.safetensors): the run continues training it (its r, "
+                      "lora_alpha, dropout and targets become the lora section)")
   p.add_argument("overrides", nargs="*", metavar="key.path=value",
                  help="dotted overrides of the resulting config, e.g. data.seq_len=64")
   p.set_defaults(fn=cmd_import)

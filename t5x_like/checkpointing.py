@@ -157,6 +157,17 @@ class Checkpointer:
       reader.close()
     return _flat_shapes(tree.get("opt_state"))
 
+  def saved_params(self, step: int) -> Any:
+    """The checkpoint's params tree as saved (metadata leaves; nothing is read)."""
+    reader = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+      tree = reader.metadata(self.directory / str(step) / "state").item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+      raise self._restore_error(step, e) from None
+    finally:
+      reader.close()
+    return tree.get("params") or {}
+
   def wait(self) -> None:
     try:
       self._manager.wait_until_finished()
@@ -198,3 +209,23 @@ def _flat_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...] | None]:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
+
+
+def lora_base_dir(workdir: str) -> str:
+  """A LoRA run's frozen base weights, saved once when the run starts (its step checkpoints
+  hold only the adapters and their optimiser state)."""
+  return os.path.join(workdir, "lora_base")
+
+
+def restore_lora_base(workdir: str, abstract_frozen: Any) -> Any:
+  """The frozen base weights a LoRA run saved in lora_base/ (onto `abstract_frozen`)."""
+  base = Checkpointer(lora_base_dir(workdir), read_only=True)
+  try:
+    if base.latest_step() is None:
+      raise CheckpointError(
+          f"{lora_base_dir(workdir)} holds no base weights: the LoRA run's checkpoints hold "
+          "only its adapters and cannot be restored without them")
+    params, _, _ = base.restore_params(None, abstract_frozen)
+  finally:
+    base.close()
+  return params

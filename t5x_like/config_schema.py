@@ -218,6 +218,27 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """LoRA continued pretraining (`t5x_like.models.lora`): rank 0 = off (full training).
+
+  The keys are peft's `LoraConfig` ones: r, lora_alpha, lora_dropout, target_modules,
+  use_rslora, init_lora_weights; `train_embeddings` also trains the token embedding tables
+  (peft's modules_to_save). The adapters' shapes depend on rank and targets (a resume keeps
+  them); alpha and dropout may change.
+  """
+  rank: int = 0
+  alpha: float = 8.0  # scale = alpha / rank (alpha / sqrt(rank) with use_rslora)
+  dropout: float = 0.0  # on the adapter's input, as peft's lora_dropout
+  # Patterns over our module paths (e.g. query, attention/value, encoder/*/q); empty = the
+  # family's default (peft's default target_modules for the exported transformers class).
+  targets: tuple[str, ...] = ()
+  train_embeddings: bool = False
+  use_rslora: bool = False
+  init: str = dataclasses.field(default="kaiming_uniform",
+                                metadata=choices("kaiming_uniform", "gaussian"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = dataclasses.field(
       default_factory=lambda: _default_section("model"),
@@ -230,3 +251,4 @@ class Config:
   mesh: MeshConfig = MeshConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   train: TrainConfig = TrainConfig()
+  lora: LoraConfig = LoraConfig()

@@ -107,8 +107,27 @@ def validate(c: Config) -> None:
            f"({opt.grad_accum_steps})")
   _require(t.eval_every >= 1 and t.eval_steps >= 0 and t.log_every >= 1,
            "train.eval_every and train.log_every must be >= 1, train.eval_steps >= 0")
+  _check_lora(c)
   m.check(c)
   o.check(c)
+
+
+def _check_lora(c: Config) -> None:
+  lora = c.lora
+  if lora.rank == 0:
+    defaults = type(lora)()
+    set_keys = [f"lora.{k}" for k in ("alpha", "dropout", "targets", "train_embeddings",
+                                      "use_rslora", "init")
+                if getattr(lora, k) != getattr(defaults, k)]
+    _require(not set_keys, f"{', '.join(set_keys)} set but lora.rank is 0 (LoRA off); set "
+             "lora.rank >= 1 to train LoRA adapters")
+    return
+  _require(lora.rank >= 1, f"lora.rank must be >= 1 (0 = no LoRA, full training), got "
+           f"{lora.rank}")
+  _require(lora.alpha > 0, f"lora.alpha must be > 0, got {lora.alpha}")
+  probabilities(lora, "lora", ("dropout",))
+  _require(all(isinstance(t, str) and t.strip("/") for t in lora.targets),
+           f"lora.targets must be non-empty layer name patterns, got {list(lora.targets)}")
 
 
 def _takes(family: str) -> list[str]:

@@ -105,12 +105,16 @@ def _stack_layers(tree: Any, target: Any) -> Any:
 
 
 def write_workdir(imported: ImportedCheckpoint, config: Any, workdir: str,
-                  tokenizer_from: str | None = None) -> dict[str, Any]:
+                  tokenizer_from: str | None = None,
+                  adapter: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes `config.yaml` and a step-0 checkpoint (imported params, fresh optimiser state,
   empty data state) so `pretrain train --workdir` resumes from it; returns a summary.
 
   tokenizer_from: a HF tokenizer folder whose files are copied to
   `<workdir>/tokenizer/` (what `prepare_run(tokenizer=...)` points data.tokenizer at).
+
+  adapter: a peft LoRA adapter's tensors (config.lora set from its adapter_config), put
+  into the run's LoRA params.
 
   Raises FileExistsError if `workdir` already has checkpoints.
   """
@@ -128,8 +132,10 @@ def write_workdir(imported: ImportedCheckpoint, config: Any, workdir: str,
     with step_lib.mesh_context(trainer.mesh):
       # No checkpoint yet (check_workdir), so this is the run's own fresh initialisation
       # (step_lib.init_state): step 0, and whatever else the train state carries.
-      state = trainer.init_or_restore(ckpt, None)
+      state = trainer.init_or_restore(ckpt, None, save_base=False)
       state = _with_params(state, imported, trainer)
+      if adapter is not None:
+        state = _with_adapter(state, adapter, config, trainer)
       os.makedirs(workdir, exist_ok=True)
       if tokenizer_from is not None:
         copy_tokenizer(tokenizer_from, os.path.join(workdir, TOKENIZER_SUBDIR))
@@ -183,8 +189,33 @@ def _with_params(state: Any, imported: ImportedCheckpoint, trainer: Any) -> Any:
     placed[path] = jax.device_put(np.asarray(value, dtype=leaf.dtype), leaf.sharding)
   params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
                                         [placed[p] for p in _flatten_order(state.params)])
-  opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sh.opt_state)(params)
+  from t5x_like.training import step as step_lib
+  opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_sh.opt_state)(
+      step_lib.trainable_params(trainer.task, params))
   return state.replace(params=params, opt_state=opt_state)
+
+
+def _with_adapter(state: Any, adapter: Mapping[str, Any], config: Any, trainer: Any) -> Any:
+  """`state` with a peft adapter's tensors (`export.peft.read_adapter`) as its LoRA params."""
+  import jax
+
+  from t5x_like import families
+  from t5x_like.export import peft
+  from t5x_like.models import lora
+
+  family = families.get(config.model.family)
+  host = jax.device_get(state.params)
+  ours = peft.adapter_params(adapter, host, trainer.lora, family,
+                             family.module_config(config.model))
+  placed = jax.tree_util.tree_map(
+      lambda value, leaf: jax.device_put(np.asarray(value, leaf.dtype), leaf.sharding),
+      ours, _subtree_like(state.params, ours))
+  return state.replace(params=lora.overlay(state.params, placed))
+
+
+def _subtree_like(tree: Any, sub: Any) -> Any:
+  return {k: _subtree_like(tree[k], v) if isinstance(v, Mapping) else tree[k]
+          for k, v in sub.items()}
 
 
 def _flatten_order(tree: Any) -> list[str]:

@@ -12,18 +12,27 @@ import numpy as np
 from data_pipelines import storage
 from t5x_like import checkpointing, families, models, sharding
 from t5x_like.config import Config, ConfigError, MeshConfig, read_config, replace
+from t5x_like.models import lora
 from t5x_like.training import optimizer, tasks
 from t5x_like.training import step as step_lib
 
 
 @dataclasses.dataclass
 class Pretrained:
-  """A restored model. `params` is a host (numpy) pytree; `step` the checkpoint's step."""
+  """A restored model. `params` is a host (numpy) pytree; `step` the checkpoint's step.
+
+  A LoRA run's `params` have the adapters merged into the kernels (a plain model of the
+  family); `lora_params` keeps them apart (the frozen base plus `lora_a`/`lora_b`), None for
+  a run without LoRA."""
   config: Config
   params: Any
   step: int
+  lora_params: Any = None
 
   def __post_init__(self):
+    if lora.has_adapters(self.params):
+      self.lora_params = self.params
+      self.params = lora.merge(self.params, lora.spec_of(self.config).scale)
     self.family = families.get(self.config.model.family)
     self.model = models.build(self.config.model)
     self._names = self.family.logits_features
@@ -59,7 +68,9 @@ def _locate(path: str) -> tuple[str, int | None]:
 
 
 def restore_params(config: Config, workdir: str, step: int | None = None) -> tuple[Any, int]:
-  """Restores the parameters of `step` (latest if None) onto this process's first device."""
+  """Restores the parameters of `step` (latest if None) onto this process's first device.
+
+  A LoRA run's: its frozen base (lora_base/) with the step's adapters, unmerged."""
   single = replace(config, mesh=dataclasses.asdict(MeshConfig(data=1, fsdp=1, tensor=1)))
   task = tasks.make_task(single)
   mesh = sharding.make_mesh(single.mesh, jax.local_devices()[:1])
@@ -69,10 +80,28 @@ def restore_params(config: Config, workdir: str, step: int | None = None) -> tup
   try:
     # Params only: the optimiser state (which config.yaml may no longer describe after a
     # step-0 import was trained with other optim settings) is not needed.
-    params, _, restored_step = ckpt.restore_params(step, abstract.params)
+    spec = step_lib.lora_spec(task)
+    if spec is None:
+      params, _, restored_step = ckpt.restore_params(step, abstract.params)
+    else:
+      params, restored_step = _restore_lora(ckpt, step, abstract.params, spec, workdir)
   finally:
     ckpt.close()
   return jax.device_get(params), restored_step
+
+
+def _restore_lora(ckpt: checkpointing.Checkpointer, step: int | None, abstract: Any,
+                  spec: lora.LoraSpec, workdir: str) -> tuple[Any, int]:
+  step = ckpt.latest_step() if step is None else step
+  if step is not None and not checkpointing.holds_optimizer_history(step):
+    # An import's step 0 holds whole params (with adapters after `import --adapter`).
+    if not lora.has_adapters(ckpt.saved_params(step)):
+      abstract = lora.without_adapters(abstract)
+    params, _, step = ckpt.restore_params(step, abstract)
+    return params, step
+  adapters, _, step = ckpt.restore_params(step, lora.trainable(abstract, spec))
+  base = checkpointing.restore_lora_base(workdir, lora.frozen(abstract, spec))
+  return lora.overlay(base, adapters), step
 
 
 def run_config(workdir_or_checkpoint: str) -> Config:

@@ -40,6 +40,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("kv", None),
     ("layers", None),
+    ("lora", None),  # LoRA's rank axis: adapters shard like their kernel's other axes
     ("position", None),
     ("type", None),
     ("relpos_buckets", None),  # T5's relative position bias table [buckets, heads]

@@ -90,6 +90,9 @@ class Family:
   export: Callable[..., str] | None = None
   hf: HFSpec | None = None
   tokenizer: TokenizerSpec | None = None
+  # Default `lora.targets`: peft's default target_modules for the exported class, as patterns
+  # over our module paths (`t5x_like.models.lora`).
+  lora_targets: tuple[str, ...] = ()
   # A folder of `*.yaml` presets loadable by name; the built-in families' are found in
   # `t5x_like/families/<name>/presets/` without it.
   presets: str | None = None

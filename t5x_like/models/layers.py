@@ -148,12 +148,47 @@ class Dense(nn.Module):
     lead = x.shape[:-n_in]
     n_out = math.prod(self.out_features)
     y = einsum("ti,io->to", x.reshape(-1, math.prod(in_shape)), kernel.reshape(-1, n_out))
+    lora_y = self._lora(x, in_shape, n_out)
+    if lora_y is not None:
+      y = y + lora_y
     y = y.reshape(lead + tuple(self.out_features))
     if self.use_bias:
       bias = self.param("bias", zeros(self.out_axes), tuple(self.out_features),
                         self.param_dtype)
       y = y + bias.astype(jnp.float32)
     return y.astype(self.out_dtype or self.dtype)
+
+
+  def _lora(self, x: jax.Array, in_shape: tuple[int, ...], n_out: int) -> jax.Array | None:
+    """s * (dropout(x) A) B as [tokens, out] float32 when this layer is a LoRA target
+    (`t5x_like.models.lora`), else None."""
+    from t5x_like.models import lora  # local: lora imports the config schema
+    state = lora.current()
+    path = "/".join(str(p) for p in self.path)
+    if state is None or not state[0].targets_path(path):
+      if self.has_variable("params", "lora_a"):
+        raise RuntimeError(f"{path} holds LoRA adapters but runs outside `lora.active`; merge "
+                           "them first (`t5x_like.models.lora.merge`)")
+      return None
+    spec, deterministic = state
+    n_in = len(self.in_axes)
+    fan_in = math.prod(in_shape)
+    if spec.init == "gaussian":  # peft's init_lora_weights="gaussian": N(0, 1/r^2)
+      a_init = nn.initializers.normal(1.0 / spec.rank)
+    else:  # peft's default, torch's kaiming_uniform_(a=sqrt(5)) over fan_in
+      a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
+                                                in_axis=tuple(range(n_in)), out_axis=-1)
+    a = self.param("lora_a", logical(a_init, self.in_axes + ("lora",)),
+                   in_shape + (spec.rank,), self.param_dtype)
+    b = self.param("lora_b", zeros(("lora",) + self.out_axes),
+                   (spec.rank,) + tuple(self.out_features), self.param_dtype)
+    h = x.reshape(-1, fan_in)
+    if spec.dropout > 0 and not deterministic:
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - spec.dropout, h.shape)
+      h = jnp.where(keep, h / (1.0 - spec.dropout), 0).astype(h.dtype)
+    u = einsum("ti,ir->tr", h, a.astype(self.dtype).reshape(fan_in, spec.rank))
+    z = einsum("tr,ro->to", u.astype(self.dtype), b.astype(self.dtype).reshape(spec.rank, n_out))
+    return spec.scale * z
 
 
 class LayerNorm(nn.Module):

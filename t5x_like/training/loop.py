@@ -24,6 +24,7 @@ from data_pipelines import storage
 from t5x_like import checkpointing, flops, sharding
 from t5x_like.config import Config, save_config
 from t5x_like.distributed import is_main_process
+from t5x_like.models import lora
 from t5x_like.training import evaluation, optimizer, tasks
 from t5x_like.training import step as step_lib
 from t5x_like.training.batches import to_global
@@ -80,6 +81,11 @@ class Trainer:
     self.boxed, self.abstract, self.state_sh = step_lib.state_shardings(
         self.task, self.tx, self.mesh, c.train.batch_size)
     self.batch_sh = step_lib.batch_shardings(self.task.features, self.mesh)
+    self.lora = step_lib.lora_spec(self.task)
+    # What a step checkpoint holds: the whole state, or with LoRA the state without the
+    # frozen base (saved once in lora_base/).
+    self.saved_abstract = self.abstract if self.lora is None else self.abstract.replace(
+        params=lora.trainable(self.abstract.params, self.lora))
 
   def zero_mems(self) -> Any:
     """The task's initial memory (None without one): each evaluation pass starts from it."""
@@ -87,26 +93,75 @@ class Trainer:
                               self.state_sh.mems)
 
   def init_or_restore(self, ckpt: checkpointing.Checkpointer,
-                      data: DataIterator | None) -> step_lib.TrainState:
+                      data: DataIterator | None, save_base: bool = True) -> step_lib.TrainState:
+    """The state to start from: fresh, the import's step 0, or the latest checkpoint. A LoRA
+    run starting (fresh or from step 0) saves its frozen base once (`save_base`)."""
     latest = ckpt.latest_step()
     if latest is None:
-      return step_lib.init_state(self.task, self.tx, self.mesh, self.config.train.seed,
-                                 self.state_sh, self.config.train.batch_size)
+      state = step_lib.init_state(self.task, self.tx, self.mesh, self.config.train.seed,
+                                  self.state_sh, self.config.train.batch_size)
+      if self.lora is not None and save_base:
+        self._save_lora_base(state.params)
+      return state
     if checkpointing.holds_optimizer_history(latest):
-      state, data_state, step = ckpt.restore(latest, self.abstract)
+      state, data_state, step = ckpt.restore(latest, self.saved_abstract)
+      if self.lora is not None:
+        state = state.replace(params=lora.overlay(self._restore_lora_base(), state.params))
     else:
       # The import's step 0: its weights, and the fresh optimiser state (and memory) of this
       # run's settings, whatever optimiser the import was configured with.
-      params, data_state, step = ckpt.restore_params(latest, self.abstract.params)
+      params, data_state, step = self._restore_step0(ckpt, latest)
       state = self._fresh_state(params)
+      if self.lora is not None and save_base:
+        self._save_lora_base(params)
     if data is not None and data_state:
       data.set_state(data_state)
     self.log(f"resumed from {ckpt.directory}/{step}")
     return state
 
+  def _restore_step0(self, ckpt: checkpointing.Checkpointer, step: int
+                     ) -> tuple[Any, dict[str, Any], int]:
+    """An import's params. A LoRA run over an import without adapters (a plain `pretrain
+    import`) gets this run's fresh adapters (B = 0: the model computes what the import does)."""
+    if self.lora is None or lora.has_adapters(ckpt.saved_params(step)):
+      return ckpt.restore_params(step, self.abstract.params)
+    base, data_state, step = ckpt.restore_params(step,
+                                                 lora.without_adapters(self.abstract.params))
+    fresh = step_lib.init_state(self.task, self.tx, self.mesh, self.config.train.seed,
+                                self.state_sh, self.config.train.batch_size).params
+    adapters = lora.trainable(fresh, dataclasses.replace(self.lora, train_embeddings=False))
+    return lora.overlay(base, adapters), data_state, step
+
+  def _lora_base_ckpt(self, read_only: bool = False) -> checkpointing.Checkpointer:
+    return checkpointing.Checkpointer(checkpointing.lora_base_dir(self.workdir), keep=1,
+                                      async_save=False, read_only=read_only)
+
+  def _save_lora_base(self, params: Any) -> None:
+    """Saves the frozen base under a new number in lora_base/ (orbax then drops the older
+    one, so a crash leaves the old or the new base, never a half-written one)."""
+    base = self._lora_base_ckpt()
+    try:
+      latest = base.latest_step()
+      base.save(0 if latest is None else latest + 1,
+                {"params": lora.frozen(params, self.lora)}, {}, force=True)
+      base.wait()
+    finally:
+      base.close()
+
+  def _restore_lora_base(self) -> Any:
+    return checkpointing.restore_lora_base(self.workdir,
+                                           lora.frozen(self.abstract.params, self.lora))
+
+  def saved_state(self, state: step_lib.TrainState) -> step_lib.TrainState:
+    """What a step checkpoint holds (`saved_abstract`)."""
+    if self.lora is None:
+      return state
+    return state.replace(params=lora.trainable(state.params, self.lora))
+
   def _fresh_state(self, params: Any) -> step_lib.TrainState:
     """Step 0 with `params` and a new optimiser state and memory, as `init_state` makes them."""
-    opt_state = jax.jit(self.tx.init, out_shardings=self.state_sh.opt_state)(params)
+    train = step_lib.trainable_params(self.task, params)
+    opt_state = jax.jit(self.tx.init, out_shardings=self.state_sh.opt_state)(train)
     step = jax.device_put(np.zeros((), np.int32), self.state_sh.step)
     return step_lib.TrainState(step=step, params=params, opt_state=opt_state,
                                mems=self.zero_mems())
@@ -142,6 +197,11 @@ class Trainer:
     if c.train.print_sharding and is_main_process():
       self.log(sharding.describe(self.boxed.params, self.mesh))
     n_params = tasks.param_count(self.boxed.params)
+    if self.lora is not None:
+      n_train = tasks.param_count(lora.trainable(self.boxed.params, self.lora))
+      self.log(f"LoRA rank {self.lora.rank} on {', '.join(self.lora.targets)}: "
+               f"{n_train / 1e6:.3f}M trainable parameters ({100 * n_train / n_params:.2f}%); "
+               "the rest is frozen")
     self.log(f"model {c.model.family}: {n_params / 1e6:.2f}M parameters; mesh "
              f"{dict(self.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
              "devices")
@@ -247,7 +307,8 @@ class Trainer:
         stop = watch is not None and step < c.train.steps and watch.should_stop(step)
         if step % c.checkpoint.every == 0 or step == c.train.steps or stop:
           check_finite()  # never save after a step that "stop" would end the run at
-          ckpt.save(step, state, data.train.get_state(), force=step == c.train.steps or stop)
+          ckpt.save(step, self.saved_state(state), data.train.get_state(),
+                    force=step == c.train.steps or stop)
           self.sync_up()
         if stop:
           ckpt.wait()

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_like import sharding
+from t5x_like.models import lora
 from t5x_like.training.tasks import Task, initial_mems
 
 Batch = dict[str, jax.Array]
@@ -27,7 +28,10 @@ Metrics = dict[str, jax.Array]
 class TrainState:
   """step, params, optimiser state, and the recurrent state carried between steps (XLNet's
   memory [layers, B, mem_len, D], batch-sharded; None for every other task). The memory is
-  saved with the rest, so a resumed run continues exactly."""
+  saved with the rest, so a resumed run continues exactly.
+
+  With LoRA, `params` is the whole model (frozen base and adapters) and `opt_state` the
+  optimiser state of the trainable subtree only (`trainable_params`)."""
   step: jax.Array
   params: Any
   opt_state: Any
@@ -68,12 +72,25 @@ def _unbox_reshaped_state(opt_state: Any, params: Any) -> Any:
   return jax.tree_util.tree_map(fix, opt_state, is_leaf=params_shaped)
 
 
+def lora_spec(task: Task) -> lora.LoraSpec | None:
+  """The task's LoRA spec (`tasks.LoraTask`), None for full training."""
+  return getattr(task, "lora", None)
+
+
+def trainable_params(task: Task, params: Any) -> Any:
+  """What the optimiser updates: all params, or with LoRA the adapters (and the token
+  embeddings with lora.train_embeddings); the rest stays frozen and gets no gradient."""
+  spec = lora_spec(task)
+  return params if spec is None else lora.trainable(params, spec)
+
+
 def _boxed_init(task: Task, tx: optax.GradientTransformation, batch_size: int
                 ) -> Callable[[jax.Array], Any]:
   def init(rng: jax.Array) -> TrainState:
     params = task.init(rng)["params"]
+    train = trainable_params(task, params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=_unbox_reshaped_state(tx.init(params), params),
+                      opt_state=_unbox_reshaped_state(tx.init(train), train),
                       mems=initial_mems(task, batch_size))
   return init
 
@@ -137,10 +154,13 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
   The summed loss (cross-entropy + z-loss) is divided by the number of predicted tokens in
   the global batch, or by `loss_normalizing_factor` when > 0 (T5X's constant normaliser).
   Logged `loss` is the cross-entropy per predicted token either way.
+  With LoRA only the trainable subtree is differentiated and updated (`trainable_params`).
   """
+  spec = lora_spec(task)
 
-  def loss_fn(params: Any, batch: Batch, rng: jax.Array, mems: Any
+  def loss_fn(train: Any, params: Any, batch: Batch, rng: jax.Array, mems: Any
               ) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    params = train if spec is None else lora.overlay(params, train)
     kwargs = {} if mems is None else {"mems": mems}
     loss_sum, aux = task.loss(params, batch, rng, deterministic=False, **kwargs)
     aux = dict(aux)
@@ -148,10 +168,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_of(params: Any, batch: Batch, rng: jax.Array, mems: Any
+  def grads_of(train: Any, params: Any, batch: Batch, rng: jax.Array, mems: Any
                ) -> tuple[Any, jax.Array, Metrics, Any]:
     if grad_accum_steps == 1:
-      (loss_sum, (aux, new_mems)), grads = grad_fn(params, batch, rng, mems)
+      (loss_sum, (aux, new_mems)), grads = grad_fn(train, params, batch, rng, mems)
       return grads, loss_sum, aux, new_mems
     micro = _split_micro(batch, grad_accum_steps)
     micro_mems = None if mems is None else _split_mems(mems, grad_accum_steps)
@@ -159,14 +179,14 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
     def body(carry, inputs):
       grads_acc, loss_acc, aux_acc = carry
       micro_batch, micro_mem, i = inputs
-      (loss_sum, (aux, new_mem)), grads = grad_fn(params, micro_batch,
+      (loss_sum, (aux, new_mem)), grads = grad_fn(train, params, micro_batch,
                                                   jax.random.fold_in(rng, i), micro_mem)
       return (jax.tree_util.tree_map(jnp.add, grads_acc, grads), loss_acc + loss_sum,
               jax.tree_util.tree_map(jnp.add, aux_acc, aux)), new_mem
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, train)
     first = jax.tree_util.tree_map(lambda x: x[0], (micro, micro_mems))
-    aux_shape = jax.eval_shape(lambda: loss_fn(params, first[0], rng, first[1]))[1][0]
+    aux_shape = jax.eval_shape(lambda: loss_fn(train, params, first[0], rng, first[1]))[1][0]
     aux0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape)
     (grads, loss_sum, aux), new_mems = jax.lax.scan(
         body, (zeros, jnp.zeros((), jnp.float32), aux0),
@@ -175,13 +195,16 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    grads, loss_sum, aux, mems = grads_of(state.params, batch, rng, state.mems)
+    train = state.params if spec is None else lora.trainable(state.params, spec)
+    grads, loss_sum, aux, mems = grads_of(train, state.params, batch, rng, state.mems)
     count = jnp.maximum(aux["count"], 1).astype(jnp.float32)
     denom = jnp.float32(loss_normalizing_factor) if loss_normalizing_factor > 0 else count
     grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, train)
+    params = optax.apply_updates(train, updates)
+    if spec is not None:
+      params = lora.overlay(state.params, params)
     # A non-finite loss or gradient is never applied: params, optimiser state and memory stay
     # as they were (the loop then stops or skips, train.on_nonfinite).
     finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)

@@ -259,11 +259,40 @@ class DecoderLMTask:
     return loss_sum, aux
 
 
-def make_task(config: Config) -> Task:
-  """The training task of the run's objective (its registered `Objective.task`)."""
-  from t5x_like import objectives  # the objective records import the tasks above
+class LoraTask:
+  """A task whose model's targeted Dense layers carry LoRA adapters (`t5x_like.models.lora`):
+  init and loss run inside the LoRA context; everything else is the wrapped task's."""
 
-  return objectives.get(config.objective.name).task(config)
+  def __init__(self, task: Task, spec: Any):
+    self.task = task
+    self.lora = spec
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.task, name)
+
+  def init(self, rng: jax.Array) -> Any:
+    from t5x_like.models import lora
+    with lora.active(self.lora):
+      variables = self.task.init(rng)
+    lora.check_targets(self.lora, nn.meta.unbox(variables["params"]))
+    return variables
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+           deterministic: bool, **kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    from t5x_like.models import lora
+    with lora.active(self.lora, deterministic):
+      return self.task.loss(params, batch, rng, deterministic=deterministic, **kwargs)
+
+
+def make_task(config: Config) -> Task:
+  """The training task of the run's objective (its registered `Objective.task`), with LoRA
+  adapters when `lora.rank` > 0."""
+  from t5x_like import objectives  # the objective records import the tasks above
+  from t5x_like.models import lora
+
+  task = objectives.get(config.objective.name).task(config)
+  spec = lora.spec_of(config)
+  return task if spec is None else LoraTask(task, spec)
 
 
 def param_count(params: Any) -> int:

@@ -33,6 +33,7 @@ FAMILY = families.register(families.Family(
     logits=models.encoder_decoder_logits,
     logits_features=models.ENCODER_DECODER_LOGITS_FEATURES,
     required=("input_ids", "decoder_input_ids"),
+    lora_targets=("q_proj", "v_proj"),
     flops=_flops,
     export=export.export_bart,
     hf=families.HFSpec(

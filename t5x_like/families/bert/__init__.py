@@ -44,6 +44,7 @@ FAMILY = families.register(families.Family(
     logits=_logits,
     logits_features=("input_ids", "attention_mask", "token_type_ids", "segment_ids",
                      "positions"),
+    lora_targets=("attention/query", "attention/value"),
     flops=flops.train_flops_per_step,
     export=export.export_bert,
     hf=families.HFSpec(

@@ -42,6 +42,7 @@ FAMILY = families.register(families.Family(
     context_length=lambda m: m.max_position_embeddings,
     logits=_logits,
     logits_features=("input_ids", "segment_ids", "positions"),
+    lora_targets=("q_proj", "v_proj"),
     flops=flops.train_flops_per_step,
     export=export.export_llama,
     hf=families.HFSpec(

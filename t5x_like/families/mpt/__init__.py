@@ -30,6 +30,7 @@ FAMILY = families.register(families.Family(
     decoder_only=True,  # no context_length: ALiBi reads past its training length
     logits=_logits,
     logits_features=("input_ids", "segment_ids", "positions"),
+    lora_targets=("Wqkv",),
     flops=flops.train_flops_per_step,
     export=export.export_mpt,
     hf=families.HFSpec(

@@ -32,6 +32,7 @@ FAMILY = families.register(families.Family(
     logits=models.encoder_decoder_logits,
     logits_features=models.ENCODER_DECODER_LOGITS_FEATURES,
     required=("input_ids", "decoder_input_ids"),
+    lora_targets=("q", "v"),
     flops=_flops,
     export=export.export_t5,
     hf=families.HFSpec(

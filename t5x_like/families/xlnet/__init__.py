@@ -38,6 +38,7 @@ FAMILY = families.register(families.Family(
     logits_features=("input_ids", "token_type_ids", "perm_mask", "target_mapping",
                      "attention_mask"),
     float_features=("perm_mask", "target_mapping"),
+    lora_targets=("ff/layer_1", "ff/layer_2"),
     flops=flops.train_flops_per_step,
     export=export.export_xlnet,
     hf=families.HFSpec(
