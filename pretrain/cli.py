@@ -234,9 +234,12 @@ def _read_adapter(folder: str, imported) -> tuple[dict, dict]:
 
   adapter_config, tensors = peft.read_adapter(folder)
   family = families.get(imported.family)
-  paths = peft.adapter_targets(tensors, family, imported.model_config)
-  targets = sorted({re.sub(r"(^|/)layer_\d+(?=/)", r"\1*", p) for p in paths})
-  return peft.lora_fields(adapter_config, targets), tensors
+  def fold(paths: list[str]) -> list[str]:  # one pattern per layer-stack module
+    return sorted({re.sub(r"(^|/)layer_\d+(?=/)", r"\1*", p) for p in paths})
+
+  targets = fold(peft.adapter_targets(tensors, family, imported.model_config))
+  saved = fold(peft.saved_modules(tensors, family, imported.model_config))
+  return peft.lora_fields(adapter_config, targets, saved), tensors
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:

@@ -233,6 +233,9 @@ class LoraConfig:
   # family's default (peft's default target_modules for the exported transformers class).
   targets: tuple[str, ...] = ()
   train_embeddings: bool = False
+  # Patterns over our module paths whose parameters are trained whole (peft's modules_to_save),
+  # e.g. mlm_head for a checkpoint imported without its MLM head.
+  modules_to_save: tuple[str, ...] = ()
   use_rslora: bool = False
   init: str = dataclasses.field(default="kaiming_uniform",
                                 metadata=choices("kaiming_uniform", "gaussian"))

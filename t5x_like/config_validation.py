@@ -117,7 +117,7 @@ def _check_lora(c: Config) -> None:
   if lora.rank == 0:
     defaults = type(lora)()
     set_keys = [f"lora.{k}" for k in ("alpha", "dropout", "targets", "train_embeddings",
-                                      "use_rslora", "init")
+                                      "modules_to_save", "use_rslora", "init")
                 if getattr(lora, k) != getattr(defaults, k)]
     _require(not set_keys, f"{', '.join(set_keys)} set but lora.rank is 0 (LoRA off); set "
              "lora.rank >= 1 to train LoRA adapters")
@@ -126,8 +126,10 @@ def _check_lora(c: Config) -> None:
            f"{lora.rank}")
   _require(lora.alpha > 0, f"lora.alpha must be > 0, got {lora.alpha}")
   probabilities(lora, "lora", ("dropout",))
-  _require(all(isinstance(t, str) and t.strip("/") for t in lora.targets),
-           f"lora.targets must be non-empty layer name patterns, got {list(lora.targets)}")
+  for key in ("targets", "modules_to_save"):
+    values = getattr(lora, key)
+    _require(all(isinstance(t, str) and t.strip("/") for t in values),
+             f"lora.{key} must be non-empty layer name patterns, got {list(values)}")
 
 
 def _takes(family: str) -> list[str]:

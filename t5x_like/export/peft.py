@@ -94,21 +94,23 @@ def peft_state_dict(params: Mapping[str, Any], spec: lora.LoraSpec, family: Any,
 def _modules_to_save(params: Mapping[str, Any], flat: Mapping[str, Any], spec: lora.LoraSpec,
                      family: Any, module_config: Any, table: Mapping[str, tuple[str, Layout]],
                      tensors: dict[str, np.ndarray]) -> list[str]:
-  """Trained token embeddings as peft's modules_to_save (whole modules, full names), with
-  the transformers modules tied to them (BERT's MLM decoder, BART's lm_head, T5's per-stack
-  embed_tokens): peft keeps a separate copy of each listed module, so a tied copy left out
-  would keep the base's table."""
+  """Params trained whole (lora.modules_to_save, lora.train_embeddings) as peft's
+  modules_to_save: the smallest transformers modules holding them (full names), plus the
+  modules tied to them (BERT's MLM decoder, BART's lm_head, T5's per-stack embed_tokens): peft
+  keeps a separate copy of each listed module, so a tied copy left out would keep the base's
+  table. Every tensor of a listed module is saved."""
   names = [table[path][0] for path, value in flat.items()
-           if path.endswith("/embedding") and lora.is_trainable(path, value, spec)]
+           if path.rsplit("/", 1)[-1] not in lora.ADAPTER_NAMES
+           and lora.is_trainable(path, value, spec)]
   if not names:
     return []
   state = family.hf.to_hf(lora.without_adapters(params), module_config)
   tied = dict(family.hf.tied)
-  modules = {n[:-len(".weight")] for n in names}
+  modules = {n.rsplit(".", 1)[0] for n in names}
   modules |= {copy.rsplit(".", 1)[0] for copy, source in tied.items() if source in names}
+  modules = {m for m in modules if not any(m.startswith(o + ".") for o in modules)}
   for module in sorted(modules):
-    members = {n for n in (*state, *tied) if n.startswith(module + ".")}
-    for name in members:
+    for name in (n for n in (*state, *tied) if n.startswith(module + ".")):
       value = state[name] if name in state else state[tied[name]]
       tensors[f"{PREFIX}{name}"] = np.ascontiguousarray(_f32(value))
   return sorted(modules)
@@ -190,13 +192,13 @@ def read_adapter(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   return config, tensors
 
 
-def lora_fields(config: Mapping[str, Any], our_targets: list[str]) -> dict[str, Any]:
+def lora_fields(config: Mapping[str, Any], our_targets: list[str],
+                our_saved: list[str]) -> dict[str, Any]:
   """The run's `lora` section for an adapter's config."""
   return {"rank": int(config["r"]), "alpha": float(config.get("lora_alpha", 8)),
           "dropout": float(config.get("lora_dropout") or 0.0),
           "use_rslora": bool(config.get("use_rslora")),
-          "train_embeddings": bool(config.get("modules_to_save")),
-          "targets": our_targets,
+          "targets": our_targets, "modules_to_save": our_saved,
           "init": "gaussian" if config.get("init_lora_weights") == "gaussian"
                   else "kaiming_uniform"}
 
@@ -218,6 +220,22 @@ def adapter_targets(tensors: Mapping[str, Any], family: Any, module_config: Any
   if not paths:
     raise AdapterError("the adapter holds no lora_A tensors")
   return sorted(paths)
+
+
+def saved_modules(tensors: Mapping[str, Any], family: Any, module_config: Any) -> list[str]:
+  """Our module paths (per layer) of the adapter's modules_to_save tensors that hold a param
+  of ours (tied copies excluded)."""
+  table = _kernel_layouts(family.name, module_config)
+  by_name = {name: path for path, (name, _) in table.items()}
+  out = set()
+  for key in tensors:
+    name = key[len(PREFIX):]
+    if ".lora_" in key or name in family.hf.tied:
+      continue
+    if name not in by_name:
+      raise AdapterError(f"adapter tensor {key}: the {family.name} model has no tensor {name}")
+    out.add(by_name[name].rsplit("/", 1)[0])
+  return sorted(out)
 
 
 def adapter_params(tensors: Mapping[str, np.ndarray], params: Mapping[str, Any],
@@ -251,20 +269,22 @@ def adapter_params(tensors: Mapping[str, np.ndarray], params: Mapping[str, Any],
     out[f"{path}/lora_a"], out[f"{path}/lora_b"] = a, b
     used.update((key_a, key_b))
   for path, value in flat.items():
-    if path.endswith("/embedding") and lora.is_trainable(path, value, spec):
-      name, layout = table[path]
-      if f"{PREFIX}{name}" in tensors:
-        x = np.asarray(tensors[f"{PREFIX}{name}"], np.float32)
-        if tuple(x.shape) != layout.hf_shape(np.shape(value)):
-          raise AdapterError(f"adapter tensor {PREFIX}{name} has shape {tuple(x.shape)}; "
-                             f"this base model needs {layout.hf_shape(np.shape(value))}")
-        out[path] = layout.to_ours(x, np.shape(value))
-        used.add(f"{PREFIX}{name}")
-  # modules_to_save copies of the modules tied to the embeddings (written by
-  # `_modules_to_save`; our model ties them, so they carry nothing more).
-  tied = tuple(f"{PREFIX}{copy.rsplit('.', 1)[0]}." for copy in family.hf.tied)
-  unused = sorted(k for k in set(tensors) - used
-                  if not (spec.train_embeddings and k.startswith(tied)))
+    if path.rsplit("/", 1)[-1] in lora.ADAPTER_NAMES or not lora.is_trainable(path, value, spec):
+      continue
+    name, layout = table[path]
+    if f"{PREFIX}{name}" not in tensors:
+      continue  # not saved: the base's value stays
+    x = np.asarray(tensors[f"{PREFIX}{name}"], np.float32)
+    if tuple(x.shape) != layout.hf_shape(np.shape(value)):
+      raise AdapterError(f"adapter tensor {PREFIX}{name} has shape {tuple(x.shape)}; this "
+                         f"base model needs {layout.hf_shape(np.shape(value))}")
+    out[path] = layout.to_ours(x, np.shape(value))
+    used.add(f"{PREFIX}{name}")
+  # Saved modules also hold copies of tensors tied to others (written by `_modules_to_save`;
+  # our model ties them) and frozen members (the base's values): nothing to take from them.
+  known = {f"{PREFIX}{name}" for name, _ in table.values()} | {
+      f"{PREFIX}{copy}" for copy in family.hf.tied}
+  unused = sorted(k for k in set(tensors) - used if ".lora_" in k or k not in known)
   if unused:
     raise AdapterError(f"adapter tensors {unused[:3]} fit no LoRA target of this run "
                        f"({len(unused)} unused)")
@@ -272,4 +292,4 @@ def adapter_params(tensors: Mapping[str, np.ndarray], params: Mapping[str, Any],
 
 
 __all__ = ["AdapterError", "adapter_params", "adapter_targets", "lora_fields",
-           "peft_state_dict", "read_adapter", "write_adapter"]
+           "peft_state_dict", "read_adapter", "saved_modules", "write_adapter"]

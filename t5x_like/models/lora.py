@@ -52,6 +52,7 @@ class LoraSpec:
   init: str = "kaiming_uniform"
   use_rslora: bool = False
   train_embeddings: bool = False
+  modules_to_save: tuple[str, ...] = ()  # module patterns trained whole
   vocab_size: int = 0  # the token embedding tables are the [vocab_size, ...] `embedding`s
 
   @property
@@ -82,7 +83,9 @@ def spec_of(config: Any) -> LoraSpec | None:
                       "targets; name the layers to adapt")
   return LoraSpec(rank=lora.rank, alpha=float(lora.alpha), dropout=lora.dropout,
                   targets=targets, init=lora.init, use_rslora=lora.use_rslora,
-                  train_embeddings=lora.train_embeddings, vocab_size=config.model.vocab_size)
+                  train_embeddings=lora.train_embeddings,
+                  modules_to_save=tuple(lora.modules_to_save),
+                  vocab_size=config.model.vocab_size)
 
 
 # ----------------------------------------------------------------------------- the context
@@ -140,6 +143,15 @@ def module_names(params: Mapping[str, Any]) -> list[str]:
 def check_targets(spec: LoraSpec, params: Mapping[str, Any]) -> list[str]:
   """The targeted Dense module paths; a pattern that matches none is a ConfigError naming the
   available modules."""
+  modules = sorted({path.rsplit("/", i)[0] for path, _ in _flat(params)
+                    for i in range(1, path.count("/") + 1)})
+  unsaved = [p for p in spec.modules_to_save if not any(matches(m, p) for m in modules)]
+  if unsaved:
+    import re
+    tops = sorted({re.sub(r"(^|/)(layer_\d+|layers)(?=/|$)", r"\1layer_*", m) for m in modules
+                   if m.count("/") <= 1})
+    raise ConfigError(f"lora.modules_to_save: {', '.join(map(repr, unsaved))} matches no module "
+                      f"of this model; its modules include: {', '.join(tops)}")
   paths = dense_paths(params)
   unmatched = [p for p in spec.targets if not any(matches(path, p) for path in paths)]
   if unmatched:
@@ -150,9 +162,14 @@ def check_targets(spec: LoraSpec, params: Mapping[str, Any]) -> list[str]:
 
 
 def is_trainable(path: str, leaf: Any, spec: LoraSpec) -> bool:
-  """An adapter, or (lora.train_embeddings) a token embedding table."""
+  """An adapter, a parameter of a module in lora.modules_to_save, or (lora.train_embeddings)
+  a token embedding table."""
   name = path.rsplit("/", 1)[-1]
   if name in ADAPTER_NAMES:
+    return True
+  parts = path.split("/")
+  if any(matches("/".join(parts[:i]), p) for p in spec.modules_to_save
+         for i in range(1, len(parts))):
     return True
   shape = np.shape(getattr(leaf, "value", leaf))
   return (spec.train_embeddings and name == "embedding" and len(shape) >= 2

@@ -166,27 +166,42 @@ def test_peft_folder_reads_back_into_the_same_adapters(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
-def test_train_embeddings_export_as_modules_to_save_and_match_peft(tmp_path):
+@pytest.mark.parametrize("family,setting,whole", [
+    ("bert", "lora.train_embeddings=true", "embeddings"),
+    ("bert", "lora.modules_to_save=[mlm_head]", "mlm_head"),
+    ("bart", "lora.train_embeddings=true", "shared"),
+])
+def test_params_trained_whole_export_as_modules_to_save_and_match_peft(tmp_path, family,
+                                                                         setting, whole):
   import peft
 
-  cfg = _config("bert", "lora.rank=2", "lora.train_embeddings=true")
+  cfg = _config(family, "lora.rank=2", setting)
   spec = lora.spec_of(cfg)
   params = _init(cfg)
   trained = lora.trainable(params, spec)
-  assert "embeddings" in trained and "word_embeddings" in trained["embeddings"]
-  assert "position_embeddings" not in trained["embeddings"]
+  assert whole in trained
+  if whole == "embeddings":  # the token table only, not the position / type tables
+    assert sorted(trained["embeddings"]) == ["word_embeddings"]
   rng = np.random.default_rng(0)
   noisy = jax.tree_util.tree_map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(
       x.dtype), trained)
   params = lora.overlay(params, noisy)
-  fam = families.get("bert")
+  params = _with_random_adapters(params, seed=1)
+  fam = families.get(family)
   module_config = fam.module_config(cfg.model)
   base_dir, adapter_dir = str(tmp_path / "base"), str(tmp_path / "adapter")
   fam.export(lora.without_adapters(_init(cfg)), module_config, base_dir, None, 0)
   peft_export.write_adapter(params, spec, fam, module_config, adapter_dir, base_dir)
-  model = peft.PeftModel.from_pretrained(AUTO["bert"].from_pretrained(base_dir), adapter_dir)
-  np.testing.assert_allclose(_ours(cfg, params, spec), _theirs("bert", model), atol=1e-4,
+  model = peft.PeftModel.from_pretrained(AUTO[family].from_pretrained(base_dir), adapter_dir)
+  np.testing.assert_allclose(_ours(cfg, params, spec), _theirs(family, model), atol=1e-4,
                              rtol=1e-4)
+  # and the folder reads back into the same trained params
+  _, tensors = peft_export.read_adapter(adapter_dir)
+  back = peft_export.adapter_params(tensors, _init(cfg), spec, fam, module_config)
+  want = lora.trainable(params, spec)
+  for (p, x), (q, y) in zip(lora._flat(back), lora._flat(want)):
+    assert p == q
+    np.testing.assert_array_equal(x, y)
 
 
 def test_a_train_step_moves_only_the_adapters_and_the_optimizer_holds_only_them():
