@@ -1,4 +1,5 @@
-"""A mixture of objectives over one prepared block cache, as pure NumPy.
+"""A mixture of objectives over one prepared block cache, as pure NumPy (docs/objectives.md,
+"Mixtures of objectives and UL2's mixture of denoisers").
 
 Each record is made by exactly one member, drawn by rate from the record's own generator
 (seeded from (seed, epoch, index) by the pipeline), so a record gets the same member and the

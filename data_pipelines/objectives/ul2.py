@@ -1,5 +1,6 @@
 """UL2's mixture of denoisers (Tay et al. 2022, "UL2: Unifying Language Learning Paradigms")
-for an encoder-decoder, as pure NumPy.
+for an encoder-decoder, as pure NumPy. Semantics and deviations: docs/objectives.md,
+"Mixtures of objectives and UL2's mixture of denoisers".
 
 Semantics follow the paper's appendix `ul2_objective`, built on T5's preprocessors
 (google-research/text-to-text-transfer-transformer t5/data/preprocessors.py):
