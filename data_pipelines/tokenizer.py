@@ -3,11 +3,16 @@
 Id layout for a tokenizer of `vocab_size` V with S sentinels:
 
   0..5          <pad> </s> <unk> <s> <sep> <mask>   (data_pipelines.vocab constants)
-  6..V-S-1      the SentencePiece pieces (bytes, if byte fallback, then learned pieces)
+  6..N-1        the SentencePiece pieces (bytes, if byte fallback, then learned pieces)
+  N..N+P-1      paradigm tokens, if the sidecar names any (UL2's [NLU] [NLG] [S2S])
   V-S..V-1      sentinels; <extra_id_0> = V-1, <extra_id_1> = V-2, ...
 
-Sentinels live outside the SentencePiece model so that text can never produce them; the
-sidecar `<prefix>.json` records how many there are.
+Sentinels and paradigm tokens live outside the SentencePiece model so that text can never
+produce them; the sidecar `<prefix>.json` records how many sentinels there are and which
+paradigm tokens (`"paradigm_tokens": ["[NLU]", "[NLG]", "[S2S]"]`, absent = none).
+`bundled_ul2` is the bundled model with UL2's three paradigm tokens and 161 sentinels (X
+denoisers cut up to 128 spans from inputs of 512): `bundled_8k_ul2.model` is a link to the
+same SentencePiece model, so text encodes to the same ids.
 
 `HFTokenizer` (hf_tokenizer.py) wraps a checkpoint's own HuggingFace tokenizer
 (`tokenizer.json` or a WordPiece `vocab.txt`, e.g. from `pretrain import`) behind the same
@@ -31,12 +36,16 @@ from data_pipelines.errors import DataError
 from data_pipelines.hf_tokenizer import HF_TOKENIZER_FILES, HFTokenizer, is_hf_tokenizer_dir
 
 # The public names, with those of hf_tokenizer that callers have always imported from here.
-__all__ = ["BUNDLED_NAME", "HF_TOKENIZER_FILES", "MIN_LEARNED_PIECES", "TOKENIZER_DIR",
-           "AnyTokenizer", "HFTokenizer", "Tokenizer", "bundled_tokenizer_path",
-           "is_hf_tokenizer_dir", "load_tokenizer", "train_tokenizer"]
+__all__ = ["BUNDLED_NAME", "BUNDLED_UL2_NAME", "HF_TOKENIZER_FILES", "MIN_LEARNED_PIECES",
+           "TOKENIZER_DIR", "UL2_PARADIGM_TOKENS", "AnyTokenizer", "HFTokenizer", "Tokenizer",
+           "bundled_tokenizer_path", "is_hf_tokenizer_dir", "load_tokenizer",
+           "sidecar_paradigm_tokens", "train_tokenizer"]
 
 TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora", "tokenizer")
 BUNDLED_NAME = "bundled_8k"
+BUNDLED_UL2_NAME = "bundled_8k_ul2"
+# UL2's mode-switching tokens (Tay et al. 2022): R-, X- and S-denoising.
+UL2_PARADIGM_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 # Learned pieces required beyond specials, sentinels and byte pieces: fewer than this cannot
 # cover even the characters of a small corpus.
 MIN_LEARNED_PIECES = 16
@@ -52,6 +61,20 @@ def _sidecar_path(model_path: str) -> str:
   return os.path.splitext(model_path)[0] + ".json"
 
 
+def sidecar_paradigm_tokens(model_path: str) -> tuple[str, ...]:
+  """The paradigm tokens the sidecar of a `.model` reserves (ids right above its pieces)."""
+  sidecar = _sidecar_path(model_path)
+  if not os.path.isfile(sidecar):
+    return ()
+  with open(sidecar, encoding="utf-8") as f:
+    tokens = json.load(f).get("paradigm_tokens", [])
+  if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens) or (
+      len(set(tokens)) != len(tokens)):
+    raise DataError(f"tokenizer sidecar {sidecar}: 'paradigm_tokens' must be a list of "
+                    f"distinct non-empty strings, got {tokens!r}")
+  return tuple(tokens)
+
+
 class Tokenizer:
   """A loaded SentencePiece model plus sentinels above its vocabulary.
 
@@ -59,13 +82,15 @@ class Tokenizer:
     model_path: the `.model` file.
     sha256: hex digest of the `.model` bytes (identifies the tokenizer in caches).
     num_sentinels: number of `<extra_id_N>` ids on top.
-    vocab_size: total ids, sentinels included.
+    paradigm_tokens: names of the ids right above the pieces (UL2's `[NLU]` ...), or ().
+    vocab_size: total ids, paradigm tokens and sentinels included.
     special_ids: role -> id (the fixed layout of data_pipelines.vocab).
   """
 
   kind = "sentencepiece"
 
-  def __init__(self, model_path: str, num_sentinels: int = 0):
+  def __init__(self, model_path: str, num_sentinels: int = 0,
+               paradigm_tokens: tuple[str, ...] = ()):
     if not os.path.isfile(model_path):
       raise DataError(f"tokenizer model {model_path} does not exist")
     self._sp = spm.SentencePieceProcessor()
@@ -81,8 +106,9 @@ class Tokenizer:
     self.model_path = model_path
     self.sha256 = storage.file_sha256(model_path)
     self.num_sentinels = num_sentinels
+    self.paradigm_tokens = tuple(paradigm_tokens)
     self.sp_vocab_size = self._sp.get_piece_size()
-    self.vocab_size = self.sp_vocab_size + num_sentinels
+    self.vocab_size = self.sp_vocab_size + len(self.paradigm_tokens) + num_sentinels
     self.special_ids = {"pad": vocab.PAD_ID, "unk": vocab.UNK_ID, "cls": vocab.BOS_ID,
                         "sep": vocab.SEP_ID, "mask": vocab.MASK_ID, "bos": vocab.BOS_ID,
                         "eos": vocab.EOS_ID}
@@ -106,7 +132,7 @@ class Tokenizer:
       if meta.get("sha256") and meta["sha256"] != storage.file_sha256(model_path):
         raise DataError(f"tokenizer sidecar {sidecar} records sha256 {meta['sha256'][:12]}… "
                         f"but {model_path} has {storage.file_sha256(model_path)[:12]}…; retrain or fix it")
-    return cls(model_path, num_sentinels)
+    return cls(model_path, num_sentinels, sidecar_paradigm_tokens(model_path))
 
   def encode(self, text: str) -> np.ndarray:
     """Returns int32[num_tokens] ids, without BOS or EOS."""
@@ -142,14 +168,22 @@ class Tokenizer:
     return "".join(out)
 
   def id_to_piece(self, i: int) -> str:
-    if i >= self.sp_vocab_size:
+    if i >= self.sp_vocab_size + len(self.paradigm_tokens):
       return f"<extra_id_{self.vocab_size - 1 - i}>"
+    if i >= self.sp_vocab_size:
+      return self.paradigm_tokens[i - self.sp_vocab_size]
     return self._sp.id_to_piece(int(i))
 
   @property
   def sentinel_ids(self) -> np.ndarray:
     """int32[num_sentinels]: <extra_id_0> first, i.e. V-1, V-2, ..."""
-    return np.arange(self.vocab_size - 1, self.sp_vocab_size - 1, -1, dtype=np.int32)
+    return np.arange(self.vocab_size - 1, self.vocab_size - 1 - self.num_sentinels, -1,
+                     dtype=np.int32)
+
+  @property
+  def paradigm_ids(self) -> dict[str, int]:
+    """Paradigm token -> its id (right above the SentencePiece pieces)."""
+    return {t: self.sp_vocab_size + k for k, t in enumerate(self.paradigm_tokens)}
 
   def _sp_flags(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
     pieces = [self._sp.id_to_piece(i) for i in range(self.sp_vocab_size)]
@@ -173,7 +207,8 @@ class Tokenizer:
     start_piece[: self.sp_vocab_size] |= vocab.xlnet_start_pieces(pieces, is_byte)
     return vocab.VocabInfo(vocab_size=self.vocab_size, is_special=is_special,
                            word_start=word_start, sentinel_ids=self.sentinel_ids,
-                           sentence_end=self.sentence_end, start_piece=start_piece)
+                           sentence_end=self.sentence_end, start_piece=start_piece,
+                           paradigm_ids=tuple(self.paradigm_ids.items()))
 
   def missing_roles(self, roles: Iterable[str]) -> list[str]:
     """Every role has its fixed id here."""
@@ -194,8 +229,11 @@ AnyTokenizer = Tokenizer | HFTokenizer
 
 
 def load_tokenizer(spec: str) -> AnyTokenizer:
-  """`bundled` (the committed 8k model), a path to a `.model` file, or a HuggingFace
-  tokenizer: a folder with `tokenizer.json` or `vocab.txt` (or the path of either file)."""
+  """`bundled` (the committed 8k model), `bundled_ul2` (the same with UL2's paradigm tokens),
+  a path to a `.model` file, or a HuggingFace tokenizer: a folder with `tokenizer.json` or
+  `vocab.txt` (or the path of either file)."""
+  if spec == "bundled_ul2":
+    return Tokenizer.load(os.path.join(TOKENIZER_DIR, BUNDLED_UL2_NAME + ".model"))
   if spec != "bundled":
     if os.path.isfile(spec) and os.path.basename(spec) in ("tokenizer.json", "vocab.txt"):
       spec = os.path.dirname(os.path.abspath(spec))

@@ -62,6 +62,9 @@ class VocabInfo:
     sentence_end: bool[vocab_size] or None; True for pieces that end a sentence (`.`, `?`,
       ...; never a special). BART's sentence permutation splits at these and at EOS; None
       means the vocabulary marks none, so only EOS ends a sentence.
+    paradigm_ids: (name, id) pairs of the UL2 paradigm tokens the tokenizer reserves
+      (`[NLU]`, `[NLG]`, `[S2S]`: single special ids, like the sentinels never produced by
+      text); empty when it reserves none.
     start_piece: bool[vocab_size] or None; XLNet's word starts (`xlnet_start_pieces`, plus the
       specials): `word_start` and also bare punctuation pieces (`,`, `.`) and pieces beginning
       with `<`. Only the permutation-LM objective reads it (BERT whole-word masking and BART
@@ -80,6 +83,7 @@ class VocabInfo:
   mask_id: int = MASK_ID
   sentence_end: np.ndarray | None = None
   start_piece: np.ndarray | None = None
+  paradigm_ids: tuple[tuple[str, int], ...] = ()
 
   @property
   def cls_id(self) -> int:

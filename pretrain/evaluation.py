@@ -32,7 +32,7 @@ def _restore_for_eval(config: Any, workdir: str, step: int | None) -> tuple[Any,
     params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
   finally:
     ckpt.close()
-  eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(trainer.task),
+  eval_step = step_lib.jit_eval_step(evaluation_lib.make_eval_step(trainer.task),
                                      trainer.state_sh.params, trainer.batch_sh, trainer.mesh,
                                      trainer.state_sh.mems)
   return trainer, params, restored, eval_step

@@ -172,10 +172,12 @@ def write_export(out_dir: str, family: str, state: Mapping[str, np.ndarray],
   if tokenizer_model is not None and not hf_tokenizer:
     import sentencepiece as spm
     sp_size = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
+    # UL2's paradigm tokens, if the sidecar reserves any, sit between pieces and sentinels.
+    sp_size += len(tokenizer_lib.paradigm_tokens(tokenizer_model))
     if sp_size + num_sentinels != vocab_size:
-      raise ValueError(f"tokenizer has {sp_size} pieces + {num_sentinels} sentinels = "
-                       f"{sp_size + num_sentinels} ids, but config.vocab_size is "
-                       f"{vocab_size}")
+      raise ValueError(f"tokenizer has {sp_size} pieces (paradigm tokens included) + "
+                       f"{num_sentinels} sentinels = {sp_size + num_sentinels} ids, but "
+                       f"config.vocab_size is {vocab_size}")
 
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)

@@ -27,6 +27,7 @@ from tokenizers import (
 )
 from tokenizers.models import BPE, Unigram
 
+from data_pipelines import tokenizer as tokenizer_sidecar
 from data_pipelines import vocab as vocab_lib
 
 # SentencePiece piece types (sentencepiece_model.proto).
@@ -40,6 +41,12 @@ _SPACE = "\u2581"  # "▁", SentencePiece's whitespace symbol
 def sentinel_token(i: int) -> str:
   """The piece name of sentinel `i` (`<extra_id_0>` is the top id of the vocabulary)."""
   return f"<extra_id_{i}>"
+
+
+def paradigm_tokens(sp_model_path: str) -> tuple[str, ...]:
+  """The paradigm tokens (UL2's `[NLU]` ...) the model's sidecar reserves right above its
+  pieces; exported as special added tokens at those ids."""
+  return tokenizer_sidecar.sidecar_paradigm_tokens(sp_model_path)
 
 
 def _load_proto(sp_model_path: str) -> sp_pb2.ModelProto:
@@ -198,8 +205,13 @@ def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
   tok.add_special_tokens(special)
   if user:
     tok.add_tokens(user)
-  # Sentinels: ids sp_size .. sp_size + n - 1 hold <extra_id_{n-1}> .. <extra_id_0>.
-  sp_size = len(proto.pieces)
+  # Paradigm tokens at sp_size .., then the sentinels: <extra_id_{n-1}> .. <extra_id_0>.
+  modes = paradigm_tokens(sp_model_path)
+  tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in modes])
+  for k, t in enumerate(modes):
+    if tok.token_to_id(t) != len(proto.pieces) + k:
+      raise AssertionError(f"{t} got id {tok.token_to_id(t)}")
+  sp_size = len(proto.pieces) + len(modes)
   tok.add_special_tokens([AddedToken(sentinel_token(num_sentinels - 1 - k), special=True,
                                      normalized=False) for k in range(num_sentinels)])
   for i in range(num_sentinels):
@@ -211,11 +223,12 @@ def build_fast_tokenizer(sp_model_path: str, num_sentinels: int,
   return tok
 
 
-def _tokenizer_config(family: str, num_sentinels: int, model_max_length: int) -> dict:
+def _tokenizer_config(family: str, num_sentinels: int, model_max_length: int,
+                      modes: tuple[str, ...] = ()) -> dict:
   spec = _spec(family)
   specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
               "bos_token": "<s>", "mask_token": "<mask>", **spec.roles}
-  sentinels = [sentinel_token(i) for i in range(num_sentinels)]
+  sentinels = [sentinel_token(i) for i in range(num_sentinels)] + list(modes)
   return dict(specials, tokenizer_class="PreTrainedTokenizerFast",
               model_max_length=model_max_length, clean_up_tokenization_spaces=False,
               # Both spellings: transformers 5 reads extra_special_tokens, 4.x the other.
@@ -243,7 +256,8 @@ def export_sentencepiece_tokenizer(sp_model_path: str, num_sentinels: int, out_d
   if tok.encode(probe, add_special_tokens=False).ids != sp.encode(probe):
     raise AssertionError("exported tokenizer disagrees with sentencepiece on a probe string")
   tok.save(os.path.join(out_dir, "tokenizer.json"))
-  config = _tokenizer_config(family, num_sentinels, model_max_length)
+  config = _tokenizer_config(family, num_sentinels, model_max_length,
+                             paradigm_tokens(sp_model_path))
   with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(config, f, indent=2, ensure_ascii=False)
   special_map = {k: v for k, v in config.items() if k.endswith("_token")}

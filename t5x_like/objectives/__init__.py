@@ -15,6 +15,7 @@ transform and the task it feeds. `data_pipelines` never imports `t5x_like`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -86,5 +87,9 @@ from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-po
     mlm,
     permutation_lm,
     prefix_lm,
+    seq2seq_prefix_lm,
     span_corruption,
 )
+
+# Last: a mixture's members are the objectives registered before it.
+importlib.import_module("t5x_like.objectives.mixture")

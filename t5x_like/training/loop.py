@@ -235,7 +235,7 @@ class Trainer:
         step_lib.make_train_step(self.task, self.tx, self.schedule, c.train.seed,
                                  c.optim.grad_accum_steps, c.objective.loss_normalizing_factor),
         self.state_sh, self.batch_sh, self.mesh)
-    eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(self.task), self.state_sh.params,
+    eval_step = step_lib.jit_eval_step(evaluation.make_eval_step(self.task), self.state_sh.params,
                                        self.batch_sh, self.mesh, self.state_sh.mems)
     flops_per_step = flops.train_flops_per_step(c)
     peak = flops.measured_matmul_peak(c.model.dtype)
