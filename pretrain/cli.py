@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import data as data_lib
   from t5x_like import distributed
-  from t5x_like.training import lock, resume
+  from t5x_like.training import lock, resume, tasks
 
   config = _load_run_config(args)
   for where in (args.workdir, config.data.cache_dir, config.data.corpus):
@@ -72,7 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Refuse a resume with another model shape before the (possibly long) data preparation,
     # so the error is the only thing said.
     tokenizer = load_tokenizer(config.data.tokenizer)
-    resume.check_resume_compatible(args.workdir, data_lib.resolve_vocab(config, tokenizer))
+    resolved = data_lib.resolve_vocab(config, tokenizer)
+    resume.check_resume_compatible(args.workdir, resolved)
+    tasks.check_lora_targets(resolved)  # names the model's layers before any data work
     # One run per workdir: an existing workdir is locked before the (possibly long) data
     # preparation; a new one when the Trainer creates it.
     with lock.WorkdirLock(args.workdir, create=False):
@@ -156,9 +158,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
   from data_pipelines.tokenizer import load_tokenizer
   from pretrain import exporting
-  from t5x_like.pretrained import load_pretrained
-
   from t5x_like.config import ConfigError
+  from t5x_like.pretrained import load_pretrained
 
   exporting.check_target(args.out)  # before the restore, which logs and takes time
   if args.lora == "adapter" and args.base is not None:
@@ -197,6 +198,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     # The adapter's settings first: an override that contradicts them fails the shape check.
     overrides = [f"lora.{k}={json.dumps(v)}" for k, v in adapter_config.items()] + overrides
   config = hf_workdir.prepare_run(imported, args.config, overrides, tokenizer=own_copy)
+  if adapter is not None:
+    hf_workdir.check_adapter(adapter, config)  # before anything is said or written
   use_own = own is not None and config.data.tokenizer == own_copy
   for line in imported.report():
     print(line, file=sys.stderr)

@@ -213,6 +213,33 @@ def _with_adapter(state: Any, adapter: Mapping[str, Any], config: Any, trainer: 
   return state.replace(params=lora.overlay(state.params, placed))
 
 
+def check_adapter(adapter: Mapping[str, Any], config: Any) -> None:
+  """Refuses (AdapterError) a peft adapter that does not fit the run's model, on shapes only
+  (the model is traced, not built), before anything is written."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  from flax.core import meta
+
+  from t5x_like import families
+  from t5x_like.export import peft
+  from t5x_like.models import lora
+
+  family = families.get(config.model.family)
+  module_config = dataclasses.replace(family.module_config(config.model), scan_layers=False,
+                                      remat="none")
+  spec = lora.spec_of(config)
+  ids = jnp.zeros((1, 4), jnp.int32)
+
+  def init(rng):
+    with lora.active(spec):
+      return family.build(module_config).init(rng, *(ids,) * family.init_args)
+
+  abstract = meta.unbox(jax.eval_shape(init, jax.random.key(0)))["params"]
+  peft.adapter_params(adapter, abstract, spec, family, family.module_config(config.model))
+
+
 def _subtree_like(tree: Any, sub: Any) -> Any:
   return {k: _subtree_like(tree[k], v) if isinstance(v, Mapping) else tree[k]
           for k, v in sub.items()}
@@ -226,5 +253,5 @@ def _flatten_order(tree: Any) -> list[str]:
 
 
 
-__all__ = ["IMPORT_RECORD", "TOKENIZER_SUBDIR", "check_workdir", "copy_tokenizer",
+__all__ = ["IMPORT_RECORD", "TOKENIZER_SUBDIR", "check_adapter", "check_workdir", "copy_tokenizer",
            "prepare_run", "tokenizer_folder", "write_workdir"]

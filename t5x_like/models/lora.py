@@ -198,7 +198,8 @@ def overlay(params: Mapping[str, Any], sub: Mapping[str, Any]) -> dict[str, Any]
   """`params` with the leaves of `sub` (a subtree of the same nesting) put in."""
   out = dict(params)
   for key, value in sub.items():
-    out[key] = overlay(params[key], value) if isinstance(value, Mapping) else value
+    out[key] = (overlay(params[key], value) if isinstance(value, Mapping) and key in params
+                else value)
   return out
 
 

@@ -284,6 +284,13 @@ class LoraTask:
       return self.task.loss(params, batch, rng, deterministic=deterministic, **kwargs)
 
 
+def check_lora_targets(config: Config) -> None:
+  """A LoRA run's targets and modules_to_save name layers of the model (ConfigError naming
+  the model's layers otherwise); traced only, nothing is computed."""
+  if config.lora.rank:
+    jax.eval_shape(make_task(config).init, jax.random.key(0))
+
+
 def make_task(config: Config) -> Task:
   """The training task of the run's objective (its registered `Objective.task`), with LoRA
   adapters when `lora.rank` > 0."""

@@ -26,7 +26,8 @@ STEPS = 30
 EVERY = 5
 
 
-def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str]:
+def _command(preset: str, workdir: str, corpus: str, cache_dir: str, lora: bool = False
+             ) -> list[str]:
   common = {"train.steps": STEPS, "checkpoint.every": EVERY, "checkpoint.keep": 10,
             "train.eval_steps": 0, "train.log_every": 5, "train.export_at_end": "false",
             "model.hidden_size": 64,
@@ -45,6 +46,11 @@ def _command(preset: str, workdir: str, corpus: str, cache_dir: str) -> list[str
     # Two streams, permutation masks drawn per record, dropout on, bi_data, and memory: the
     # stream position and the memory in the train state resume too.
     overrides = xlnet_overrides(corpus, cache_dir, **common, **MEMORY_BI_DATA)
+  if lora:
+    # Adapters on every T5 Linear with dropout on them: only the adapters, their optimiser
+    # state and the dropout stream are in the step checkpoints; the base is in lora_base/.
+    overrides += ["lora.rank=4", "lora.dropout=0.1", "lora.targets=[q,k,v,o,wi_0,wi_1,wo]",
+                  "optim.learning_rate=0.01"]
   return [sys.executable, "-m", "pretrain.cli", "train", "--config", preset,
           "--workdir", workdir, *overrides]
 
@@ -64,15 +70,17 @@ def _steps(workdir: str) -> list[int]:
 
 # bert_tiny: tests/pretrain/test_faults.py kills it in the middle of a checkpoint write and
 # checks the same bit-identical resume.
-@pytest.mark.parametrize("preset", ["t5_tiny", "bart_tiny", "xlnet_tiny"])
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset):
+@pytest.mark.parametrize("preset,lora", [("t5_tiny", False), ("bart_tiny", False),
+                                         ("xlnet_tiny", False), ("t5_tiny", True)])
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset, lora):
+  command = lambda workdir: _command(preset, workdir, corpus, cache_dir, lora)  # noqa: E731
   straight = str(tmp_path / "straight")
-  done = subprocess.run(_command(preset, straight, corpus, cache_dir), env=_env(), capture_output=True,
+  done = subprocess.run(command(straight), env=_env(), capture_output=True,
                         text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
 
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_command(preset, killed, corpus, cache_dir), env=_env(),
+  proc = subprocess.Popen(command(killed), env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   while not _steps(killed) and proc.poll() is None and time.time() < deadline:
@@ -83,19 +91,21 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, pr
   saved = _steps(killed)
   assert saved and max(saved) < STEPS, saved
 
-  resumed = subprocess.run(_command(preset, killed, corpus, cache_dir), env=_env(), capture_output=True,
+  resumed = subprocess.run(command(killed), env=_env(), capture_output=True,
                            text=True, timeout=300, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"resumed from {os.path.join(killed, 'checkpoints')}/{max(saved)}" in resumed.stderr
 
   a, b = load_pretrained(straight), load_pretrained(killed)
   assert a.step == b.step == STEPS
-  leaves_a = jax.tree_util.tree_leaves(a.params)
-  leaves_b = jax.tree_util.tree_leaves(b.params)
+  # With LoRA: the base and the adapters, unmerged.
+  leaves_a = jax.tree_util.tree_leaves(a.lora_params if lora else a.params)
+  leaves_b = jax.tree_util.tree_leaves(b.lora_params if lora else b.params)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # and training did move the parameters (the comparison is not between two initialisations)
   first = load_pretrained(killed, step=max(saved))
   assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
-             zip(jax.tree_util.tree_leaves(first.params), leaves_b))
+             zip(jax.tree_util.tree_leaves(first.lora_params if lora else first.params),
+                 leaves_b))
