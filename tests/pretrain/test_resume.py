@@ -73,7 +73,7 @@ def _steps(workdir: str) -> list[int]:
 @pytest.mark.parametrize("preset,lora", [("t5_tiny", False), ("bart_tiny", False),
                                          ("xlnet_tiny", False), ("t5_tiny", True)])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, corpus, cache_dir, preset, lora):
-  command = lambda workdir: _command(preset, workdir, corpus, cache_dir, lora)  # noqa: E731
+  command = lambda workdir: _command(preset, workdir, corpus, cache_dir, lora)
   straight = str(tmp_path / "straight")
   done = subprocess.run(command(straight), env=_env(), capture_output=True,
                         text=True, timeout=300, check=False)
