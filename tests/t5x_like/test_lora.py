@@ -306,7 +306,7 @@ def test_lora_flops_count_matches_xla():
     batch = {"input_ids": jnp.zeros((2, 128), jnp.int32), "labels": jnp.ones((2, 128), jnp.int32)}
     train = step_lib.trainable_params(task, params)
 
-    def loss(t, p, task=task, rank=rank):
+    def loss(t, p, task=task, rank=rank, batch=batch):
       full = lora.overlay(p, t) if rank else t
       return task.loss(full, batch, None, deterministic=True)[0]
 
