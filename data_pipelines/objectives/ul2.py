@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 
 from data_pipelines.objectives import span_corruption
-from data_pipelines.vocab import VocabInfo
+from data_pipelines.vocab import IGNORE_INDEX, VocabInfo
 
 NLU, NLG, S2S = "[NLU]", "[NLG]", "[S2S]"
 
@@ -103,12 +103,48 @@ def paradigm_id(vocab: VocabInfo, token: str) -> int:
 
 
 def prepend(example: dict[str, np.ndarray], token_id: int) -> dict[str, np.ndarray]:
-  """The example with one id before its inputs."""
+  """The example with one id before its inputs. A decoder-only (prefix LM) example, which
+  holds `prefix`, gets the id as its first prefix input; the position it adds predicts the
+  first input token, which is not scored (it is in the prefix)."""
   ids = example["input_ids"]
   out = np.empty(len(ids) + 1, np.int32)
   out[0] = token_id
   out[1:] = ids
-  return {**example, "input_ids": out}
+  if "prefix" not in example:
+    return {**example, "input_ids": out}
+  labels = np.concatenate([[IGNORE_INDEX], example["labels"]]).astype(np.int32)
+  prefix = np.concatenate([[1], example["prefix"]]).astype(np.int32)
+  return {**example, "input_ids": out, "labels": labels, "prefix": prefix}
+
+
+def decoder_lengths(row_length: int, params: span_corruption.SpanCorruptionParams
+                    ) -> tuple[int, int]:
+  """(raw tokens, encoder-form inputs) of span corruption in the decoder-only form on rows of
+  `row_length` positions: the longest raw length whose inputs + targets (n tokens, n - 1
+  positions) fit the row. inputs + targets = raw + 2 spans + 2 (two EOS)."""
+  lengths = np.arange(2, row_length + 2)
+  _, spans = span_corruption.noise_counts(lengths, params)
+  fits = lengths + 2 * spans + 2 - 1 <= row_length
+  if not fits.any():
+    raise ValueError(f"rows of {row_length} positions hold no span-corrupted example")
+  raw = int(lengths[fits].max())
+  return raw, span_corruption.output_lengths(raw, params)[0]
+
+
+def decoder_example(block: np.ndarray, rng: np.random.Generator,
+                    params: span_corruption.SpanCorruptionParams, vocab: VocabInfo
+                    ) -> dict[str, np.ndarray]:
+  """Span corruption in UL2's decoder-only form: the sequence `inputs targets` (each with its
+  EOS) as one prefix-LM example: `prefix` 1 on the inputs (seen bidirectionally), loss on the
+  targets only (the position before the first target predicts it)."""
+  ex = span_corruption.make_example(block, rng, params, vocab)
+  seq = np.concatenate([ex["input_ids"], ex["labels"]]).astype(np.int32)
+  k = len(ex["input_ids"])
+  labels = seq[1:].copy()
+  labels[:k - 1] = IGNORE_INDEX
+  prefix = np.zeros(len(seq) - 1, np.int32)
+  prefix[:k] = 1
+  return {"input_ids": seq[:-1].copy(), "labels": labels, "prefix": prefix}
 
 
 def make_example(block: np.ndarray, rng: np.random.Generator, denoiser: Denoiser,

@@ -83,6 +83,7 @@ def names() -> tuple[str, ...]:
 # The built-in objectives (each registers itself on import).
 from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-position
     causal_lm,
+    decoder_span_corruption,
     denoising,
     mlm,
     permutation_lm,

@@ -157,3 +157,47 @@ def test_mixture_is_deterministic_per_generator(vocab):
     k1, a = make(block, np.random.default_rng([3, 1, i]))
     k2, b = make(block, np.random.default_rng([3, 1, i]))
     assert k1 == k2 and all(np.array_equal(a[f], b[f]) for f in a)
+
+
+# UL2's decoder-only form: `[paradigm] inputs targets` as one prefix-LM row.
+
+
+@pytest.mark.parametrize("row", [127, 63])
+@pytest.mark.parametrize("denoiser", SPAN_DENOISERS, ids=lambda d: d.label)
+def test_decoder_form_is_inputs_then_targets_with_the_loss_on_the_targets(vocab, denoiser, row):
+  raw, inputs_length = ul2.decoder_lengths(row, denoiser.span_params)
+  sentinels = set(vocab.sentinel_ids.tolist())
+  # the longest raw window that fits: one more token would not
+  n_in, n_out = span_corruption.output_lengths(raw + 1, denoiser.span_params)
+  assert n_in + n_out - 1 > row
+  for seed in range(5):
+    rng = np.random.default_rng(seed)
+    block = _block(rng, vocab, raw)
+    enc = ul2.make_example(block, np.random.default_rng(seed), denoiser, vocab, paradigm=False)
+    ex = ul2.prepend(ul2.decoder_example(block, np.random.default_rng(seed),
+                                         denoiser.span_params, vocab),
+                     PARADIGMS[denoiser.paradigm])
+    ids, labels, prefix = ex["input_ids"], ex["labels"], ex["prefix"]
+    assert len(ids) == len(labels) == len(prefix) <= row + 1  # + the paradigm token
+    k = len(enc["input_ids"]) + 1  # [paradigm] inputs
+    assert k == inputs_length + 1
+    # the sequence read is [paradigm] inputs targets; labels are the next tokens
+    seq = np.concatenate([[PARADIGMS[denoiser.paradigm]], enc["input_ids"], enc["labels"]])
+    assert ids.tolist() == seq[:-1].tolist()
+    assert prefix.tolist() == [1] * k + [0] * (len(ids) - k)
+    # loss exactly on the targets: the last prefix position predicts the first target
+    scored = labels != -100
+    assert scored.tolist() == [False] * (k - 1) + [True] * (len(ids) - k + 1)
+    assert labels[scored].tolist() == enc["labels"].tolist()
+    body, tail = enc["input_ids"][:-1], enc["labels"][:-1]
+    assert _reinterleave(body, tail, sentinels) == block.tolist()
+
+
+def test_decoder_prefix_lm_gets_the_paradigm_token_in_its_prefix(vocab):
+  ex = {"input_ids": np.array([10, 11, 12, 13], np.int32),
+        "labels": np.array([-100, 12, 13, 14], np.int32),
+        "prefix": np.array([1, 1, 0, 0], np.int32)}
+  out = ul2.prepend(ex, PARADIGMS[ul2.S2S])
+  assert out["input_ids"].tolist() == [8, 10, 11, 12, 13]
+  assert out["labels"].tolist() == [-100, -100, 12, 13, 14]
+  assert out["prefix"].tolist() == [1, 1, 1, 0, 0]

@@ -4,6 +4,7 @@ re-run mixture run ends bit-identical to an uninterrupted one, and its export lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -150,3 +151,49 @@ def test_ul2_export_loads_in_transformers_with_paradigm_tokens(straight, tmp_pat
   real = batch["decoder_attention_mask"].astype(bool)
   assert np.max(np.abs(got.numpy()[real] - expected[real])) < 1e-4
   assert np.std(expected) > 0.01
+
+
+def test_decoder_span_corruption_is_refused_on_t5(capsys, tmp_path, corpus, cache_dir):
+  work = str(tmp_path / "run")
+  code, out, err = run_cli(capsys, ["train", "--config", "ul2_tiny", "--workdir", work,
+                                    *ul2_overrides(corpus, cache_dir),
+                                    "objective.mixture.0.name=decoder_span_corruption"])
+  assert code == EXIT_BAD_INPUT and out == ""
+  assert_one_error(err, "objective.mixture.0", "'decoder_span_corruption'", "llama, mpt")
+
+
+@pytest.mark.slow
+def test_decoder_only_ul2_trains_reports_each_denoiser_and_exports(capsys, tmp_path, corpus,
+                                                                   cache_dir):
+  """UL2's decoder-only form on a tiny Llama: `[paradigm] inputs targets` rows train, eval
+  reports every denoiser, and the export (paradigm tokens in its tokenizer) gives our
+  logits in LlamaForCausalLM."""
+  import torch
+  import transformers
+
+  from t5x_like import load_pretrained
+
+  work, out = str(tmp_path / "run"), str(tmp_path / "hf")
+  overrides = [f"data.corpus={corpus}", f"data.cache_dir={cache_dir}", "data.seq_len=48",
+               "model.hidden_size=32", "model.num_heads=2", "model.num_kv_heads=1",
+               "model.intermediate_size=64", "model.num_layers=1", "train.steps=6",
+               "train.eval_every=6", "train.eval_steps=2", "train.batch_size=8"]
+  code, _, err = run_cli(capsys, ["train", "--config", "ul2_decoder_tiny", "--workdir", work,
+                                  *overrides])
+  assert code == 0, err
+  with open(os.path.join(work, "metrics.jsonl"), encoding="utf-8") as f:
+    evals = [json.loads(line) for line in f if '"eval"' in line]
+  last = evals[-1]
+  for label in ("R1", "R2", "X1", "X2", "X3", "X4", "S"):
+    assert f"loss/{label}" in str(last), (label, last)
+  code, _, err = run_cli(capsys, ["export", "--workdir", work, "--out", out])
+  assert code == 0, err
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert tok.convert_tokens_to_ids(["[NLU]", "[NLG]", "[S2S]"]) == [7900, 7901, 7902]
+  ids = np.array([tok("[NLG] 한국어와 English 텍스트").input_ids])
+  assert ids[0, 1] == 7901  # after BOS, one id
+  ours = load_pretrained(work).logits({"input_ids": ids})
+  with torch.no_grad():
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()(
+        torch.from_numpy(ids)).logits.numpy()
+  assert np.abs(ours - theirs).max() < 1e-4
