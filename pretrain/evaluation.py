@@ -13,7 +13,7 @@ import numpy as np
 from data_pipelines import pipeline, storage
 from data_pipelines.vocab import IGNORE_INDEX
 from pretrain import data as data_lib
-from t5x_like import checkpointing
+from t5x_like import checkpointing, pretrained
 from t5x_like.config import ConfigError, read_config, replace
 from t5x_like.training import evaluation as evaluation_lib
 from t5x_like.training import loop
@@ -29,7 +29,11 @@ def _restore_for_eval(config: Any, workdir: str, step: int | None) -> tuple[Any,
   trainer = loop.Trainer(config, workdir)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
   try:
-    params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
+    if trainer.lora is None:
+      params, _, restored = ckpt.restore_params(step, trainer.abstract.params)
+    else:  # the step's adapters over the base in lora_base/
+      params, restored = pretrained.restore_lora_params(ckpt, step, trainer.abstract.params,
+                                                        trainer.lora, workdir)
   finally:
     ckpt.close()
   eval_step = step_lib.jit_eval_step(evaluation_lib.make_eval_step(trainer.task),

@@ -84,14 +84,16 @@ def restore_params(config: Config, workdir: str, step: int | None = None) -> tup
     if spec is None:
       params, _, restored_step = ckpt.restore_params(step, abstract.params)
     else:
-      params, restored_step = _restore_lora(ckpt, step, abstract.params, spec, workdir)
+      params, restored_step = restore_lora_params(ckpt, step, abstract.params, spec, workdir)
   finally:
     ckpt.close()
   return jax.device_get(params), restored_step
 
 
-def _restore_lora(ckpt: checkpointing.Checkpointer, step: int | None, abstract: Any,
-                  spec: lora.LoraSpec, workdir: str) -> tuple[Any, int]:
+def restore_lora_params(ckpt: checkpointing.Checkpointer, step: int | None, abstract: Any,
+                        spec: lora.LoraSpec, workdir: str) -> tuple[Any, int]:
+  """A LoRA run's params at `step` (latest if None), unmerged, onto `abstract`'s shardings:
+  the import's whole step 0, or a step's trainable subtree over the base in lora_base/."""
   step = ckpt.latest_step() if step is None else step
   if step is not None and not checkpointing.holds_optimizer_history(step):
     # An import's step 0 holds whole params (with adapters after `import --adapter`).

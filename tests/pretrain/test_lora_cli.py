@@ -103,6 +103,11 @@ def test_minilm_lora_adapter_loads_in_peft_and_imports_back(capsys, tmp_path, ca
              os.walk(os.path.join(work, "lora_base")) for f in fs)
   assert saved * 20 < base, (saved, base)
 
+  # `pretrain eval` reads the step's adapters over the base (the loop's last eval: same data)
+  code, out, err = run_cli(capsys, ["eval", "--workdir", work, "--max-batches", "1"])
+  assert code == 0, err
+  assert json.loads(out)["step"] == 8 and np.isfinite(json.loads(out)["loss"])
+
   adapter = str(tmp_path / "adapter")
   code, out, err = run_cli(capsys, ["export", "--workdir", work, "--out", adapter,
                                     "--lora", "adapter"])
