@@ -66,6 +66,18 @@ def checkpoint_table(report: Report) -> list[str]:
   return lines
 
 
+def lora_table(report: Report) -> list[str]:
+  from benchmarks import bench_lora
+
+  r = report
+  return [(f"{r['shape']}: {r['num_layers']} layers, d={r['hidden_size']}, {r['num_heads']} "
+           f"heads, FFN {r['intermediate_size']}, V={r['vocab_size']}, B×L = "
+           f"{r['batch_size']}×{r['seq_len']}; median of {r['steps']} steps after "
+           f"{r['warmup']} warm-up, {r['rounds']} interleaved rounds; peak host memory "
+           f"{r['memory']}; the frozen base, saved once in lora_base/: "
+           f"{(r['lora_base_bytes'] or 0) / 2**20:,.1f} MB."), "", *bench_lora.table(r)]
+
+
 def gemm_table(report: Report) -> list[str]:
   lines = ["| tokens × d_in → d_out | XLA GFLOP/s | torch GFLOP/s | XLA/torch |",
            "|---|---:|---:|---:|"]

@@ -98,6 +98,20 @@ def checkpoint_targets(report: Report) -> list[Target]:
                  f"{100 * at_preset:+.2f}%", "< 5%", at_preset < 0.05)]
 
 
+def lora_targets(report: Report) -> list[Target]:
+  """Issue 20's LoRA targets, judged on the default-targets LoRA row (`lora_qv`: rank 8 on
+  the family's default targets); other LoRA rows are context in the table."""
+  r = next(r for r in report["results"] if r["mode"] == "lora_qv")
+  what = (f"{report['shape']}: LoRA rank {r['lora_rank']} on {', '.join(r['lora_targets'])} "
+          "vs full training")
+  return [Target(f"{what}, optimiser state", f"{r['opt_state_smaller']:,.0f}× smaller",
+                 "≥ 20× smaller", r["opt_state_smaller"] >= 20),
+          Target(f"{what}, step checkpoint on disk", f"{r['checkpoint_smaller']:,.0f}× smaller",
+                 "≥ 20× smaller", r["checkpoint_smaller"] >= 20),
+          Target(f"{what}, median step time", f"{r['step_time_vs_full']:.2f}×", "≤ 0.80×",
+                 r["step_time_vs_full"] <= 0.8)]
+
+
 def suite_targets(suite: Suite, entry: dict[str, Any]) -> list[Target]:
   """The suite's targets judged on its report ([] if it has none). Figures from quick
   settings are shown but not judged; a report this version cannot read (an older benchmark's)

@@ -14,6 +14,7 @@ from benchmarks.suite_tables import (
   checkpoint_table,
   gemm_table,
   generate_table,
+  lora_table,
   objective_table,
   train_table,
 )
@@ -22,6 +23,7 @@ from benchmarks.suite_targets import (
   Target,
   checkpoint_targets,
   generate_targets,
+  lora_targets,
   mlm_targets,
   rate_target,
   train_targets,
@@ -85,6 +87,10 @@ SUITES: tuple[Suite, ...] = (
           ("--shape", "bert_small", "--steps", "20", "--every", "10", "--rounds", "3"),
           ("--shape", "bert_tiny", "--steps", "4", "--every", "2", "--rounds", "1"),
           checkpoint_targets, checkpoint_table),
+    Suite("lora", "bench_lora", "LoRA (rank 8) vs full training, BERT-base shape (ours only)",
+          ("--shape", "bert_base", "--steps", "6", "--warmup", "1", "--rounds", "3"),
+          ("--shape", "bert_micro", "--steps", "2", "--warmup", "1", "--rounds", "1"),
+          lora_targets, lora_table),
     Suite("mlm_objective", "bench_mlm_objective", "MLM objective vs HF "
           "DataCollatorForLanguageModeling, L=512, one core",
           ("--length", "512", "--n", "2000", "--repeats", "5"),
