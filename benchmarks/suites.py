@@ -103,6 +103,11 @@ SUITES: tuple[Suite, ...] = (
           ("--inputs-length", "128", "--n", "64", "--repeats", "2"),
           rate_target("span corruption objective, raw tokens/s on one core"),
           objective_table("raw tokens/s", (("vs naive loop", "vs_naive", ".2f"),))),
+    Suite("ul2", "bench_ul2", "UL2 mixture of denoisers (R1 R2 X1-X4 S, paradigm tokens), inputs "
+          "512, one core", ("--inputs-length", "512", "--n", "2000", "--repeats", "7"),
+          ("--inputs-length", "128", "--n", "64", "--repeats", "2"),
+          rate_target("UL2 mixture objective, raw tokens/s on one core"),
+          objective_table("raw tokens/s")),
     Suite("denoising", "bench_denoising", "Denoising objective (BART), length 512, one core",
           ("--length", "512", "--n", "2000", "--repeats", "7"),
           ("--length", "128", "--n", "64", "--repeats", "2"),

@@ -202,15 +202,14 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
     grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, train)
-    params = optax.apply_updates(train, updates)
-    if spec is not None:
-      params = lora.overlay(state.params, params)
     # A non-finite loss or gradient is never applied: params, optimiser state and memory stay
     # as they were (the loop then stops or skips, train.on_nonfinite).
     finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-    mems = keep(mems, state.mems)
+    params = keep(optax.apply_updates(train, updates), train)
+    opt_state, mems = keep(opt_state, state.opt_state), keep(mems, state.mems)
+    if spec is not None:  # frozen leaves pass through untouched (no select over them)
+      params = lora.overlay(state.params, params)
     z_loss = aux.get("z_loss", jnp.zeros((), jnp.float32))
     metrics = {"loss": (loss_sum - z_loss) / count,
                "accuracy": aux["correct"].astype(jnp.float32) / count,
