@@ -110,11 +110,6 @@ def current() -> tuple[LoraSpec, bool] | None:
   return getattr(_STATE, "value", None)
 
 
-def kaiming_uniform_bound(fan_in: int) -> float:
-  """peft's default A init: torch's kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), ..)."""
-  return 1.0 / math.sqrt(fan_in)
-
-
 # ----------------------------------------------------------------------------- param trees
 
 

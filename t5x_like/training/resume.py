@@ -13,6 +13,7 @@ from data_pipelines import storage
 from t5x_like import checkpointing
 from t5x_like.config import Config, ConfigError, OptimConfig, read_config, tagged, to_dict
 from t5x_like.training import optimizer, tasks
+from t5x_like.training import step as step_lib
 
 
 def check_resume_compatible(workdir: str, config: Config) -> None:
@@ -32,7 +33,41 @@ def check_resume_compatible(workdir: str, config: Config) -> None:
   if diffs:
     raise ConfigError(f"workdir {workdir} holds a run with a different model shape "
                       f"({'; '.join(diffs)}); use a new --workdir or the original settings")
+  _check_lora_compatible(workdir, saved, config)
   _check_optimizer_compatible(workdir, saved, config)
+
+
+# The lora keys that shape the adapters or decide what the checkpoints hold.
+_LORA_SHAPE = ("rank", "targets", "modules_to_save", "train_embeddings")
+
+
+def _latest_with_history(workdir: str) -> int | None:
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  if not storage.exists(ckpt_dir):
+    return None
+  ckpt = checkpointing.Checkpointer(ckpt_dir, read_only=True)
+  try:
+    step = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  return step if step is not None and checkpointing.holds_optimizer_history(step) else None
+
+
+def _check_lora_compatible(workdir: str, saved: Config, config: Config) -> None:
+  """A resume keeps the LoRA layout (adapter shapes, what is trained); a step-0 import may
+  take any. alpha and dropout may change."""
+  old, new = to_dict(saved.lora), to_dict(config.lora)
+  changed = [k for k in _LORA_SHAPE if old[k] != new[k]]
+  if not changed:
+    return
+  step = _latest_with_history(workdir)
+  if step is None:
+    return
+  diffs = "; ".join(f"lora.{k} {old[k]} -> {new[k]}" for k in changed)
+  raise ConfigError(
+      f"workdir {workdir}: checkpoint {step} was trained with other LoRA settings ({diffs}); "
+      "resume with the original lora settings, or `pretrain export` the run and `pretrain "
+      "import` the export into a new --workdir with the new ones")
 
 
 def _check_optimizer_compatible(workdir: str, saved: Config, config: Config) -> None:
@@ -55,6 +90,7 @@ def _check_optimizer_compatible(workdir: str, saved: Config, config: Config) -> 
   task = tasks.make_task(config)
   params = jax.eval_shape(lambda rng: nn.meta.unbox(task.init(rng))["params"],
                           jax.random.key(0))
+  params = step_lib.trainable_params(task, params)  # LoRA: the optimiser sees the adapters
 
   def layout(optim: OptimConfig) -> dict[tuple[str, ...], tuple[int, ...] | None]:
     tx = optimizer.make_optimizer(optim, config.train.steps)

@@ -165,3 +165,25 @@ def _shrunk_adapter(adapter: str, out: str) -> str:
   tensors = {k: (v[:, :32].copy() if ".lora_A." in k else v) for k, v in tensors.items()}
   save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
   return out
+
+
+def test_a_resume_keeps_the_lora_layout_and_may_change_the_optimizer_rate(capsys, tmp_path,
+                                                                          corpus, cache_dir):
+  from tests.pretrain.test_cli_errors import train_argv
+
+  work = str(tmp_path / "run")
+  argv = train_argv(work, corpus, cache_dir, "lora.rank=4", "train.steps=3",
+                    "checkpoint.every=3", "train.eval_steps=0")
+  code, _, err = run_cli(capsys, argv)
+  assert code == 0, err
+  assert os.path.isdir(os.path.join(work, "lora_base"))
+  before = snapshot(work)
+  code, out, err = run_cli(capsys, [*argv, "lora.rank=8", "lora.targets=[query]"])
+  assert code == EXIT_BAD_INPUT and out == ""
+  assert_one_error(err, "checkpoint 3 was trained with other LoRA settings",
+                   "lora.rank 4 -> 8", "lora.targets [] -> ['query']")
+  assert snapshot(work) == before
+  # a learning rate (not the optimiser state's structure) may change: the run resumes
+  code, _, err = run_cli(capsys, [*argv, "optim.learning_rate=0.01", "lora.alpha=16"])
+  assert code == 0, err
+  assert "resumed from" in err
