@@ -66,7 +66,8 @@ def train_flops_per_step(config: Config) -> float:
   family = families.get(config.model.family)
   if family.flops is None:
     raise ValueError(f"model family {family.name!r} declares no FLOP count")
-  if config.lora.rank:
+  lora = getattr(config, "lora", None)  # (benchmarks and tests pass bare namespaces)
+  if lora is not None and lora.rank:
     # LoRA: frozen weights get no gradient, so a step is forward + activation gradients,
     # 2x forward (the adapters' own products are ~r/hidden of it and not counted). This
     # leaves out one third of the attention-score products' backward (they have no weight

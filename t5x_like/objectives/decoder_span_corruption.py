@@ -25,7 +25,8 @@ from t5x_like.training import tasks
 
 @dataclasses.dataclass(frozen=True)
 class DecoderSpanCorruptionConfig(span_corruption.SpanCorruptionConfig):
-  """span_corruption's keys; data.seq_len is the decoder row (inputs + targets)."""
+  """The span-corruption keys (noise density, mean span length, roll); data.seq_len is the
+  decoder row (inputs + targets)."""
 
 
 def block_length(config: Any) -> int:

@@ -62,7 +62,8 @@ def typed_values(section: str, key: str) -> st.SearchStrategy:
     return st.sampled_from(choices)
   return {"int": st.integers(-2, 300), "bool": st.booleans(),
           "float": st.one_of(st.floats(0, 1), st.floats(-10, 1e4), st.just(math.nan)),
-          "str": st.text(max_size=8)}[typ]
+          "str": st.text(max_size=8),
+          "tuple[str, ...]": st.lists(st.text(max_size=8), max_size=3)}[typ]
 
 
 @st.composite

@@ -67,7 +67,7 @@ def test_random_roll_config_key():
   assert span_objective.params(config).random_roll is True
   with pytest.raises(ConfigError, match="objective.random_roll: expected bool"):
     load_config("t5_tiny", ["objective.random_roll=sometimes"])
-  with pytest.raises(ConfigError, match="objective.random_roll applies to span_corruption"):
+  with pytest.raises(ConfigError, match="objective.random_roll applies to decoder_span_corruption, span_corruption only"):
     load_config("bert_tiny", ["objective.random_roll=true"])
   # Wired into the objective: a 20-token document's single span moves with the seed.
   config = load_config("t5_tiny", ["objective.random_roll=true", "data.pack_documents=true",

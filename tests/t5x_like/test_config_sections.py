@@ -35,8 +35,9 @@ def test_another_familys_key_is_named_not_ignored():
   with pytest.raises(ConfigError, match=r"^model.mem_len applies to xlnet only; model.family "
                      r"is 'bert'$"):
     config_lib.load_config("bert_tiny", ["model.mem_len=16"])
-  with pytest.raises(ConfigError, match=r"^objective.noise_density applies to span_corruption "
-                     r"only; objective.name is 'denoising'$"):
+  with pytest.raises(ConfigError, match=r"^objective.noise_density applies to "
+                     r"decoder_span_corruption, span_corruption only; objective.name is "
+                     r"'denoising'$"):
     config_lib.load_config("bart_tiny", ["objective.noise_density=0.3"])
   # a key no unit has keeps its "did you mean"
   with pytest.raises(ConfigError, match=r"unknown config key model.hiden_size \(did you mean "
