@@ -21,7 +21,7 @@ from data_pipelines.errors import DataError
 EXACT_MAX = 20_000  # above this, exact search costs O(n^2 d): faiss takes over
 _BLOCK = 1024  # query rows per matrix product
 _NPROBE = 8  # IVF lists visited per query
-_TRAIN_PER_LIST = 32  # training sample per IVF list for the coarse quantiser
+_TRAIN_PER_LIST = 40  # training sample per IVF list (faiss asks for >= 39)
 
 Progress = Callable[[int], None]  # called with the number of rows just finished
 
