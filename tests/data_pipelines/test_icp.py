@@ -1,5 +1,5 @@
 """In-Context Pretraining order: a permutation of the kept documents, deterministic, related
-documents adjacent, duplicates dropped and never adjacent (OBJECTIVES.md §7)."""
+documents adjacent, duplicates dropped and never adjacent (docs/objectives.md)."""
 
 from __future__ import annotations
 
