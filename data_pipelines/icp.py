@@ -7,8 +7,8 @@ in before being cut into windows:
    (`pretrain/data.py`: mean-pooled states of a checkpoint), L2-normalised.
 2. k nearest neighbours by cosine (`knn.nearest_neighbours`: exact for small corpora, faiss
    IVF for large ones).
-3. Drop duplicates: exact copies (same ids) and near-duplicates (cosine >= `dedup`), keeping
-   the first in corpus order, so no two copies can be neighbours in the path.
+3. Drop duplicates: exact copies (same ids) and near-duplicates (TF-IDF cosine >= `dedup`,
+   whatever embedding orders the documents), keeping the first in corpus order.
 4. The greedy approximate maximum travelling-salesman path of the paper: start at the
    unvisited document of lowest degree (how often it is another document's neighbour, ties by
    index), move to its most similar unvisited neighbour, and at a dead end restart at the next
@@ -235,35 +235,40 @@ def order_documents(docs: Sequence[np.ndarray], spec: OrderSpec, what: str = "do
 
   t = time.perf_counter()
   with bar("embed") as b:
-    if spec.embed is None:
-      emb = tfidf_embed(docs, spec.dim, b.update)
-    else:
+    # Duplicates are a lexical notion: always judged on TF-IDF vectors (`lexical`).
+    lexical = tfidf_embed(docs, spec.dim, None if spec.embed else b.update)
+    emb = lexical
+    if spec.embed is not None:
       emb = np.asarray(spec.embed(docs), np.float32)
+      # Mean-pooled states share one large direction (all cosines near 1, every document a
+      # "near-duplicate"): centring leaves what tells documents apart.
+      emb = emb - emb.mean(axis=0, keepdims=True)
       emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
       b.update(n)
   seconds["embed"] = time.perf_counter() - t
   t = time.perf_counter()
   with bar("neighbours") as b:
     ids, sims = knn.nearest_neighbours(emb, spec.k, progress=b.update)
+    lex_ids, lex_sims = (ids, sims) if emb is lexical else knn.nearest_neighbours(lexical, spec.k)
   seconds["neighbours"] = time.perf_counter() - t
   t = time.perf_counter()
-  dropped = near_duplicates(ids, sims, exact_duplicates(docs), spec.dedup)
+  dropped = near_duplicates(lex_ids, lex_sims, exact_duplicates(docs), spec.dedup)
   seconds["dedup"] = time.perf_counter() - t
   t = time.perf_counter()
   with bar("path") as b:
     path, paths = traverse(ids, ~dropped, b.update)
   # Copies the kNN lists missed (approximate search) must still never be adjacent.
-  adjacent = np.einsum("nd,nd->n", emb[path[:-1]], emb[path[1:]])
+  adjacent = np.einsum("nd,nd->n", lexical[path[:-1]], lexical[path[1:]])
   if np.any(adjacent >= spec.dedup):
     keep = np.ones(len(path), bool)
     last = path[0]
     for i in range(1, len(path)):
-      if float(emb[last] @ emb[path[i]]) >= spec.dedup:
+      if float(lexical[last] @ lexical[path[i]]) >= spec.dedup:
         keep[i] = False
       else:
         last = path[i]
     path = path[keep]
-    adjacent = np.einsum("nd,nd->n", emb[path[:-1]], emb[path[1:]])
+  adjacent = np.einsum("nd,nd->n", emb[path[:-1]], emb[path[1:]])
   seconds["path"] = time.perf_counter() - t
   report = OrderReport(num_documents=n, num_duplicates=n - len(path), num_paths=paths,
                        mean_adjacent_similarity=float(adjacent.mean()) if len(adjacent) else 0.0,

@@ -47,3 +47,17 @@ def test_prepare_in_icp_order(capsys, tmp_path, corpus):
   with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
     order = json.load(f)["order"]
   assert order["k"] == 5 and order["report"]["train"]["num_paths"] >= 1
+
+
+@pytest.mark.slow
+def test_prepare_with_checkpoint_embeddings(capsys, tmp_path, corpus, trained_workdir):
+  """data.icp_embedding=<a run of ours>: mean-pooled final states order the documents; the
+  name of the checkpoint is in the manifest (and the cache key)."""
+  cache = str(tmp_path / "cache")
+  code, out, err = run_cli(capsys, prepare_argv(corpus, cache, "data.icp_k=5",
+                                                f"data.icp_embedding={trained_workdir}"))
+  assert code == 0, err
+  with open(os.path.join(json.loads(out)["directory"], "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  assert manifest["order"]["embedding"] == f"checkpoint:{trained_workdir}"
+  assert manifest["splits"]["train"]["num_duplicates"] == 0
