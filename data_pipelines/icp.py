@@ -16,7 +16,8 @@ in before being cut into windows:
 5. A final pass over the path drops any document whose predecessor is a near-duplicate the
    kNN lists missed (approximate search), so copies are never adjacent.
 
-Time and memory grow ~linearly with the corpus (embeddings N x dim floats, kNN lists N x k);
+Memory grows linearly with the corpus (embeddings N x dim floats, kNN lists N x k), and so
+does time except the faiss search (N^1.5, see knn.py);
 the traversal is one pass with O(k) work per document.
 """
 

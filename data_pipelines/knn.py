@@ -3,7 +3,8 @@
 Small corpora (up to `EXACT_MAX` documents) get the exact answer from blocked matrix products
 (memory: one block of similarities at a time). Larger ones need `faiss` (the optional extra
 `pretrain[icp]`): an inverted-file index (IVF, flat lists, inner product) whose coarse
-quantiser is trained on a fixed-seed sample, so time grows ~linearly with the corpus.
+quantiser is trained on a fixed-seed sample; with 2 sqrt(N) lists and 8 probed, a query scans
+~4 sqrt(N) vectors, so the search grows as N^1.5 (docs/benchmarks.md).
 
 Both return the neighbours of each row sorted by similarity, highest first, ties broken by the
 lower index, the row itself excluded: the same inputs give the same lists.
