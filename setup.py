@@ -58,6 +58,8 @@ setup(
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
         "bench": ["transformers>=4.45", "torch==2.13.0"],
+        # data.order=icp on more than 20,000 documents: the approximate nearest neighbours.
+        "icp": ["faiss-cpu>=1.15.1"],
     },
     entry_points={"console_scripts": ["pretrain=pretrain.cli:console_main"]},
 )

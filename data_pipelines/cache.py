@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 
-from data_pipelines import sources, storage
+from data_pipelines import icp, sources, storage
 from data_pipelines.manifest import FORMAT_VERSION, MANIFEST_NAME, packing_entry
 from data_pipelines.packing import PackSpec
 from data_pipelines.tokenizer import Tokenizer
@@ -24,11 +24,11 @@ _LOG = logging.getLogger(__name__)
 
 def cache_key(corpus_spec: str, tokenizer: Tokenizer, block_length: int,
               validation_fraction: float = 0.02, pack: PackSpec | None = None,
-              separated: bool = True) -> str:
-  """`<readable corpus>-L<block_length>[-<readable pack key>]-<16 hex>` from everything that
-  changes the output; blocks mode with separators (`pack=None`, `separated=True`) keeps the key
-  it had before packing and separator-less blocks existed. `separated` is ignored in documents
-  mode (no separators there)."""
+              separated: bool = True, order: icp.OrderSpec | None = None) -> str:
+  """`<readable corpus>-L<block_length>[-<readable pack key>][-icp]-<16 hex>` from everything
+  that changes the output; blocks mode with separators (`pack=None`, `separated=True`) in
+  corpus order keeps the key it had before packing, separator-less blocks and the ICP order
+  existed. `separated` is ignored in documents mode (no separators there)."""
   identity = [FORMAT_VERSION, sources.fingerprint(corpus_spec), tokenizer.sha256, block_length,
               validation_fraction]
   if pack is not None:
@@ -37,18 +37,21 @@ def cache_key(corpus_spec: str, tokenizer: Tokenizer, block_length: int,
     # Not the separated blocks' key: caches prepared with EOS between documents (all before
     # span corruption dropped them) are never reused for it.
     identity.append({"separator": None})
+  if order is not None:
+    identity.append(order.fingerprint())
   digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
   readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(corpus_spec.rstrip("/")))[-40:]
   mode = "" if pack is None else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", pack.key)[:40]
+  mode += "-icp" if order is not None else ""
   return f"{readable or 'corpus'}-L{block_length}{mode}-{digest}"
 
 
 def prepared_dir(cache_root: str, corpus_spec: str, tokenizer: Tokenizer, block_length: int,
                  validation_fraction: float = 0.02, pack: PackSpec | None = None,
-                 separated: bool = True) -> str:
+                 separated: bool = True, order: icp.OrderSpec | None = None) -> str:
   """Where the prepared data for these inputs lives under `cache_root`."""
   return os.path.join(cache_root, cache_key(corpus_spec, tokenizer, block_length,
-                                            validation_fraction, pack, separated))
+                                            validation_fraction, pack, separated, order))
 
 
 def upload_prepared(directory: str, remote: str) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 
+from data_pipelines import icp
 from data_pipelines.errors import DataError
 from data_pipelines.packing import PackSpec
 from data_pipelines.tokenizer import Tokenizer
@@ -42,6 +43,7 @@ class SplitInfo:
   num_segments: int = 0
   num_dropped_tokens: int = 0
   stream_tokens: list[int] = dataclasses.field(default_factory=list)
+  num_duplicates: int = 0  # documents dropped as (near-)duplicates by the ICP order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Manifest:
   # None: blocks mode. Documents mode: {"key", "capacity", "min_length", "lengths_sha256"}
   # of the PackSpec the rows were packed for (see `packing_entry`).
   packing: dict | None = None
+  # None: corpus order. ICP order: `icp.OrderSpec.fingerprint()` + "report" (per split).
+  order: dict | None = None
   directory: str = ""  # where it was loaded from; not stored
 
   @property
@@ -145,14 +149,26 @@ def _describe(packing_field: dict | None, separated: bool | None = None) -> str:
           f"{tuple(packing_field['capacity'])} (min_length {packing_field['min_length']})")
 
 
+def _describe_order(fingerprint: dict | None) -> str:
+  if fingerprint is None:
+    return "corpus order"
+  return "the ICP order " + ", ".join(f"{k}={v}" for k, v in fingerprint.items() if k != "order")
+
+
 def check_manifest(manifest: Manifest, tokenizer: Tokenizer, block_length: int | None = None,
-                   pack: PackSpec | None = None, separated: bool | None = None) -> None:
+                   pack: PackSpec | None = None, separated: bool | None = None,
+                   order: icp.OrderSpec | None = None) -> None:
   """Raises DataError when prepared data does not belong to this tokenizer / block length /
   packing mode. `pack=None` expects blocks mode; a PackSpec expects documents mode packed for
   the same key, capacity, min_length and lengths (checked over the manifest's block_length).
   `separated` (blocks mode): True expects a separator between documents, False none, None
-  either."""
+  either. `order`: None expects corpus order, an OrderSpec the ICP order it describes."""
   where = f"prepared data at {manifest.directory}"
+  have_order = {k: v for k, v in (manifest.order or {}).items() if k != "report"} or None
+  wanted_order = order.fingerprint() if order is not None else None
+  if have_order != wanted_order:
+    raise DataError(f"{where} holds documents in {_describe_order(have_order)}, but the run "
+                    f"needs {_describe_order(wanted_order)}; prepare the data again")
   if manifest.tokenizer_sha256 != tokenizer.sha256:
     raise DataError(f"{where} was made with tokenizer "
                     f"{manifest.tokenizer_sha256[:12]} ({manifest.tokenizer_path}), but the run "

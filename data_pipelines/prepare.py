@@ -26,6 +26,14 @@ ArrayRecord record is one training row, in one of two modes (the manifest's `pac
   Records map 1:1 to rows, so the pipeline's global-step semantics (resume, hosts) are
   unchanged.
 
+Document order (blocks mode only): corpus order by default. With `order` (an
+`icp.OrderSpec`), each split's documents are first held in memory, near-duplicates are dropped
+and the rest are put in the In-Context Pretraining order (`icp.order_documents`: related
+documents next to each other) before being concatenated and cut into blocks; the blocks are
+then shuffled with `order.seed`, so that consecutive blocks of one path are not consecutive
+records. The manifest's `order` field holds the parameters and each split's report; the
+split's `num_documents` counts the kept documents and `num_duplicates` the dropped ones.
+
 The output directory appears atomically: it is built under `<out_dir>.tmp-<pid>` and renamed
 into place, so a crash never leaves a directory with a manifest that looks complete.
 
@@ -48,7 +56,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from data_pipelines import packing, sources, storage, vocab
+from data_pipelines import icp, packing, sources, storage, vocab
 from data_pipelines.cache import cache_key, download_prepared, prepared_dir, upload_prepared
 from data_pipelines.errors import DataError
 from data_pipelines.manifest import (
@@ -93,7 +101,7 @@ def is_validation(text: str, validation_fraction: float) -> bool:
 def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: str,
             validation_fraction: float = 0.02, shard_size: int = 4096,
             separator_id: int | None = vocab.EOS_ID, text_field: str = "text",
-            pack: PackSpec | None = None) -> Manifest:
+            pack: PackSpec | None = None, order: icp.OrderSpec | None = None) -> Manifest:
   """Tokenizes a corpus into shards of rows under `out_dir` and returns its manifest.
 
   Args:
@@ -108,11 +116,13 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
       unused in documents mode.
     text_field: the JSON field holding the text.
     pack: None for blocks mode; else documents mode, packed for this spec (module docstring).
+    order: None for corpus order; else the In-Context Pretraining order (blocks mode only).
 
   Raises:
     DataError: bad arguments, a chunk of `block_length` tokens that does not fit in an empty
       row of `pack`, a bad corpus (see sources.read_documents), or a corpus too small to make
-      one row (block) per split.
+      one row (block) per split, or (with `order`) fewer than two documents or no more
+      documents than `order.k`.
   """
   if block_length < 2:
     raise DataError(f"block_length must be >= 2, got {block_length}")
@@ -120,6 +130,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
   if shard_size < 1:
     raise DataError(f"shard_size must be >= 1, got {shard_size}")
+  if order is not None and pack is not None:
+    raise DataError("the In-Context Pretraining order applies to blocks (pack=None) only")
   packers = {s: packing.ChunkPacker(pack, block_length) for s in SPLITS} if pack else {}
   start = time.time()
   fingerprint = sources.fingerprint(corpus_spec)
@@ -131,9 +143,13 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     writers = {s: ShardWriter(tmp_dir, s, shard_size, dtype, packers.get(s)) for s in SPLITS}
     counts = {s: {"num_documents": 0, "num_tokens": 0} for s in SPLITS}
     streams = {s: BlockStream(block_length, separator_id) for s in SPLITS}
+    held: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for batch in _batches(sources.read_documents(corpus_spec, text_field), _ENCODE_BATCH):
       for text, ids in zip(batch, tokenizer.encode_batch(batch)):
         split = "validation" if is_validation(text, validation_fraction) else "train"
+        if order is not None:  # counted once ordered, without the duplicates
+          held[split].append(np.asarray(ids, dtype))
+          continue
         counts[split]["num_documents"] += 1
         if pack:
           counts[split]["num_tokens"] += len(ids)
@@ -145,6 +161,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     for split, packer in packers.items():
       writers[split].add(packer.finish())
       counts[split]["num_dropped_tokens"] = packer.num_dropped_tokens
+    reports = (_write_ordered(corpus_spec, held, order, writers, counts, streams, separator_id)
+               if order is not None else None)
     borrowed = _ensure_validation(corpus_spec, writers, counts, block_length, pack)
     manifest = Manifest(
         format_version=FORMAT_VERSION, corpus=corpus_spec, corpus_fingerprint=fingerprint,
@@ -157,7 +175,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
                              stream_tokens=writers[s].stream_tokens, **counts[s])
                 for s in SPLITS},
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        packing=packing_entry(pack, block_length) if pack else None)
+        packing=packing_entry(pack, block_length) if pack else None,
+        order={**order.fingerprint(), "report": reports} if order is not None else None)
     with open(os.path.join(tmp_dir, MANIFEST_NAME), "w", encoding="utf-8") as f:
       json.dump(manifest.to_json(), f, indent=2)
       f.write("\n")
@@ -168,6 +187,47 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
   manifest = dataclasses.replace(manifest, directory=out_dir)
   _LOG.info("%s in %.1f s", manifest.summary(), time.time() - start)
   return manifest
+
+
+def _write_ordered(corpus_spec: str, held: dict[str, list[np.ndarray]], order: icp.OrderSpec,
+                   writers: dict[str, ShardWriter], counts: dict,
+                   streams: dict[str, BlockStream], separator_id: int | None) -> dict:
+  """Orders each split's documents, cuts the path into blocks and writes them shuffled.
+  Returns each split's `icp.OrderReport` as JSON."""
+  total = sum(len(docs) for docs in held.values())
+  if total < 2:
+    raise DataError(f"data.order=icp orders related documents next to each other, but corpus "
+                    f"{corpus_spec} has {total} document{'' if total == 1 else 's'}; use "
+                    f"data.order=random")
+  if order.k >= total:
+    raise DataError(f"data.icp_k ({order.k}) must be smaller than the number of documents of "
+                    f"corpus {corpus_spec} ({total}); lower data.icp_k")
+  reports = {}
+  for split, docs in held.items():
+    if len(docs) >= 2:
+      # A small split (validation) cannot have k neighbours per document: it gets n - 1.
+      spec = dataclasses.replace(order, k=min(order.k, len(docs) - 1))
+      path, report = icp.order_documents(docs, spec, what=f"{corpus_spec} {split}")
+      reports[split] = report.to_json()
+      _LOG.info("icp order of %s %s: %d documents, %d duplicates removed, %d paths, mean "
+                "adjacent cosine %.3f", corpus_spec, split, report.num_documents,
+                report.num_duplicates, report.num_paths, report.mean_adjacent_similarity)
+    else:
+      path = np.arange(len(docs))
+      reports[split] = None
+    blocks = []
+    for i in path.tolist():
+      separated = separator_id is not None and counts[split]["num_documents"] > 0
+      counts[split]["num_documents"] += 1
+      counts[split]["num_tokens"] += len(docs[i]) + separated
+      blocks.append(streams[split].add(docs[i]))
+    docs.clear()
+    counts[split]["num_duplicates"] = (reports[split] or {}).get("num_duplicates", 0)
+    rows = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.int64)
+    # Adjacent windows of one path are not adjacent records (the paper's window shuffle).
+    rng = np.random.default_rng([order.seed, SPLITS.index(split)])
+    writers[split].add([row] for row in rows[rng.permutation(len(rows))])
+  return reports
 
 
 def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -227,17 +287,17 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     block_length: int, validation_fraction: float = 0.02,
                     shard_size: int = 4096, text_field: str = "text",
                     pack: PackSpec | None = None, remote_root: str | None = None,
-                    separated: bool = True) -> Manifest:
+                    separated: bool = True, order: icp.OrderSpec | None = None) -> Manifest:
   """Returns the manifest of the cached preparation, preparing it first when missing.
 
   `pack` selects documents mode (see `prepare`); None keeps blocks mode, whose documents are
   joined with the tokenizer's EOS, or with nothing when `separated` is False. `remote_root`
   (gs://): the shared cache; a complete preparation there is downloaded into `cache_root`
-  instead of being prepared again, and a new one is uploaded there.
+  instead of being prepared again, and a new one is uploaded there. `order`: see `prepare`.
   """
   separated = separated or pack is not None
   directory = prepared_dir(cache_root, corpus_spec, tokenizer, block_length,
-                           validation_fraction, pack, separated)
+                           validation_fraction, pack, separated, order)
   remote = storage.join(remote_root, os.path.basename(directory)) if remote_root else None
   if remote and not os.path.isfile(os.path.join(directory, MANIFEST_NAME)) and \
       storage.exists(storage.join(remote, MANIFEST_NAME)):
@@ -245,7 +305,7 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
   if os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
     manifest = load_manifest(directory)
     check_manifest(manifest, tokenizer, block_length, pack,
-                   separated=None if pack is not None else separated)
+                   separated=None if pack is not None else separated, order=order)
     _LOG.info("using %s", manifest.summary())
     return manifest
   # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
@@ -253,7 +313,7 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
   manifest = prepare(corpus_spec, tokenizer, block_length, directory,
                      validation_fraction=validation_fraction, shard_size=shard_size,
                      separator_id=tokenizer.vocab_info().eos_id if separated else None,
-                     text_field=text_field, pack=pack)
+                     text_field=text_field, pack=pack, order=order)
   if remote:
     upload_prepared(directory, remote)
   return manifest

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from data_pipelines import packing, pipeline, prepare, storage
+from data_pipelines import icp, packing, pipeline, prepare, storage
 from data_pipelines import vocab as vocab_lib
 from data_pipelines.tokenizer import AnyTokenizer as Tokenizer
 from data_pipelines.tokenizer import load_tokenizer
@@ -85,6 +85,25 @@ def pack_spec(config: Config) -> packing.PackSpec | None:
     raise ConfigError(f"data.pack_documents is not supported for objective.name "
                       f"{objective.name}: {objective.packing_refused}")
   return objective.pack_spec(config)
+
+
+def order_spec(config: Config, tokenizer: Tokenizer) -> icp.OrderSpec | None:
+  """The In-Context Pretraining order of data.order=icp (None: corpus order).
+
+  data.icp_embedding names a run directory or checkpoint of ours to embed documents with its
+  mean-pooled final hidden states; anything but `tfidf` that is not one is refused here,
+  before any data work."""
+  d = config.data
+  if d.order != "icp":
+    return None
+  spec = icp.OrderSpec(k=d.icp_k, dedup=d.icp_dedup, embedding="tfidf", dim=d.icp_dim,
+                       seed=d.icp_seed)
+  if d.icp_embedding == "tfidf":
+    return spec
+  from pretrain import icp_embedding  # JAX model code, only when a checkpoint is named
+
+  name, embed = icp_embedding.checkpoint_embedder(d.icp_embedding, tokenizer)
+  return dataclasses.replace(spec, embedding=name, embed=embed)
 
 
 def make_objective(config: Config, tokenizer: Tokenizer, reverse: bool = False,
@@ -166,12 +185,13 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
     tokenizer = load_tokenizer(config.data.tokenizer)
   config = resolve_lengths(resolve_vocab(config, tokenizer))
   check_objective(config, tokenizer)
+  order = order_spec(config, tokenizer)
   manifest = prepare.ensure_prepared(
       cache_root(config), config.data.corpus, tokenizer, block_length(config),
       validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
       pack=pack_spec(config),
       remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None,
-      separated=_objective(config).separated_blocks)
+      separated=_objective(config).separated_blocks, order=order)
   return config, tokenizer, manifest
 
 

@@ -152,6 +152,17 @@ class DataConfig:
   cache_dir: str = ""  # "" = $XDG_CACHE_HOME/t5x_like/data
   worker_threads: int = 2
   prefetch: int = 4
+  # Document order before blocks are cut. random: corpus order (the default). icp: In-Context
+  # Pretraining (Shi et al. 2023; docs/objectives.md): near-duplicates dropped, related
+  # documents next to each other, blocks shuffled. Needs pack_documents=false.
+  order: str = dataclasses.field(default="random", metadata=choices("random", "icp"))
+  icp_k: int = 10  # neighbours per document in the kNN graph
+  icp_dedup: float = 0.9  # cosine at or above which documents are near-duplicates
+  # tfidf (hashed token n-grams, no download) | a run directory or checkpoint of ours whose
+  # mean-pooled final hidden states embed the documents (same tokenizer as data.tokenizer)
+  icp_embedding: str = "tfidf"
+  icp_dim: int = 256  # tfidf: dense dimensions
+  icp_seed: int = 0  # shuffles the blocks of the ordered stream
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,14 @@ def validate(c: Config) -> None:
            f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
   _require(d.worker_threads >= 0 and d.prefetch >= 0,
            "data.worker_threads and data.prefetch must be >= 0")
+  if d.order == "icp":
+    _require(not d.pack_documents, "data.order=icp needs data.pack_documents=false: packed "
+             "documents never attend to each other, so putting related ones together in a row "
+             "changes nothing")
+    _require(d.icp_k >= 1, f"data.icp_k must be >= 1, got {d.icp_k}")
+    _require(0.0 < d.icp_dedup <= 1.0, f"data.icp_dedup must be in (0, 1], got {d.icp_dedup}")
+    _require(d.icp_dim >= 8, f"data.icp_dim must be >= 8, got {d.icp_dim}")
+    _require(bool(d.icp_embedding), "data.icp_embedding must be 'tfidf' or a run directory")
   _require(opt.learning_rate > 0, f"optim.learning_rate must be > 0, got {opt.learning_rate}")
   _require(opt.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {opt.warmup_steps}")
   _require(0.0 <= opt.end_learning_rate_ratio <= 1.0,
