@@ -130,6 +130,21 @@ class ReplacedTokenDetectionTask:
             "sampled_BP": sampled_BP, "fake_BL": fake_BL, "replaced_BL": replaced_BL,
             "selected_BL": selected_BL}
 
+  def discriminator_loss(self, params: Any, batch: dict[str, jax.Array],
+                         g: dict[str, jax.Array], rng: jax.Array, deterministic: bool
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(summed BCE, non-pad tokens, correct) of the discriminator on `replace`'s row."""
+    disc_BL = self.model.apply(
+        {"params": params}, g["fake_BL"], batch.get("attention_mask"),
+        batch.get("token_type_ids"), tower="discriminator", deterministic=deterministic,
+        rngs={"dropout": rng})
+    mask = batch.get("attention_mask")
+    real_BL = jnp.ones_like(g["fake_BL"], bool) if mask is None else mask > 0
+    bce_BL = optax.sigmoid_binary_cross_entropy(disc_BL.astype(jnp.float32),
+                                                g["replaced_BL"].astype(jnp.float32))
+    correct = jnp.sum(((disc_BL > 0) == g["replaced_BL"]) & real_BL)
+    return jnp.sum(bce_BL * real_BL), jnp.sum(real_BL), correct
+
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, Any]]:
     """Returns (generator NLL sum + weight x scaled discriminator BCE sum, aux)."""
@@ -138,19 +153,12 @@ class ReplacedTokenDetectionTask:
     g = self.replace(params, batch, gen_rng, deterministic)
     gen_sum, aux = tasks._token_losses(g["logits_BPV"], g["targets_BP"], g["valid_BP"],
                                        self.z_loss)
-    disc_BL = self.model.apply(
-        {"params": params}, g["fake_BL"], batch.get("attention_mask"),
-        batch.get("token_type_ids"), tower="discriminator", deterministic=deterministic,
-        rngs={"dropout": disc_rng})
-    mask = batch.get("attention_mask")
-    real_BL = (jnp.ones_like(g["fake_BL"], bool) if mask is None else mask > 0)
-    bce_BL = optax.sigmoid_binary_cross_entropy(disc_BL.astype(jnp.float32),
-                                                g["replaced_BL"].astype(jnp.float32))
-    disc_sum = jnp.sum(bce_BL * real_BL)
-    tokens = jnp.sum(real_BL)
+    disc_sum, tokens, correct = self.discriminator_loss(params, batch, g, disc_rng,
+                                                        deterministic)
+    real_BL = g["fake_BL"] >= 0 if batch.get("attention_mask") is None else (
+        batch["attention_mask"] > 0)
     scale = aux["count"].astype(jnp.float32) / jnp.maximum(tokens, 1).astype(jnp.float32)
     total = gen_sum + self.weight * scale * disc_sum
-    correct = jnp.sum(((disc_BL > 0) == g["replaced_BL"]) & real_BL)
     gen_nll = gen_sum - aux.get("z_loss", 0.0)
     aux["dropped"] = jnp.sum(g["selected_BL"]) - jnp.sum(g["valid_BP"])
     if "dropped_by_objective" in batch:
