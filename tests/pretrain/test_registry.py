@@ -222,7 +222,8 @@ def test_unknown_family_and_objective_list_the_registered_ones(capsys, tmp_path)
     load_config("bert_tiny", ["model.family=gtp2"])
   with pytest.raises(ConfigError, match=r"^objective.name 'clm' is not a registered objective "
                      r"\(did you mean 'mlm'\?\); registered: causal_lm, denoising, "
-                     r"mixture, mlm, permutation_lm, prefix_lm, seq2seq_prefix_lm, span_corruption$"):
+                     r"mixture, mlm, permutation_lm, prefix_lm, replaced_token_detection, "
+                     r"seq2seq_prefix_lm, span_corruption$"):
     load_config("bert_tiny", ["objective.name=clm"])
   with pytest.raises(ConfigError, match=r"model.family 'bret' is not a registered model family "
                      rf"\(did you mean 'bert'\?\); registered: {registered}$"):
