@@ -76,6 +76,11 @@ SUITES: tuple[Suite, ...] = (
           ("--shapes", "llama_tiny,llama_small_bench", *_TRAIN_FULL),
           ("--shapes", "llama_tiny", *_TRAIN_QUICK),
           train_targets("LlamaForCausalLM", 1.2), train_table, _HF),
+    Suite("train_electra", "bench_train_electra", "Train: ELECTRA generator + discriminator "
+          "vs HF ElectraForMaskedLM + ElectraForPreTraining (objective in PyTorch)",
+          ("--shapes", "electra_tiny,electra_small_bench", *_TRAIN_FULL),
+          ("--shapes", "electra_tiny", *_TRAIN_QUICK),
+          train_targets("ElectraForMaskedLM + ElectraForPreTraining", 1.2), train_table, _HF),
     Suite("generate", "bench_generate", "Greedy generation (KV cache, batch 1) vs HF generate "
           "on the same exported weights",
           ("--models", "llama_small_bench,mpt_small_bench", "--prompt-len", "32",

@@ -88,6 +88,7 @@ from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-po
     mlm,
     permutation_lm,
     prefix_lm,
+    replaced_token_detection,
     seq2seq_prefix_lm,
     span_corruption,
 )

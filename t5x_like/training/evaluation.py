@@ -85,6 +85,9 @@ def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict[str, np.ndar
   for key in sorted(totals):
     if key.startswith("count/"):
       metrics.update(_finish(totals, key[len("count"):]))
+    elif key.startswith(step_lib.RATIO):  # a task's own ratios (step.ratio_metrics)
+      name = key[len(step_lib.RATIO):]
+      metrics[name] = totals[key] / max(totals[step_lib.RATIO_COUNT + name], 1.0)
   return metrics
 
 

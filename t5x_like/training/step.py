@@ -22,6 +22,8 @@ from t5x_like.training.tasks import Task, initial_mems
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# Eval sums of a task's own ratios (`ratio_metrics`): numerator and count, by name.
+RATIO, RATIO_COUNT = "ratio_sum/", "ratio_count/"
 
 
 @flax.struct.dataclass
@@ -218,10 +220,18 @@ def make_train_step(task: Task, tx: optax.GradientTransformation,
                "learning_rate": schedule(state.step)}
     if "z_loss" in aux:
       metrics["z_loss"] = z_loss / count
+    metrics.update(ratio_metrics(aux))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                       mems=mems), metrics
 
   return train_step
+
+
+def ratio_metrics(aux: Metrics) -> Metrics:
+  """A task's own metrics: aux["ratios"] maps a name to (summed numerator, count), each
+  summed over micro-batches like the loss (e.g. ELECTRA's discriminator accuracy)."""
+  return {name: num.astype(jnp.float32) / jnp.maximum(den, 1).astype(jnp.float32)
+          for name, (num, den) in aux.get("ratios", {}).items()}
 
 
 def make_eval_step(task: Task) -> Callable[[Any, Batch, Any], tuple[Metrics, Any]]:
@@ -232,8 +242,10 @@ def make_eval_step(task: Task) -> Callable[[Any, Batch, Any], tuple[Metrics, Any
     kwargs = {} if mems is None else {"mems": mems}
     loss_sum, aux = task.loss(params, batch, None, deterministic=True, **kwargs)
     loss_sum = loss_sum - aux.get("z_loss", jnp.zeros((), jnp.float32))  # cross-entropy only
-    return ({"loss_sum": loss_sum, "count": aux["count"], "correct": aux["correct"]},
-            aux.get("mems"))
+    sums = {"loss_sum": loss_sum, "count": aux["count"], "correct": aux["correct"]}
+    for name, (num, den) in aux.get("ratios", {}).items():
+      sums[f"{RATIO}{name}"], sums[f"{RATIO_COUNT}{name}"] = num, den
+    return sums, aux.get("mems")
 
   return eval_step
 
