@@ -43,6 +43,10 @@ class AdapterError(ConfigError):
 
 def _kernel_layouts(family: str, module_config: Any) -> dict[str, tuple[str, Layout]]:
   """Our per-layer param path -> (HF tensor name, layout)."""
+  from t5x_like import families
+  if families.get(family).hf is None:
+    raise AdapterError(f"the {family} family declares no transformers tensor map (HFSpec), so "
+                       "its LoRA adapters have no peft names; export merged (--lora merge)")
   return {lay.path: (name, lay) for name, lay in layouts(family, module_config).items()}
 
 

@@ -316,3 +316,14 @@ def test_lora_flops_count_matches_xla():
   for analytic, xla in counts.values():
     assert analytic == pytest.approx(xla, rel=0.12), counts
   assert counts[8][1] < 0.75 * counts[0][1], counts
+
+
+def test_a_family_without_a_transformers_tensor_map_refuses_a_peft_adapter(tmp_path):
+  fam = families.get("electra")
+  assert fam.hf is None
+  cfg = config_lib.load_config("electra_tiny", ["lora.rank=2", f"model.vocab_size={V}"])
+  spec = lora.spec_of(cfg)
+  with pytest.raises(peft_export.AdapterError, match="electra family declares no transformers"):
+    peft_export.write_adapter({}, spec, fam, fam.module_config(cfg.model), str(tmp_path / "a"),
+                              "base")
+  assert not (tmp_path / "a").exists()
