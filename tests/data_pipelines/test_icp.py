@@ -109,8 +109,7 @@ def test_exact_knn_matches_brute_force():
   np.testing.assert_allclose(sims, np.take_along_axis(full, expected, 1), rtol=1e-5)
 
 
-def test_faiss_search_agrees_with_exact():
-  pytest.importorskip("faiss")
+def test_faiss_search_agrees_with_exact():  # faiss-cpu is in the test extras
   docs, _ = topic_corpus(3000, seed=4)
   emb = icp.tfidf_embed(docs)
   exact, _ = knn.nearest_neighbours(emb, 10)
