@@ -4,12 +4,16 @@ The generator is an MLM over these rows; the discriminator then reads the row wi
 generator's samples at the selected positions (done on device, `t5x_like.objectives`).
 Follows google-research/electra's `mask` (semantics only):
 
-- count: K = max(1, round(mask_prob * n)) (half to even, as tf.round) with n the row's non-pad tokens ([CLS] and [SEP]
-  included), clipped to `max_predictions` and to the number of candidates;
+- count: K = max(1, round(mask_prob * n)) (half to even, as tf.round) with n the row's
+  non-pad tokens ([CLS] and [SEP] included), clipped to `max_predictions` and to the number
+  of candidates;
 - candidates: every non-special token of the block (never [CLS]/[SEP]/pad/EOS/sentinels);
   K of them uniform without replacement;
 - of the selected, `mask_token_frac` (0.85) become [MASK] and the rest stay unchanged; no
   random replacement (the generator provides the replacements).
+
+Semantics, deviations and the tests that pin them: docs/objectives.md, "ELECTRA
+replaced-token detection".
 """
 
 from __future__ import annotations
