@@ -72,9 +72,9 @@ def test_minilm_lora_adapter_loads_in_peft_and_imports_back(capsys, tmp_path, ca
   corpus = _korean_corpus(str(tmp_path / "ko.jsonl"))
   work = str(tmp_path / "run")
   settings = ["lora.rank=8", "lora.alpha=16", "lora.modules_to_save=[mlm_head]",
-              f"data.corpus={corpus}", f"data.cache_dir={cache_dir}", "data.seq_len=64",
-              "train.batch_size=8", "train.steps=8", "checkpoint.every=4", "checkpoint.keep=5",
-              "train.eval_every=8", "train.eval_steps=1", "train.log_every=4",
+              f"data.corpus={corpus}", f"data.cache_dir={cache_dir}", "data.seq_len=32",
+              "train.batch_size=8", "train.steps=4", "checkpoint.every=2", "checkpoint.keep=5",
+              "train.eval_every=4", "train.eval_steps=1", "train.log_every=2",
               "optim.learning_rate=0.002", "optim.warmup_steps=0"]
   code, _, err = run_cli(capsys, ["import", "--from", source, "--workdir", work, *settings])
   assert code == 0, err
@@ -87,7 +87,7 @@ def test_minilm_lora_adapter_loads_in_peft_and_imports_back(capsys, tmp_path, ca
   # for bit. The step checkpoints hold no base weights (it is in lora_base/).
   imported = load_pretrained(os.path.join(work, "checkpoints", "0"))
   trained = load_pretrained(work)
-  assert trained.step == 8 and imported.lora_params is not None
+  assert trained.step == 4 and imported.lora_params is not None
   spec = lora.spec_of(trained.config)
   before = dict(lora._flat(imported.lora_params))
   after = dict(lora._flat(trained.lora_params))
@@ -98,7 +98,7 @@ def test_minilm_lora_adapter_loads_in_peft_and_imports_back(capsys, tmp_path, ca
   moved = [p for p in after if not np.array_equal(before[p], after[p])]
   assert any(p.endswith("lora_b") for p in moved) and any("mlm_head" in p for p in moved)
   saved = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
-              os.walk(os.path.join(work, "checkpoints", "8")) for f in fs)
+              os.walk(os.path.join(work, "checkpoints", "4")) for f in fs)
   base = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
              os.walk(os.path.join(work, "lora_base")) for f in fs)
   assert saved * 20 < base, (saved, base)
@@ -106,7 +106,7 @@ def test_minilm_lora_adapter_loads_in_peft_and_imports_back(capsys, tmp_path, ca
   # `pretrain eval` reads the step's adapters over the base (the loop's last eval: same data)
   code, out, err = run_cli(capsys, ["eval", "--workdir", work, "--max-batches", "1"])
   assert code == 0, err
-  assert json.loads(out)["step"] == 8 and np.isfinite(json.loads(out)["loss"])
+  assert json.loads(out)["step"] == 4 and np.isfinite(json.loads(out)["loss"])
 
   adapter = str(tmp_path / "adapter")
   code, out, err = run_cli(capsys, ["export", "--workdir", work, "--out", adapter,
