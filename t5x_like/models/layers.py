@@ -141,14 +141,14 @@ class Dense(nn.Module):
     kernel = self.param("kernel", logical(self.kernel_init, self.in_axes + self.out_axes),
                         in_shape + tuple(self.out_features), self.param_dtype)
     x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
+    lead = x.shape[:-n_in]
+    n_out = math.prod(self.out_features)
+    fan_in = math.prod(in_shape)
+    kernel, lora_y = self._lora(x, kernel.reshape(fan_in, n_out), in_shape, n_out)
     # One plain [tokens, in] x [in, out] GEMM (the reshapes are free): the form every
     # backend's GEMM takes directly (XLA:CPU has no bf16 -> f32 kernel for the weight
     # gradient of a [in, heads, kv] kernel kept 3-D).
-    lead = x.shape[:-n_in]
-    n_out = math.prod(self.out_features)
-    y = einsum("ti,io->to", x.reshape(-1, math.prod(in_shape)), kernel.reshape(-1, n_out))
-    lora_y = self._lora(x, in_shape, n_out)
+    y = einsum("ti,io->to", x.reshape(-1, fan_in), kernel.astype(self.dtype))
     if lora_y is not None:
       y = y + lora_y
     y = y.reshape(lead + tuple(self.out_features))
@@ -159,9 +159,17 @@ class Dense(nn.Module):
     return y.astype(self.out_dtype or self.dtype)
 
 
-  def _lora(self, x: jax.Array, in_shape: tuple[int, ...], n_out: int) -> jax.Array | None:
-    """s * (dropout(x) A) B as [tokens, out] float32 when this layer is a LoRA target
-    (`t5x_like.models.lora`), else None."""
+  def _lora(self, x: jax.Array, kernel: jax.Array, in_shape: tuple[int, ...], n_out: int
+            ) -> tuple[jax.Array, jax.Array | None]:
+    """(the [in, out] kernel to multiply by, the LoRA term to add or None) when this layer is
+    a LoRA target (`t5x_like.models.lora`); (kernel, None) otherwise.
+
+    Without adapter dropout the product is x (W + s A B): one GEMM, as the merged model
+    computes it (the [in, r] x [r, out] product is small). Two skinny [tokens, in] x [in, r]
+    and [tokens, r] x [r, out] products cost more than that on CPU (memory-bound: with
+    adapters on every BERT-base projection they made the LoRA step slower than full
+    training). With dropout the term s (dropout(x) A) B is computed apart, as peft does.
+    """
     from t5x_like.models import lora  # local: lora imports the config schema
     state = lora.current()
     path = "/".join(str(p) for p in self.path)
@@ -169,7 +177,7 @@ class Dense(nn.Module):
       if self.has_variable("params", "lora_a"):
         raise RuntimeError(f"{path} holds LoRA adapters but runs outside `lora.active`; merge "
                            "them first (`t5x_like.models.lora.merge`)")
-      return None
+      return kernel, None
     spec, deterministic = state
     n_in = len(self.in_axes)
     fan_in = math.prod(in_shape)
@@ -182,13 +190,17 @@ class Dense(nn.Module):
                    in_shape + (spec.rank,), self.param_dtype)
     b = self.param("lora_b", zeros(("lora",) + self.out_axes),
                    (spec.rank,) + tuple(self.out_features), self.param_dtype)
+    a = a.astype(jnp.float32).reshape(fan_in, spec.rank)
+    b = b.astype(jnp.float32).reshape(spec.rank, n_out)
+    if spec.dropout == 0 or deterministic:
+      delta = spec.scale * jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+      return (kernel.astype(jnp.float32) + delta).astype(self.param_dtype), None
     h = x.reshape(-1, fan_in)
-    if spec.dropout > 0 and not deterministic:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - spec.dropout, h.shape)
-      h = jnp.where(keep, h / (1.0 - spec.dropout), 0).astype(h.dtype)
-    u = einsum("ti,ir->tr", h, a.astype(self.dtype).reshape(fan_in, spec.rank))
-    z = einsum("tr,ro->to", u.astype(self.dtype), b.astype(self.dtype).reshape(spec.rank, n_out))
-    return spec.scale * z
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - spec.dropout, h.shape)
+    h = jnp.where(keep, h / (1.0 - spec.dropout), 0).astype(h.dtype)
+    u = einsum("ti,ir->tr", h, a.astype(self.dtype))
+    z = einsum("tr,ro->to", u.astype(self.dtype), b.astype(self.dtype))
+    return kernel, spec.scale * z
 
 
 class LayerNorm(nn.Module):
