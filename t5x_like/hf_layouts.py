@@ -70,6 +70,38 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def stack_layers(tree: Any, target: Any) -> Any:
+  """A per-layer tree (`layer_0 .. layer_{n-1}`) in the layout of `target`: a scanned
+  `layers` stack (leading layer axis) where `target` has one; only `target`'s keys."""
+  if not isinstance(target, Mapping):
+    return tree
+  if isinstance(tree, Mapping) and "layers" in target and "layer_0" in tree:
+    import jax
+    n = sum(1 for k in tree if k.startswith("layer_"))
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs),
+                                     *[tree[f"layer_{i}"] for i in range(n)])
+    tree = {**{k: v for k, v in tree.items() if not k.startswith("layer_")},
+            "layers": stacked}
+  return {k: stack_layers(tree[k], target[k]) for k in target if k in tree}
+
+
+def unstack_layers(tree: Any) -> Any:
+  """The inverse of `stack_layers`: every scanned `layers` stack as `layer_0 ..` subtrees
+  (numpy), the per-layer layout the layouts speak."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == "layers" and isinstance(value, Mapping):
+      import jax
+      n = int(np.shape(jax.tree_util.tree_leaves(value)[0])[0])
+      for i in range(n):
+        out[f"layer_{i}"] = jax.tree_util.tree_map(lambda x, i=i: np.asarray(x)[i], value)
+    else:
+      out[key] = unstack_layers(value)
+  return out
+
+
 @functools.lru_cache(maxsize=32)
 def param_shapes(family: str, config: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
   """Our per-layer param paths -> (shape, dtype), by tracing the module's init (no compute)."""
@@ -136,4 +168,5 @@ def layouts(family: str, config: Any) -> dict[str, Layout]:
   return out
 
 
-__all__ = ["Layout", "flatten_params", "layouts", "param_shapes", "unflatten_params"]
+__all__ = ["Layout", "flatten_params", "layouts", "param_shapes", "stack_layers",
+           "unflatten_params", "unstack_layers"]

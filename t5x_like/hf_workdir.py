@@ -25,7 +25,7 @@ import numpy as np
 from t5x_like.config import ConfigError
 from t5x_like.hf_config import HFImportError
 from t5x_like.hf_import import ImportedCheckpoint
-from t5x_like.hf_layouts import flatten_params
+from t5x_like.hf_layouts import flatten_params, stack_layers
 
 # The checkpoint's tokenizer files are copied here, under the run directory.
 TOKENIZER_SUBDIR = "tokenizer"
@@ -88,20 +88,6 @@ def prepare_run(imported: ImportedCheckpoint, base: str | None = None,
     raise ConfigError(f"{values}: the checkpoint's tensors fix these model keys; they cannot "
                       "be overridden")
   return config
-
-
-def _stack_layers(tree: Any, target: Any) -> Any:
-  """Our per-layer tree in the layout of `target` (a scanned `layers` stack where it has one)."""
-  if not isinstance(target, Mapping):
-    return tree
-  if isinstance(tree, Mapping) and "layers" in target and "layer_0" in tree:
-    import jax
-    n = sum(1 for k in tree if k.startswith("layer_"))
-    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs),
-                                     *[tree[f"layer_{i}"] for i in range(n)])
-    tree = {**{k: v for k, v in tree.items() if not k.startswith("layer_")},
-            "layers": stacked}
-  return {k: _stack_layers(tree[k], target[k]) for k in target if k in tree}
 
 
 def write_workdir(imported: ImportedCheckpoint, config: Any, workdir: str,
@@ -173,7 +159,7 @@ def _with_params(state: Any, imported: ImportedCheckpoint, trainer: Any) -> Any:
   import jax
 
   fresh = flatten_params(state.params)
-  ours = flatten_params(_stack_layers(imported.params, state.params))
+  ours = flatten_params(stack_layers(imported.params, state.params))
   extra = sorted(set(ours) - set(fresh))
   if extra:
     raise HFImportError(f"imported params {extra[:5]} have no place in the run's model")

@@ -27,7 +27,14 @@ import numpy as np
 
 from t5x_like.config_schema import ConfigError
 from t5x_like.export.common import _f32, check_target, write_marker
-from t5x_like.hf_layouts import Layout, flatten_params, layouts, unflatten_params
+from t5x_like.hf_layouts import (
+  Layout,
+  flatten_params,
+  layouts,
+  stack_layers,
+  unflatten_params,
+  unstack_layers,
+)
 from t5x_like.models import lora
 
 PREFIX = "base_model.model."
@@ -65,7 +72,7 @@ def _linear(path: str, n_in: int, n_kernel: int, table: Mapping[str, tuple[str, 
 
 
 def _per_layer(params: Mapping[str, Any]) -> dict[str, Any]:
-  return flatten_params(lora.unstack_layers(params))
+  return flatten_params(unstack_layers(params))
 
 
 def peft_state_dict(params: Mapping[str, Any], spec: lora.LoraSpec, family: Any,
@@ -292,7 +299,7 @@ def adapter_params(tensors: Mapping[str, np.ndarray], params: Mapping[str, Any],
   if unused:
     raise AdapterError(f"adapter tensors {unused[:3]} fit no LoRA target of this run "
                        f"({len(unused)} unused)")
-  return lora.stack_like(unflatten_params(out), params)
+  return stack_layers(unflatten_params(out), params)
 
 
 __all__ = ["AdapterError", "adapter_params", "adapter_targets", "lora_fields",

@@ -255,47 +255,7 @@ def merge(params: Mapping[str, Any], scale: float) -> dict[str, Any]:
   return out
 
 
-def unstack_layers(tree: Any) -> Any:
-  """A scanned stack (`layers`, leading layer axis) as `layer_0 .. layer_{n-1}` subtrees, the
-  per-layer layout `hf_layouts` speaks (the inverse of `hf_workdir._stack_layers`)."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for key, value in tree.items():
-    if key == "layers" and isinstance(value, Mapping):
-      leaves = list(_flat(value))
-      n = int(np.shape(leaves[0][1])[0])
-      for i in range(n):
-        out[f"layer_{i}"] = _index(value, i)
-    else:
-      out[key] = unstack_layers(value)
-  return out
-
-
-def _index(tree: Mapping[str, Any], i: int) -> dict[str, Any]:
-  return {k: _index(v, i) if isinstance(v, Mapping) else np.asarray(v)[i]
-          for k, v in tree.items()}
-
-
-def stack_like(tree: Any, target: Any) -> Any:
-  """A per-layer tree in the layout of `target` (scanned `layers` where it has them)."""
-  if not isinstance(target, Mapping) or not isinstance(tree, Mapping):
-    return tree
-  if "layers" in target and "layer_0" in tree:
-    n = sum(1 for k in tree if k.startswith("layer_"))
-    layers = [tree[f"layer_{i}"] for i in range(n)]
-    tree = {**{k: v for k, v in tree.items() if not k.startswith("layer_")},
-            "layers": _stack([*layers])}
-  return {k: stack_like(tree[k], target[k]) for k in target if k in tree}
-
-
-def _stack(trees: list[Mapping[str, Any]]) -> dict[str, Any]:
-  first = trees[0]
-  return {k: _stack([t[k] for t in trees]) if isinstance(first[k], Mapping)
-          else np.stack([np.asarray(t[k]) for t in trees]) for k in first}
-
-
 __all__ = ["ADAPTER_NAMES", "LoraSpec", "active", "check_targets", "current", "delta",
            "dense_paths", "frozen", "has_adapters", "is_trainable", "matches", "merge",
-           "module_names", "overlay", "spec_of", "stack_like", "trainable", "unstack_layers",
+           "module_names", "overlay", "spec_of", "trainable",
            "without_adapters"]
