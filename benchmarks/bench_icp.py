@@ -2,7 +2,7 @@
 documents/s for synthetic corpora of N documents of `--length` token ids, each from one of
 `--topics` planted topics (half its tokens from the topic's 200 ids, half from a Zipfian
 background over 8,000 ids). Reports the seconds per stage (TF-IDF embedding, kNN — exact up
-to 20,000 documents, faiss IVF above —, duplicates, path), the peak resident memory and the
+to 20,000 documents, an inverted-file search on faiss above —, duplicates, path), the peak resident memory and the
 fraction of adjacent same-topic documents (random order: 1 / topics).
 
 Run from the repo root (all cores; faiss-cpu installed for N > 20,000):

@@ -5,8 +5,8 @@ in before being cut into windows:
 
 1. Embed each document: hashed n-gram TF-IDF (`tfidf_embed`), or vectors the caller supplies
    (`pretrain/data.py`: mean-pooled states of a checkpoint), L2-normalised.
-2. k nearest neighbours by cosine (`knn.nearest_neighbours`: exact for small corpora, faiss
-   IVF for large ones).
+2. k nearest neighbours by cosine (`knn.nearest_neighbours`: exact for small corpora, an
+   inverted-file search on faiss for large ones).
 3. Drop duplicates: exact copies (same ids) and near-duplicates (TF-IDF cosine >= `dedup`,
    whatever embedding orders the documents), keeping the first in corpus order.
 4. The greedy approximate maximum travelling-salesman path of the paper: start at the
@@ -16,9 +16,9 @@ in before being cut into windows:
 5. A final pass over the path drops any document whose predecessor is a near-duplicate the
    kNN lists missed (approximate search), so copies are never adjacent.
 
-Memory grows linearly with the corpus (embeddings N x dim floats, kNN lists N x k), and so
-does time except the faiss search (N^1.5, see knn.py);
-the traversal is one pass with O(k) work per document.
+Memory and time grow linearly with the corpus: embeddings N x dim floats, kNN lists N x k,
+an inverted-file search with lists of constant size (knn.py), and a traversal of one pass with
+O(k) work per document.
 """
 
 from __future__ import annotations
