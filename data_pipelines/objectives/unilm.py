@@ -126,6 +126,8 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: UnilmParam
   block = np.asarray(block)
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
+  if block.shape[0] < 2:
+    raise ValueError(f"a UniLM block needs >= 2 tokens (rows of >= 4), got {block.shape[0]}")
   mode = draw_mode(rng, params.cumulative)
   input_ids, types, source_length, target_start = _frame(block, mode, rng, vocab)
 
