@@ -16,6 +16,7 @@ import torch
 import transformers
 
 from data_pipelines.objectives import unilm as unilm_data
+from data_pipelines.vocab import VocabInfo
 from t5x_like.families.bert import export as export_bert_lib
 from t5x_like.families.bert.model import BertConfig, BertForMaskedLM
 from t5x_like.objectives import unilm
@@ -177,3 +178,34 @@ def test_the_task_loss_is_the_mlm_loss_under_the_mask():
   bidirectional = {**batch, unilm.MODE_FEATURE: np.array([unilm_data.BIDIRECTIONAL], np.int32)}
   assert abs(float(task.loss(params, bidirectional, None, deterministic=True)[0]) -
              float(loss)) > 1e-3  # the mode matters
+
+
+def _unilm_batches(config, n: int) -> list[dict[str, np.ndarray]]:
+  """n global batches made by the real UniLM rows on random blocks (every mode present)."""
+  vocab = VocabInfo.synthetic(config.model.vocab_size)
+  params = unilm.params(config)
+  batches = []
+  for b in range(n):
+    rows = [unilm_data.make_example(
+        np.random.default_rng([5, b, i]).integers(6, config.model.vocab_size,
+                                                  config.data.seq_len - 2),
+        np.random.default_rng([0, b, i]), params, vocab) for i in range(config.train.batch_size)]
+    batches.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+  return batches
+
+
+def test_sharded_2x2x2_training_equals_one_device():
+  from tests.t5x_like.conftest import tiny_config
+  from tests.t5x_like.test_sharding import _train, assert_params_close
+
+  assert jax.device_count() == 8
+  one = tiny_config(objective={"name": "unilm"})
+  eight = tiny_config(objective={"name": "unilm"}, mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  batches = _unilm_batches(one, 3)
+  assert set(np.concatenate([b[unilm.MODE_FEATURE] for b in batches]).tolist()) == {0, 1, 2, 3}
+  state_1, losses_1, _, _ = _train(one, batches, 3)
+  state_8, losses_8, batch, _ = _train(eight, batches, 3)
+  assert batch[unilm.MODE_FEATURE].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
+  assert losses_1[-1] < losses_1[0]
+  assert_params_close(state_1.params, state_8.params, atol=2e-6)
