@@ -313,7 +313,9 @@ def splash_attention(q_BLHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
 
 def attention_bias(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
                    dtype: Dtype = jnp.float32) -> jax.Array | None:
-  """Additive attention bias, [B, 1, 1, L] from a padding mask or [B, 1, L, L] from segments.
+  """Additive attention bias, [B, 1, 1, L] from a padding mask [B, L], or [B, 1, L, L] from
+  segments or from a per-query mask [B, L, L] (1: query i may attend key j; transformers'
+  3-D `attention_mask`, e.g. UniLM's self-attention masks).
 
   Packed rows (segment_ids, 0 = padding) attend only within their own segment.
   """
@@ -322,6 +324,8 @@ def attention_bias(attention_mask: jax.Array | None, segment_ids: jax.Array | No
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     keep = same & (segment_ids[:, None, :] != 0)
     return jnp.where(keep, 0.0, big_negative).astype(dtype)[:, None, :, :]
+  if attention_mask is not None and attention_mask.ndim == 3:
+    return jnp.where(attention_mask[:, None, :, :] > 0, 0.0, big_negative).astype(dtype)
   if attention_mask is not None:
     return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, big_negative).astype(dtype)
   return None

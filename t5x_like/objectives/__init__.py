@@ -91,6 +91,7 @@ from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-po
     replaced_token_detection,
     seq2seq_prefix_lm,
     span_corruption,
+    unilm,
 )
 
 # Last: a mixture's members are the objectives registered before it.

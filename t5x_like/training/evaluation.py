@@ -15,27 +15,30 @@ from t5x_like.training import step as step_lib
 from t5x_like.training.batches import to_global
 
 # A mixture's task names its members (`member_labels`) and reads which member made each row
-# from this feature [B] (t5x_like.objectives.mixture).
+# from this feature [B] (t5x_like.objectives.mixture); a task may name another
+# (`member_feature`, e.g. UniLM's per-row attention mode).
 MEMBER_FEATURE = "mixture_member"
 _SUMS = ("loss_sum", "count", "correct")
 
 
 def make_eval_step(task: Any) -> Callable:
-  """The task's eval step (`step.make_eval_step`); for a mixture's task it also returns the
-  sums of each member's rows, as `loss_sum/<label>` etc.
+  """The task's eval step (`step.make_eval_step`); for a task with `member_labels` (a
+  mixture's, UniLM's modes) it also returns the sums of each member's rows, as
+  `loss_sum/<label>` etc.
 
   Each member's sums come from the task's own loss with the labels of the other members' rows
   ignored: the forward pass is the same computation in each, which XLA computes once (common
   subexpressions), so the per-member figures cost little beyond the loss reductions.
   """
   members = getattr(task, "member_labels", ())
+  feature = getattr(task, "member_feature", MEMBER_FEATURE)
   base = step_lib.make_eval_step(task)
   if not members:
     return base
 
   def eval_step(params: Any, batch: Any, mems: Any) -> tuple[dict[str, Any], Any]:
     out, new_mems = base(params, batch, mems)
-    labels, member = batch["labels"], batch[MEMBER_FEATURE]
+    labels, member = batch["labels"], batch[feature]
     own = member.reshape(member.shape + (1,) * (labels.ndim - 1))
     for k, label in enumerate(members):
       masked = {**batch, "labels": jnp.where(own == k, labels, IGNORE_INDEX)}

@@ -154,6 +154,8 @@ def _attention_inputs(c: BertConfig, attention_mask: jax.Array | None,
   if c.attention_kernel == "splash":
     reason = layers.splash_unusable(length, length, c.attention_dropout_rate > 0 and
                                     not deterministic)
+    if reason is None and attention_mask is not None and attention_mask.ndim == 3:
+      reason = "a per-query [B, L, L] attention mask is not a segment mask"
     if reason is None:
       if segment_ids is not None:
         return None, segment_ids
@@ -177,7 +179,8 @@ class BertForMaskedLM(nn.Module):
 
     Args:
       input_ids: int [B, L].
-      attention_mask: 1 for real tokens, 0 for padding, [B, L]; ignored if segment_ids given.
+      attention_mask: 1 for real tokens, 0 for padding, [B, L]; or per query [B, L, L]
+        (1: query i may attend key j; UniLM's masks); ignored if segment_ids given.
       token_type_ids: int [B, L] (zeros when None).
       segment_ids: packed rows: int [B, L], 1.. per example, 0 on padding.
       positions: int [B, L] position ids (arange when None; restart per packed example).
