@@ -60,7 +60,7 @@ class OrderSpec:
   def fingerprint(self) -> dict:
     return {"order": "icp", "k": self.k, "dedup": self.dedup, "embedding": self.embedding,
             "dim": self.dim if self.embedding == "tfidf" else None, "seed": self.seed,
-            "exact_max": knn.EXACT_MAX}
+            "exact_max": knn.EXACT_MAX, "search": knn.SEARCH}
 
 
 @dataclasses.dataclass(frozen=True)

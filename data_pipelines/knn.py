@@ -25,6 +25,9 @@ import numpy as np
 
 from data_pipelines.errors import DataError
 
+# The approximate search's name and parameters, part of the order's cache key: a prepared
+# order is reused only if the same search would find the same neighbours.
+SEARCH = "lists256-probe8-hnsw32"
 EXACT_MAX = 20_000  # above this, exact search costs O(n^2 d): faiss takes over
 _BLOCK = 1024  # query rows per matrix product
 _LIST = 256  # rows per list of the partition (approximate search)
