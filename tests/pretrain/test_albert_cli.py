@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 
 
 def albert_overrides(cache_dir: str, **extra: object) -> list[str]:
-  """albert_tiny at d=64 (E=32), rows of 64 on the bundled corpus, 60 steps: ~30 s."""
+  """albert_tiny at d=64 (E=32), rows of 64 on the bundled corpus, 40 steps."""
   values: dict[str, object] = {
       "model.hidden_size": 64, "model.num_heads": 2, "model.intermediate_size": 128,
       "model.embedding_size": 32, "model.max_position_embeddings": 64, "data.seq_len": 64,
-      "train.batch_size": 16, "train.steps": 60, "train.eval_every": 60, "train.eval_steps": 4,
-      "train.log_every": 10, "checkpoint.every": 60, "optim.warmup_steps": 10,
+      "train.batch_size": 16, "train.steps": 40, "train.eval_every": 40, "train.eval_steps": 4,
+      "train.log_every": 10, "checkpoint.every": 40, "optim.warmup_steps": 10,
       "data.cache_dir": cache_dir}
   values.update(extra)
   return [f"{k}={v}" for k, v in values.items()]
