@@ -51,8 +51,8 @@ def test_albert_tiny_trains_on_the_bundled_corpus(albert_workdir):
   train = _metrics(albert_workdir, "train")
   assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 1.0, (train[0], train[-1])
   assert train[-1]["loss"] < train[0]["loss"]
-  # SOP stays near chance in a run this short (docs/objectives.md): finite, near ln 2, and
-  # the loss is the sum of the two means.
+  # SOP stays at chance in a run this short (docs/objectives.md, "ALBERT sentence order"):
+  # near ln 2; the loss is the sum of the two means.
   final = _metrics(albert_workdir, "eval")[-1]
   assert abs(final["sop_loss"] - np.log(2)) < 0.05
   np.testing.assert_allclose(final["loss"], final["mlm_loss"] + final["sop_loss"], rtol=1e-4)
