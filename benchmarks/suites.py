@@ -81,6 +81,11 @@ SUITES: tuple[Suite, ...] = (
           ("--shapes", "electra_tiny,electra_small_bench", *_TRAIN_FULL),
           ("--shapes", "electra_tiny", *_TRAIN_QUICK),
           train_targets("ElectraForMaskedLM + ElectraForPreTraining", 1.2), train_table, _HF),
+    Suite("train_albert", "bench_train_albert", "Train: ALBERT n-gram MLM + sentence order "
+          "vs HF AlbertForPreTraining (same objective)",
+          ("--shapes", "albert_tiny,albert_base_bench", *_TRAIN_FULL),
+          ("--shapes", "albert_tiny", *_TRAIN_QUICK),
+          train_targets("AlbertForPreTraining", 1.2), train_table, _HF),
     Suite("generate", "bench_generate", "Greedy generation (KV cache, batch 1) vs HF generate "
           "on the same exported weights",
           ("--models", "llama_small_bench,mpt_small_bench", "--prompt-len", "32",

@@ -32,6 +32,8 @@ class MLMParams:
     random_token_frac: probability that a selected token becomes a random non-special id; the
       rest (1 - both) keep their original id.
     whole_word: select SentencePiece words and mask all of their pieces together.
+    max_ngram: whole-word mode only: select n-grams of n <= max_ngram consecutive words, n
+      drawn with p proportional to 1/n (ALBERT's n-gram masking); 1 = single words.
   """
 
   max_predictions: int
@@ -39,6 +41,7 @@ class MLMParams:
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
   whole_word: bool = False
+  max_ngram: int = 1
 
   def __post_init__(self):
     # Invalid params would only surface as odd masks deep in a run; reject them at creation.
@@ -64,6 +67,9 @@ class MLMParams:
       raise TypeError(f"MLMParams.max_predictions must be an int, got {self.max_predictions!r}")
     if self.max_predictions < 1:
       raise ValueError(f"MLMParams.max_predictions must be >= 1, got {self.max_predictions}")
+    if self.max_ngram < 1 or (self.max_ngram > 1 and not self.whole_word):
+      raise ValueError(f"MLMParams.max_ngram must be >= 1, and > 1 only with whole_word, got "
+                       f"{self.max_ngram} (whole_word={self.whole_word})")
 
 
 def default_max_predictions(seq_len: int, mask_prob: float, whole_word: bool = False,
@@ -181,6 +187,31 @@ def _select_tokens(cand: np.ndarray, rng: np.random.Generator, params: MLMParams
   return cand_pos[:num], want - num
 
 
+def ngram_lengths_pmf(max_ngram: int) -> np.ndarray:
+  """float[max_ngram]: P(n) for n = 1..max_ngram, proportional to 1/n (ALBERT)."""
+  inverse = 1.0 / np.arange(1, max_ngram + 1)
+  return inverse / inverse.sum()
+
+
+def ngram_units(run_start: np.ndarray, rng: np.random.Generator, max_ngram: int) -> np.ndarray:
+  """Groups W words into n-grams: int[W], the n-gram of each word (0, 1, ..., non-decreasing).
+
+  The words are tiled left to right by n-grams whose lengths are drawn independently with
+  P(n) proportional to 1/n, n <= max_ngram (one draw per word, used or not, so the generator
+  advances by W draws); an n-gram never crosses a run start (`run_start`, bool[W]: the word
+  follows a special such as a document's EOS or [SEP]) and is cut there.
+  """
+  n_words = run_start.shape[0]
+  cdf = np.cumsum(ngram_lengths_pmf(max_ngram))
+  lengths = np.searchsorted(cdf, rng.random(n_words) * cdf[-1], side="right") + 1
+  ends = np.cumsum(lengths)
+  unit_start = np.zeros(n_words, bool)
+  unit_start[ends[ends < n_words]] = True
+  unit_start |= run_start
+  unit_start[:1] = True
+  return np.cumsum(unit_start) - 1
+
+
 def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
                   params: MLMParams, tables: VocabTables) -> np.ndarray:
   """Positions (into the block) of the selected tokens, whole-word mode.
@@ -208,7 +239,20 @@ def _select_words(block: np.ndarray, cand: np.ndarray, rng: np.random.Generator,
   # non-candidates get a stale id but are excluded through `cand`.
   word_of = np.cumsum(starts) - 1
   word_len = np.bincount(word_of[cand], minlength=n_words)
-  order = rng.permutation(n_words)[:budget]
+  if params.max_ngram > 1:
+    # Units are n-grams of words; they are taken in a random order up to and including the
+    # one that brings the selected words to the budget (it may overshoot by < max_ngram).
+    unit_of_word = ngram_units(follows_non_cand[starts], rng, params.max_ngram)
+    n_units = int(unit_of_word[-1]) + 1
+    unit_len = np.bincount(unit_of_word, weights=word_len, minlength=n_units).astype(np.int64)
+    unit_words = np.bincount(unit_of_word, minlength=n_units)
+    order = rng.permutation(n_units)
+    take = int(np.searchsorted(np.cumsum(unit_words[order]), budget, side="left")) + 1
+    order = order[:take]
+    word_of = unit_of_word[word_of]
+    word_len, n_words = unit_len, n_units
+  else:
+    order = rng.permutation(n_words)[:budget]
   # Keep the longest prefix of the random order that fits; dropping from the end keeps the
   # choice uniform over words and never splits one.
   pieces = np.cumsum(word_len[order])
@@ -234,10 +278,15 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
     taken in a uniformly random order. If their pieces exceed max_predictions, the order is cut
     at the first word that does not fit (the longest fitting prefix is kept), so the piece count
     is <= max_predictions and no word is split.
+  - N-gram mode (whole-word with max_ngram > 1, ALBERT): after the rounding draw, the words
+    are tiled by n-grams (`ngram_units`: n <= max_ngram with P(n) ~ 1/n, cut at specials);
+    n-grams are taken in a uniformly random order up to and including the one that reaches
+    the budget of words, then cut at max_predictions pieces as above.
   Corruption. Each selected token independently becomes [MASK] with prob mask_token_frac, a
   uniform draw from `vocab.normal_ids` with prob random_token_frac (which may equal the
   original), else stays unchanged. The generator is consumed in a fixed order: the rounding
-  draw, the selection shuffle, then one [2, K] draw (action, replacement id).
+  draw, (n-gram mode: the W n-gram length draws,) the selection shuffle, then one [2, K]
+  draw (action, replacement id).
 
   Args:
     block: int[L-2] token ids in [0, vocab_size), possibly with EOS separators or trailing pad.
@@ -251,8 +300,39 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
     and the int32 scalar `dropped_by_objective`: the selections that max_predictions cut
     (pieces of the dropped words), which the training metrics add to `dropped_predictions`.
   """
-  tables = vocab_tables(vocab)
   block = np.asarray(block)
+  masked, labels, cut = mask_tokens(block, rng, params, vocab)
+  seq_len = block.shape[0] + 2
+  input_ids = np.empty(seq_len, np.int32)
+  input_ids[0] = vocab.cls_id
+  input_ids[1:-1] = masked
+  input_ids[-1] = vocab.sep_id
+  framed_labels = np.full(seq_len, IGNORE_INDEX, np.int32)
+  framed_labels[1:-1] = labels
+  return {
+      "input_ids": input_ids,
+      # Replacements are never pad, so pad in the output is exactly the block's padding.
+      "attention_mask": (input_ids != vocab.pad_id).astype(np.int32),
+      "token_type_ids": np.zeros(seq_len, np.int32),
+      "labels": framed_labels,
+      "dropped_by_objective": np.int32(cut),
+  }
+
+
+def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, params: MLMParams,
+                vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray, int]:
+  """The selection and corruption of `make_example` on an unframed row body.
+
+  `tokens` is int[n], e.g. a block, or a sentence pair `A [SEP] B`: specials in it are never
+  selected and end a word (a word never spans one). The body is read as if it followed
+  [CLS].
+
+  Returns:
+    (int32[n] corrupted tokens, int32[n] labels: the original id at selected positions and
+    -100 elsewhere, the number of selections `max_predictions` cut).
+  """
+  tables = vocab_tables(vocab)
+  block = np.asarray(tokens)
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
   cand = tables.is_candidate.take(block)
@@ -271,21 +351,8 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: MLMParams,
   fm = params.mask_token_frac
   corrupted = np.where(u < fm, vocab.mask_id,
                        np.where(u < fm + params.random_token_frac, random_ids, original))
-
-  seq_len = block.shape[0] + 2
-  input_ids = np.empty(seq_len, np.int32)
-  input_ids[0] = vocab.cls_id
-  input_ids[1:-1] = block
-  input_ids[-1] = vocab.sep_id
-  labels = np.full(seq_len, IGNORE_INDEX, np.int32)
-  pos += 1  # block position -> sequence position (after [CLS])
+  masked = block.astype(np.int32)
+  labels = np.full(block.shape[0], IGNORE_INDEX, np.int32)
   labels[pos] = original
-  input_ids[pos] = corrupted
-  return {
-      "input_ids": input_ids,
-      # Replacements are never pad, so pad in the output is exactly the block's padding.
-      "attention_mask": (input_ids != vocab.pad_id).astype(np.int32),
-      "token_type_ids": np.zeros(seq_len, np.int32),
-      "labels": labels,
-      "dropped_by_objective": np.int32(cut),
-  }
+  masked[pos] = corrupted
+  return masked, labels, int(cut)

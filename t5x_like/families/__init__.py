@@ -129,4 +129,4 @@ def by_model_type(model_type: Any) -> Family | None:
 
 
 # The built-in families (each registers itself on import).
-from t5x_like.families import bart, bert, electra, llama, mpt, t5, xlnet  # noqa: F401  pylint: disable=wrong-import-position
+from t5x_like.families import albert, bart, bert, electra, llama, mpt, t5, xlnet  # noqa: F401  pylint: disable=wrong-import-position

@@ -89,6 +89,7 @@ from t5x_like.objectives import (  # noqa: F401  pylint: disable=wrong-import-po
     permutation_lm,
     prefix_lm,
     replaced_token_detection,
+    sentence_order,
     seq2seq_prefix_lm,
     span_corruption,
     unilm,

@@ -18,7 +18,8 @@ from t5x_like.config import ConfigError
 from t5x_like.config_schema import Polymorphic
 
 
-@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny"])
+@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny",
+                                    "albert_tiny"])
 def test_each_preset_gets_its_family_and_objective_section(preset):
   c = config_lib.load_config(preset)
   assert type(c.model) is families.get(c.model.family).config
@@ -58,7 +59,8 @@ def _flat_tree(config: config_lib.Config) -> dict:
   return tree
 
 
-@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny"])
+@pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny", "bart_tiny", "xlnet_tiny",
+                                    "albert_tiny"])
 def test_an_earlier_flat_config_yaml_still_loads(tmp_path, preset):
   config = config_lib.load_config(preset)
   path = tmp_path / "config.yaml"

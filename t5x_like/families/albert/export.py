@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import vocab as vocab_lib
-from t5x_like.export.common import _unbox, put_checked
+from t5x_like.export.common import _unbox, export_folder, put_checked
 from t5x_like.families.albert.model import AlbertConfig
 
 
@@ -77,3 +77,15 @@ def hf_config_dict(config: AlbertConfig, pad_token_id: int = vocab_lib.PAD_ID,
       "pad_token_id": pad_token_id, "bos_token_id": bos_token_id,
       "eos_token_id": eos_token_id, "tie_word_embeddings": True, "dtype": "float32",
   }
+
+
+def export_albert(params: Mapping[str, Any], config: AlbertConfig, out_dir: str,
+                  tokenizer_model: str | None = None, num_sentinels: int = 0,
+                  special_ids: Mapping[str, int] | None = None) -> str:
+  """Writes a HuggingFace `AlbertForPreTraining` folder (MLM and SOP heads), atomically
+  (`export.common.export_folder` says what each argument means and what it raises)."""
+  if config.hidden_act not in ("gelu", "gelu_new", "relu"):
+    raise ValueError(f"hidden_act {config.hidden_act!r} has no HF equivalent here")
+  return export_folder("albert", albert_to_hf_state_dict, hf_config_dict, params, config,
+                       out_dir, tokenizer_model, num_sentinels, special_ids,
+                       model_max_length=config.max_position_embeddings)

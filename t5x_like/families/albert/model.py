@@ -38,6 +38,7 @@ class AlbertConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  scan_layers: bool = False  # accepted for the common options; one shared layer has no stack
 
   def layer(self) -> BertConfig:
     """The shared layer's config (a BERT post-LN layer of width H)."""
