@@ -287,14 +287,17 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     shard_size: int = 4096, text_field: str = "text",
                     pack: PackSpec | None = None, remote_root: str | None = None,
                     separated: bool = True, order: icp.OrderSpec | None = None,
-                    workers: int = 1) -> Manifest:
+                    workers: int = 1, runner: str = "local",
+                    beam_options: str = "") -> Manifest:
   """Returns the manifest of the cached preparation, preparing it first when missing.
 
   `pack` selects documents mode (see `prepare`); None keeps blocks mode, whose documents are
   joined with the tokenizer's EOS, or with nothing when `separated` is False. `remote_root`
   (gs://): the shared cache; a complete preparation there is downloaded into `cache_root`
   instead of being prepared again, and a new one is uploaded there. `order`, `workers`: see
-  `prepare`.
+  `prepare`. `runner="beam"` prepares on Apache Beam (`beam_prepare`, blocks mode only) with
+  Beam's pipeline flags `beam_options`; with `remote_root` the job writes the shared cache
+  directly and the manifest returned names it (hosts download it when they train).
   """
   separated = separated or pack is not None
   directory = prepared_dir(cache_root, corpus_spec, tokenizer, block_length,
@@ -311,10 +314,33 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
     return manifest
   # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
   # have it elsewhere than vocab.EOS_ID; BERT's has none, its [SEP] stands in).
+  separator_id = tokenizer.vocab_info().eos_id if separated else None
+  if runner == "beam":
+    return _prepare_on_beam(corpus_spec, tokenizer, block_length, directory, remote,
+                            validation_fraction, shard_size, separator_id, text_field, pack,
+                            order, beam_options)
+  if runner != "local":
+    raise DataError(f"runner must be 'local' or 'beam', got {runner!r}")
   manifest = prepare(corpus_spec, tokenizer, block_length, directory,
                      validation_fraction=validation_fraction, shard_size=shard_size,
-                     separator_id=tokenizer.vocab_info().eos_id if separated else None,
-                     text_field=text_field, pack=pack, order=order, workers=workers)
+                     separator_id=separator_id, text_field=text_field, pack=pack, order=order,
+                     workers=workers)
   if remote:
     upload_prepared(directory, remote)
   return manifest
+
+
+def _prepare_on_beam(corpus_spec: str, tokenizer: Tokenizer, block_length: int, directory: str,
+                     remote: str | None, validation_fraction: float, shard_size: int,
+                     separator_id: int | None, text_field: str, pack: PackSpec | None,
+                     order: icp.OrderSpec | None, beam_options: str) -> Manifest:
+  from data_pipelines import beam_prepare  # pylint: disable=import-outside-toplevel
+  beam_prepare.import_beam()
+  if pack is not None or order is not None:
+    what = "data.pack_documents=true" if pack is not None else "data.order=icp"
+    raise DataError(f"--runner beam prepares blocks (concatenated documents); {what} packs "
+                    f"or orders documents sequentially: use --runner local")
+  return beam_prepare.prepare_beam(corpus_spec, tokenizer, block_length, remote or directory,
+                                   validation_fraction=validation_fraction,
+                                   shard_size=shard_size, separator_id=separator_id,
+                                   text_field=text_field, beam_options=beam_options)

@@ -184,9 +184,10 @@ class RunData:
   hooks: DataHooks
 
 
-def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
-                ) -> tuple[Config, Tokenizer, prepare.Manifest]:
-  """Resolves the vocabulary and prepares (or reuses) the block cache."""
+def prepare_for(config: Config, tokenizer: Tokenizer | None = None, runner: str = "local",
+                beam_options: str = "") -> tuple[Config, Tokenizer, prepare.Manifest]:
+  """Resolves the vocabulary and prepares (or reuses) the block cache, on this machine or
+  (runner="beam") as an Apache Beam pipeline run with `beam_options`."""
   if tokenizer is None:
     tokenizer = load_tokenizer(config.data.tokenizer)
   config = resolve_lengths(resolve_vocab(config, tokenizer))
@@ -198,7 +199,7 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
       pack=pack_spec(config),
       remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None,
       separated=_objective(config).separated_blocks, order=order,
-      workers=prepare_workers(config))
+      workers=prepare_workers(config), runner=runner, beam_options=beam_options)
   return config, tokenizer, manifest
 
 

@@ -82,3 +82,18 @@ def test_corrupt_file_in_a_worker_is_named_and_nothing_kept(tok, corpus, tmp_pat
   with pytest.raises(DataError, match=r"d\.jsonl\.gz is not a readable gzip file"):
     prepare.prepare(str(bad), tok, BLOCK, str(cache / "out"), workers=2)
   assert os.listdir(cache) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction,separator", [(0.1, 1), (0.0, None)])
+def test_beam_direct_runner_same_bytes(tok, corpus, tmp_path, monkeypatch, fraction, separator):
+  pytest.importorskip("apache_beam")
+  from data_pipelines import beam_prepare
+  monkeypatch.setattr(readers, "PIECE_BYTES", 4096)
+  kwargs = {"shard_size": 40, "validation_fraction": fraction, "separator_id": separator}
+  one = prepare.prepare(corpus, tok, BLOCK, str(tmp_path / "one"), workers=1, **kwargs)
+  beam = beam_prepare.prepare_beam(corpus, tok, BLOCK, str(tmp_path / "beam"), **kwargs)
+  assert beam.to_json() | {"created": ""} == one.to_json() | {"created": ""}
+  assert fingerprint_dir(one.directory) == fingerprint_dir(beam.directory)
+  if fraction == 0.0:  # no validation documents: train's last blocks were moved
+    assert one.splits["validation"].borrowed_from_train > 0
