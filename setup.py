@@ -63,7 +63,7 @@ setup(
         # protobuf < 7 and pyarrow < 26: in an environment with protobuf 7 pip downgrades it,
         # and sentencepiece 0.2.3's generated model proto then refuses to load (`tokenizer
         # train`); give Beam its own virtualenv (docs/preparing_data.md).
-        "beam": ["apache-beam[gcp]>=2.77.0", "pyarrow>=25.0.1", "zstandard>=0.25.0"],
+        "beam": ["apache-beam>=2.77.0", "pyarrow>=25.0.1", "zstandard>=0.25.0"],
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],

@@ -9,7 +9,8 @@ assigns each to a split by its text's hash and encodes them; the parent only rea
 (line files, to cut them between documents) and writes shards. At most `2 * workers` pieces
 are in flight, so memory does not grow with the corpus.
 
-Workers are spawned, not forked: the parent may hold JAX's threads (`pretrain train`).
+Workers are forked from a fresh fork server (which imports this module once), never from the
+parent, which may hold JAX's threads (`pretrain train`).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def encode_corpus(corpus_spec: str, tokenizer: AnyTokenizer, text_field: str,
   # A corpus of a few pieces (tests, the bundled corpora) is not worth starting processes.
   head = list(itertools.islice(pieces, workers + 1))
   pieces = itertools.chain(head, pieces)
-  if len(head) <= workers:
+  if workers == 1 or len(head) <= workers:
     local = copy.copy(tokenizer)
     if hasattr(local, "encode_threads"):
       local.encode_threads = 1
@@ -125,9 +126,10 @@ def encode_corpus(corpus_spec: str, tokenizer: AnyTokenizer, text_field: str,
       documents += encoded.num_documents
       yield encoded
   else:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # imported once, in the server
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-        initargs=(tokenizer, args))
+        workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer, args))
     window: collections.deque = collections.deque()
     try:
       for piece in pieces:
