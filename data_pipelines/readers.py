@@ -75,8 +75,9 @@ def units(source: str, text_field: str, tfds_data_dir: str | None = None) -> lis
   field exists (a parquet or Arrow column, a TFDS feature) before anything is tokenized."""
   kind = unit_kind(source)
   if kind == "parquet":
-    meta = _parquet_file(source).metadata
-    _check_column(source, _parquet_file(source).schema_arrow, text_field)
+    parquet = _parquet_file(source)
+    meta = parquet.metadata
+    _check_column(source, parquet.schema_arrow, text_field)
     return [Unit("parquet", source, i) for i in range(meta.num_row_groups)
             if meta.row_group(i).num_rows]
   if kind == "arrow":
