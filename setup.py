@@ -67,7 +67,8 @@ setup(
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
-        "bench": ["transformers>=4.45", "torch==2.13.0"],
+        # the prepare suite: HF datasets' map as the peer, psutil for the workers' memory
+        "bench": ["transformers>=4.45", "torch==2.13.0", "datasets>=5.2.0", "psutil>=7.2.2"],
         # data.order=icp on more than 20,000 documents: the approximate nearest neighbours.
         "icp": ["faiss-cpu>=1.15.1"],
     },
