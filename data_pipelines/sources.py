@@ -4,7 +4,12 @@ A corpus spec is a string:
 
   path/to/file.txt      documents separated by one or more blank lines
   path/to/file.jsonl    one JSON object per line; the document is its `text_field`
-  path/to/dir           every *.txt and *.jsonl below it, sorted, recursively
+  *.txt.gz, *.jsonl.zst the same, compressed with gzip or zstd
+  path/to/file.parquet  the string column `text_field` (HF datasets' parquet), by row group
+  path/to/file.arrow    an Arrow IPC file or stream with the string column `text_field`
+  path/to/dir           every file of the types above below it, sorted, recursively; a
+                        folder written by `datasets.save_to_disk` (state.json) reads its
+                        Arrow files in the order it lists them
   'data/*.jsonl'        a glob (recursive `**` allowed), sorted
   bundled               the bundled English corpus (Python documentation prose)
   bundled_ko            the bundled Korean corpus (LibreOffice help prose)
@@ -13,7 +18,8 @@ A corpus spec is a string:
                                (split defaults to train; data dir from $TFDS_DATA_DIR)
 
 Every document is stripped; empty ones are dropped. Bytes are decoded as strict UTF-8 (a
-byte order mark at the start of a file is dropped).
+byte order mark at the start of a file is dropped). Paths may be on gs://. How a corpus is
+cut into pieces that processes read and tokenize in parallel is `readers`.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import json
 import os
 from collections.abc import Iterator
 
-from data_pipelines import storage
+from data_pipelines import readers, storage
 from data_pipelines.errors import DataError
+from data_pipelines.readers import SUFFIXES
 
 CORPORA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
 BUNDLED = {
@@ -33,25 +40,21 @@ BUNDLED = {
     "bundled_ko": ("libreoffice_help_ko.jsonl",),
     "bundled_all": ("python_docs_en.jsonl", "libreoffice_help_ko.jsonl"),
 }
-TEXT_SUFFIXES = (".txt", ".jsonl")
-_UTF8_BOM = b"\xef\xbb\xbf"
-_TFDS_PREFIX = "tfds:"
-
-
-def _tfds_data_dir(data_dir: str | None) -> str | None:
-  return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+TEXT_SUFFIXES = SUFFIXES  # every file type a directory or glob picks up
+_TFDS_PREFIX = readers.TFDS_PREFIX
+_KINDS = ".txt, .jsonl (plain, .gz or .zst), .parquet or .arrow"
 
 
 def resolve_corpus(spec: str) -> list[str]:
   """Returns the concrete sources of a spec: file paths in read order, or the tfds spec itself.
 
   Raises:
-    DataError: the path does not exist, or a directory or glob matches no .txt/.jsonl file.
+    DataError: the path does not exist, or a directory or glob matches no file it reads.
   """
   if not spec or not spec.strip():
     raise DataError("corpus spec is empty; expected a path, a glob, 'bundled' or 'tfds:NAME'")
   if spec.startswith(_TFDS_PREFIX):
-    _parse_tfds(spec)
+    readers.parse_tfds(spec)
     return [spec]
   if spec in BUNDLED:
     return [os.path.join(CORPORA_DIR, name) for name in BUNDLED[spec]]
@@ -65,10 +68,13 @@ def resolve_corpus(spec: str) -> list[str]:
       _check_suffix(path)
     return matches
   if os.path.isdir(spec):
+    saved = _saved_dataset_files(spec)
+    if saved is not None:
+      return saved
     found = sorted(os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(spec)
                    for f in filenames if f.endswith(TEXT_SUFFIXES))
     if not found:
-      raise DataError(f"corpus directory {spec} contains no .txt or .jsonl files")
+      raise DataError(f"corpus directory {spec} contains no {_KINDS} files")
     return found
   if not os.path.exists(spec):
     raise DataError(f"corpus {spec} does not exist (expected a file, directory, glob, "
@@ -84,9 +90,12 @@ def _resolve_remote(spec: str) -> list[str]:
     if not found:
       raise DataError(f"corpus glob {spec!r} matches no files")
   elif storage.isdir(spec):
+    saved = _saved_dataset_files(spec)
+    if saved is not None:
+      return saved
     found = [p for p in storage.remote_files(spec) if p.endswith(TEXT_SUFFIXES)]
     if not found:
-      raise DataError(f"corpus directory {spec} contains no .txt or .jsonl files")
+      raise DataError(f"corpus directory {spec} contains no {_KINDS} files")
     return found
   elif storage.isfile(spec):
     found = [spec]
@@ -99,7 +108,48 @@ def _resolve_remote(spec: str) -> list[str]:
 
 def _check_suffix(path: str) -> None:
   if not path.endswith(TEXT_SUFFIXES):
-    raise DataError(f"corpus file {path} has an unsupported type; expected .txt or .jsonl")
+    raise DataError(f"corpus file {path} has an unsupported type; expected {_KINDS}")
+
+
+def _saved_dataset_files(directory: str) -> list[str] | None:
+  """The Arrow files of a folder written by `datasets.save_to_disk`, in its order (None: not
+  such a folder).
+
+  Raises:
+    DataError: a DatasetDict folder (one subfolder per split), or an unreadable state.json.
+  """
+  dict_json = storage.join(directory, "dataset_dict.json")
+  if storage.exists(dict_json):
+    try:
+      splits = json.loads(storage.read_text(dict_json))["splits"]
+    except (ValueError, KeyError, TypeError):
+      splits = "?"
+    raise DataError(f"corpus {directory} is a DatasetDict folder with splits {splits}; name "
+                    f"one split's folder, e.g. {storage.join(directory, 'train')}")
+  state = storage.join(directory, "state.json")
+  if not storage.exists(state):
+    return None
+  try:
+    names = [entry["filename"] for entry in json.loads(storage.read_text(state))["_data_files"]]
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{state} is not a datasets state.json (no _data_files list: {e!r})"
+                    ) from None
+  if not names:
+    raise DataError(f"corpus {directory}: {state} lists no Arrow files")
+  return [storage.join(directory, name) for name in names]
+
+
+def units(spec: str, text_field: str = "text",
+          tfds_data_dir: str | None = None) -> list[readers.Unit]:
+  """The corpus cut into units that can be read independently (see `readers`), in order.
+
+  Raises:
+    DataError: a bad spec, a parquet / Arrow file without the text column or unreadable, a
+      TFDS dataset or split that does not exist.
+  """
+  data_dir = readers.tfds_data_dir(tfds_data_dir)
+  return [unit for source in resolve_corpus(spec)
+          for unit in readers.units(source, text_field, data_dir)]
 
 
 def read_documents(spec: str, text_field: str = "text",
@@ -111,132 +161,13 @@ def read_documents(spec: str, text_field: str = "text",
       is not prepared locally, or a corpus without any text (raised once it is exhausted).
   """
   count = 0
-  for source in resolve_corpus(spec):
-    if source.startswith(_TFDS_PREFIX):
-      docs = _read_tfds(source, text_field, _tfds_data_dir(tfds_data_dir))
-    elif source.endswith(".jsonl"):
-      docs = _read_jsonl(source, text_field)
-    else:
-      docs = _read_txt(source)
-    for doc in docs:
-      doc = doc.strip()
-      if doc:
-        count += 1
-        yield doc
+  for unit in units(spec, text_field, tfds_data_dir):
+    for piece in readers.pieces(unit, text_field):
+      docs = readers.documents(piece, text_field)
+      count += len(docs)
+      yield from docs
   if not count:
     raise DataError(f"corpus {spec} contains no text")
-
-
-def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
-  """Yields (1-based line number, line) decoding strictly, so bad bytes are never hidden.
-
-  A UTF-8 byte order mark at the very start of the file is dropped (editors on Windows write
-  one); it is not text, and json.loads refuses a line that starts with it.
-  """
-  offset = 0
-  with storage.open_file(path, "rb") as f:
-    for number, raw in enumerate(f, 1):
-      skip = len(_UTF8_BOM) if number == 1 and raw.startswith(_UTF8_BOM) else 0
-      try:
-        yield number, raw[skip:].decode("utf-8")
-      except UnicodeDecodeError as e:
-        start = skip + e.start
-        raise DataError(f"{path}:{number}: invalid UTF-8 at byte offset {offset + start} "
-                        f"({raw[start:start + 4]!r}); expected UTF-8 text") from None
-      offset += len(raw)
-
-
-def _read_txt(path: str) -> Iterator[str]:
-  paragraph: list[str] = []
-  for _, line in _decoded_lines(path):
-    if line.strip():
-      paragraph.append(line.rstrip("\r\n"))
-    elif paragraph:
-      yield "\n".join(paragraph)
-      paragraph = []
-  if paragraph:
-    yield "\n".join(paragraph)
-
-
-def _read_jsonl(path: str, text_field: str) -> Iterator[str]:
-  for number, line in _decoded_lines(path):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
-    except (ValueError, RecursionError) as e:
-      # An integer of more than sys.get_int_max_str_digits() digits, or nesting deeper than
-      # the interpreter's recursion limit: valid JSON that Python will not build.
-      reason = ("nested too deeply" if isinstance(e, RecursionError)
-                else str(e).splitlines()[0] if str(e) else type(e).__name__)
-      raise DataError(f"{path}:{number}: unreadable JSON record ({reason})") from None
-    if not isinstance(record, dict):
-      raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-    if text_field not in record:
-      raise DataError(f"{path}:{number}: no field {text_field!r}; the record has keys "
-                      f"{sorted(record)}")
-    text = record[text_field]
-    if not isinstance(text, str):
-      raise DataError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, "
-                      f"expected a string")
-    try:
-      text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800"
-      raise DataError(f"{path}:{number}: field {text_field!r} holds {text[e.start:e.end]!r} "
-                      f"at character {e.start}, a lone surrogate that is not text (invalid "
-                      f"\\u escape); expected valid Unicode") from None
-    yield text
-
-
-def _parse_tfds(spec: str) -> tuple[str, str]:
-  """'tfds:NAME[/CONFIG][:SPLIT]' -> ('NAME[/CONFIG]', SPLIT)."""
-  body = spec[len(_TFDS_PREFIX):]
-  name, _, split = body.partition(":")
-  if not name:
-    raise DataError(f"corpus {spec!r} names no dataset; expected tfds:NAME[/CONFIG][:SPLIT]")
-  return name, split or "train"
-
-
-def _tfds_builder(spec: str, data_dir: str | None):
-  """Returns a builder for a prepared dataset, never downloading or preparing one."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  name, _ = _parse_tfds(spec)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # noqa: BLE001 -- tfds raises many types for unknown names/configs
-    raise DataError(f"corpus {spec}: TFDS cannot find dataset {name!r} "
-                    f"({str(e).splitlines()[0]})") from None
-  if not builder.is_prepared():
-    raise DataError(f"corpus {spec}: TFDS dataset {name!r} is not prepared in "
-                    f"{builder.data_dir}; prepare it there in array_record format first "
-                    f"(this pipeline never downloads)")
-  return builder
-
-
-def _read_tfds(spec: str, text_field: str, data_dir: str | None) -> Iterator[str]:
-  _, split = _parse_tfds(spec)
-  builder = _tfds_builder(spec, data_dir)
-  try:
-    source = builder.as_data_source(split=split)
-  except Exception as e:  # noqa: BLE001 -- unknown split, tfrecord-only dataset, ...
-    raise DataError(f"corpus {spec}: cannot open split {split!r} as a random-access "
-                    f"source ({str(e).splitlines()[0]})") from None
-  for index in range(len(source)):
-    record = source[index]
-    if text_field not in record:
-      raise DataError(f"corpus {spec}: record {index} has no field {text_field!r}; keys "
-                      f"{sorted(record)}")
-    text = record[text_field]
-    if isinstance(text, bytes):
-      try:
-        text = text.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise DataError(f"corpus {spec}: record {index} field {text_field!r} has invalid "
-                        f"UTF-8 at byte offset {e.start}") from None
-    yield text
 
 
 def fingerprint(spec: str, tfds_data_dir: str | None = None) -> str:
@@ -249,7 +180,7 @@ def fingerprint(spec: str, tfds_data_dir: str | None = None) -> str:
   digest = hashlib.sha256()
   for source in resolve_corpus(spec):
     if source.startswith(_TFDS_PREFIX):
-      builder = _tfds_builder(source, _tfds_data_dir(tfds_data_dir))
+      builder = readers.tfds_builder(source, tfds_data_dir)
       digest.update(f"{source}|{builder.version}|{builder.data_dir}".encode())
     elif storage.is_remote(source):
       digest.update(storage.stat_identity(source).encode())

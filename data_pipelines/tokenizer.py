@@ -112,7 +112,11 @@ class Tokenizer:
     self.special_ids = {"pad": vocab.PAD_ID, "unk": vocab.UNK_ID, "cls": vocab.BOS_ID,
                         "sep": vocab.SEP_ID, "mask": vocab.MASK_ID, "bos": vocab.BOS_ID,
                         "eos": vocab.EOS_ID}
-    self._threads = os.cpu_count() or 1
+    self.encode_threads = os.cpu_count() or 1  # SentencePiece threads of encode_batch
+
+  def __reduce__(self):
+    # Worker processes (data preparation) load the model from its file again.
+    return (self.__class__, (self.model_path, self.num_sentinels, self.paradigm_tokens))
 
   @classmethod
   def load(cls, model_path: str) -> Tokenizer:
@@ -140,7 +144,7 @@ class Tokenizer:
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Encodes many texts on SentencePiece's own threads; one int32 array per text."""
-    ids = self._sp.encode(list(texts), out_type=int, num_threads=self._threads)
+    ids = self._sp.encode(list(texts), out_type=int, num_threads=self.encode_threads)
     return [np.asarray(x, dtype=np.int32) for x in ids]
 
   def decode(self, ids: Iterable[int] | np.ndarray) -> str:

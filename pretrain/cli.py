@@ -262,7 +262,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
   from pretrain import data as data_lib
 
   config = _load_run_config(args)
-  _, _, manifest = data_lib.prepare_for(config)
+  _, _, manifest = data_lib.prepare_for(config, runner=args.runner,
+                                        beam_options=args.beam_options)
   print(manifest.summary(), file=sys.stderr)
   print(json.dumps({"directory": manifest.directory,
                     "splits": {k: v.num_blocks for k, v in manifest.splits.items()}}))
@@ -382,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
   dsub = p.add_subparsers(dest="data_command", required=True)
   d = dsub.add_parser("prepare", help="tokenize and cut the corpus of a config into shards")
   add_config_args(d)
+  d.add_argument("--runner", choices=("local", "beam"), default="local",
+                 help="local: data.prepare_workers processes on this machine; beam: an Apache "
+                      "Beam pipeline (DirectRunner, or Dataflow with --beam-options), same output")
+  d.add_argument("--beam-options", default="",
+                 help="Beam pipeline flags in one string, e.g. '--runner=DataflowRunner "
+                      "--project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py'")
   d.set_defaults(fn=cmd_data_prepare)
 
   p = sub.add_parser("plot", help="write a PNG of the loss curves of a run")

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from data_pipelines import icp, packing, pipeline, prepare, storage
+from data_pipelines import prepare_workers as prepare_workers_lib
 from data_pipelines import vocab as vocab_lib
 from data_pipelines.tokenizer import AnyTokenizer as Tokenizer
 from data_pipelines.tokenizer import load_tokenizer
@@ -29,6 +30,11 @@ def cache_root(config: Config) -> str:
     return storage.local_mirror(config.data.cache_dir, "data")
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "t5x_like", "data")
+
+
+def prepare_workers(config: Config) -> int:
+  """data.prepare_workers, 0 meaning one per core."""
+  return config.data.prepare_workers or prepare_workers_lib.default_workers()
 
 
 def resolve_vocab(config: Config, tokenizer: Tokenizer) -> Config:
@@ -178,9 +184,10 @@ class RunData:
   hooks: DataHooks
 
 
-def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
-                ) -> tuple[Config, Tokenizer, prepare.Manifest]:
-  """Resolves the vocabulary and prepares (or reuses) the block cache."""
+def prepare_for(config: Config, tokenizer: Tokenizer | None = None, runner: str = "local",
+                beam_options: str = "") -> tuple[Config, Tokenizer, prepare.Manifest]:
+  """Resolves the vocabulary and prepares (or reuses) the block cache, on this machine or
+  (runner="beam") as an Apache Beam pipeline run with `beam_options`."""
   if tokenizer is None:
     tokenizer = load_tokenizer(config.data.tokenizer)
   config = resolve_lengths(resolve_vocab(config, tokenizer))
@@ -191,7 +198,8 @@ def prepare_for(config: Config, tokenizer: Tokenizer | None = None,
       validation_fraction=config.data.validation_fraction, text_field=config.data.text_field,
       pack=pack_spec(config),
       remote_root=config.data.cache_dir if storage.is_remote(config.data.cache_dir) else None,
-      separated=_objective(config).separated_blocks, order=order)
+      separated=_objective(config).separated_blocks, order=order,
+      workers=prepare_workers(config), runner=runner, beam_options=beam_options)
   return config, tokenizer, manifest
 
 

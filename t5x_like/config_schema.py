@@ -152,6 +152,10 @@ class DataConfig:
   cache_dir: str = ""  # "" = $XDG_CACHE_HOME/t5x_like/data
   worker_threads: int = 2
   prefetch: int = 4
+  # Processes that read and tokenize the corpus in `pretrain data prepare` (and in the
+  # preparation `train` runs when the cache is missing); 0 = one per core. The prepared data
+  # is the same for any number.
+  prepare_workers: int = 0
   # Document order before blocks are cut. random: corpus order (the default). icp: In-Context
   # Pretraining (Shi et al. 2023; docs/objectives.md): near-duplicates dropped, related
   # documents next to each other, blocks shuffled. Needs pack_documents=false.

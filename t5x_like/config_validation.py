@@ -75,6 +75,8 @@ def validate(c: Config) -> None:
            f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
   _require(d.worker_threads >= 0 and d.prefetch >= 0,
            "data.worker_threads and data.prefetch must be >= 0")
+  _require(d.prepare_workers >= 0,
+           f"data.prepare_workers must be >= 0 (0 = one per core), got {d.prepare_workers}")
   if d.order == "icp":
     _require(not d.pack_documents, "data.order=icp needs data.pack_documents=false: packed "
              "documents never attend to each other, so putting related ones together in a row "

@@ -76,14 +76,14 @@ def test_missing_path_named(tmp_path):
 
 def test_empty_directory_and_glob(tmp_path):
   (tmp_path / "empty").mkdir()
-  with pytest.raises(DataError, match="contains no .txt or .jsonl files"):
+  with pytest.raises(DataError, match=r"contains no \.txt, \.jsonl .*\.parquet or \.arrow files"):
     sources.resolve_corpus(str(tmp_path / "empty"))
   with pytest.raises(DataError, match="matches no files"):
     sources.resolve_corpus(str(tmp_path / "*.jsonl"))
 
 
 def test_unsupported_extension(tmp_path):
-  with pytest.raises(DataError, match="expected .txt or .jsonl"):
+  with pytest.raises(DataError, match=r"expected \.txt, \.jsonl .*, \.parquet or \.arrow"):
     sources.resolve_corpus(_write(tmp_path / "a.csv", "x"))
 
 
@@ -183,3 +183,10 @@ def test_tfds_unknown_name_and_split(tfds_dir):
     sources.fingerprint("tfds:no_such_dataset_xyz", tfds_data_dir=tfds_dir)
   with pytest.raises(DataError, match="cannot open split 'bogus'"):
     list(sources.read_documents("tfds:tiny_corpus_for_tests:bogus", tfds_data_dir=tfds_dir))
+
+
+def test_tfds_feature_and_split_named(tfds_dir):
+  with pytest.raises(DataError, match=r"no feature 'body'; the dataset has features \['text'\]"):
+    sources.units("tfds:tiny_corpus_for_tests", "body", tfds_data_dir=tfds_dir)
+  with pytest.raises(DataError, match=r"split 'bogus'.*splits \['train', 'validation'\]"):
+    sources.units("tfds:tiny_corpus_for_tests:bogus", tfds_data_dir=tfds_dir)
