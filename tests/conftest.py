@@ -44,3 +44,18 @@ os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+# Tests marked `beam` need apache-beam, which cannot share this environment (it caps protobuf
+# below what sentencepiece needs: setup.py's `beam` extra). tests/test_beam_env.py runs them in
+# a virtualenv of their own, setting this variable; everywhere else they are deselected.
+BEAM_ENV = "PRETRAIN_TESTS_IN_BEAM_ENV"
+
+
+def pytest_collection_modifyitems(config, items):
+  if os.environ.get(BEAM_ENV):
+    return
+  beam = [item for item in items if item.get_closest_marker("beam")]
+  if beam:
+    config.hook.pytest_deselected(items=beam)
+    items[:] = [item for item in items if not item.get_closest_marker("beam")]

@@ -84,10 +84,9 @@ def test_corrupt_file_in_a_worker_is_named_and_nothing_kept(tok, corpus, tmp_pat
   assert os.listdir(cache) == []
 
 
-@pytest.mark.slow
+@pytest.mark.beam
 @pytest.mark.parametrize("fraction,separator", [(0.1, 1), (0.0, None)])
 def test_beam_direct_runner_same_bytes(tok, corpus, tmp_path, monkeypatch, fraction, separator):
-  pytest.importorskip("apache_beam")
   from data_pipelines import beam_prepare
   monkeypatch.setattr(readers, "PIECE_BYTES", 4096)
   kwargs = {"shard_size": 1000, "validation_fraction": fraction, "separator_id": separator}
@@ -113,10 +112,8 @@ def test_tokenizers_pickle_as_their_files(tok, tmp_path):
         list(x) for x in tokenizer.encode_batch(texts)]
 
 
-@pytest.mark.slow
+@pytest.mark.beam
 def test_beam_writes_a_gs_cache_manifest_last(tok, corpus, tmp_path):
-  pytest.importorskip("apache_beam")
-  pytest.importorskip("gcp_storage_emulator")
   import fsspec
 
   from data_pipelines import beam_prepare

@@ -84,8 +84,7 @@ def test_korean_parquet_two_workers_like_one(capsys, tmp_path, corpus):
   assert fingerprint_dir(dirs[0]) == fingerprint_dir(dirs[1])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not _HAS_BEAM, reason="needs apache-beam (the [beam] extra)")
+@pytest.mark.beam
 def test_beam_runner_like_local_and_errors(capsys, tmp_path, corpus):
   code, out, err = _prepare(capsys, corpus, str(tmp_path / "local"))
   assert code == 0, err
