@@ -1,10 +1,10 @@
 """`pretrain` command line: train | eval | export | import | generate | tokenizer train |
 data prepare | plot.
 
-`import` turns a HuggingFace folder (bert, t5 v1.1, bart, xlnet) into a run directory whose
-step-0 checkpoint `train` resumes from: the step restarts at 0 with a new optimiser state,
-built from `train`'s optim settings (any optimiser; a resume from a later step keeps its
-optimiser's structure).
+`import` turns a HuggingFace folder (bert, t5 v1.1, bart, xlnet, llama, mpt, albert) into a
+run directory whose step-0 checkpoint `train` resumes from: the step restarts at 0 with a new
+optimiser state, built from `train`'s optim settings (any optimiser; a resume from a later
+step keeps its optimiser's structure).
 
 Bad input ends with one line `error: ...` on stderr and exit code 2; nothing already saved
 is touched. A multi-process `train` that loses one of its processes ends the others with one
