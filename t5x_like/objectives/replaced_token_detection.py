@@ -107,13 +107,8 @@ class ReplacedTokenDetectionTask:
     """
     labels_BL = batch["labels"]
     selected_BL = labels_BL != IGNORE
-    # The p-th selected position of each row, without sort or gather (as the MLM task).
-    rank_BL = jnp.cumsum(selected_BL, axis=1) - 1
-    slot_P = jnp.arange(self.num_predictions)
-    select_BPL = selected_BL[:, None, :] & (rank_BL[:, None, :] == slot_P[None, :, None])
-    valid_BP = jnp.any(select_BPL, axis=-1)
-    order_BP = jnp.sum(select_BPL * jnp.arange(labels_BL.shape[1]), axis=-1)
-    targets_BP = jnp.sum(select_BPL * labels_BL[:, None, :], axis=-1)
+    select_BPL, valid_BP, order_BP, targets_BP = tasks.masked_slots(labels_BL,
+                                                                    self.num_predictions)
     gen_rng, sample_rng = jax.random.split(rng)
     logits_BPV = self.model.apply(
         {"params": params}, batch["input_ids"], batch.get("attention_mask"),

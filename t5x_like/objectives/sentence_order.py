@@ -89,15 +89,9 @@ class SentenceOrderTask(tasks.MLMTask):
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, Any]]:
     """Returns (MLM NLL sum + weight x scaled SOP sum, aux)."""
-    labels_BL = batch["labels"]
-    selected_BL = labels_BL != IGNORE
-    # The p-th selected position of each row without sort or gather (as MLMTask).
-    rank_BL = jnp.cumsum(selected_BL, axis=1) - 1
-    slot_P = jnp.arange(self.num_predictions)
-    select_BPL = selected_BL[:, None, :] & (rank_BL[:, None, :] == slot_P[None, :, None])
-    valid_BP = jnp.any(select_BPL, axis=-1)
-    order_BP = jnp.sum(select_BPL * jnp.arange(labels_BL.shape[1]), axis=-1)
-    targets_BP = jnp.sum(select_BPL * labels_BL[:, None, :], axis=-1)
+    selected_BL = batch["labels"] != IGNORE
+    _, valid_BP, order_BP, targets_BP = tasks.masked_slots(batch["labels"],
+                                                           self.num_predictions)
     logits_BPV, sop_B2 = self.model.apply(
         {"params": params}, batch["input_ids"], batch.get("attention_mask"),
         batch.get("token_type_ids"), masked_positions=order_BP, deterministic=deterministic,

@@ -59,6 +59,28 @@ def _token_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array, z_los
   return nll, aux
 
 
+def masked_slots(labels_BL: jax.Array, num_predictions: int
+                 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The masked positions of each row in P = num_predictions static slots.
+
+  Returns (select_BPL: slot p of row b is position l, valid_BP: the slot holds a position,
+  order_BP: its position (0 when empty), targets_BP: its label (0 when empty)). Selections
+  beyond P get no slot (the caller counts them as dropped).
+
+  The p-th selected position is found by comparing a running count with p: no sort and no
+  gather, so it partitions like the surrounding elementwise ops (an on-device argsort here
+  produced wrong gradients on a data x fsdp x tensor mesh).
+  """
+  selected_BL = labels_BL != IGNORE
+  rank_BL = jnp.cumsum(selected_BL, axis=1) - 1
+  slot_P = jnp.arange(num_predictions)
+  select_BPL = selected_BL[:, None, :] & (rank_BL[:, None, :] == slot_P[None, :, None])
+  valid_BP = jnp.any(select_BPL, axis=-1)
+  order_BP = jnp.sum(select_BPL * jnp.arange(labels_BL.shape[1]), axis=-1)
+  targets_BP = jnp.sum(select_BPL * labels_BL[:, None, :], axis=-1)
+  return select_BPL, valid_BP, order_BP, targets_BP
+
+
 class MLMTask:
   """Masked LM on an encoder: logits only at the (at most P) selected positions."""
 
@@ -87,17 +109,8 @@ class MLMTask:
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (summed NLL, {count, correct, dropped}) for one (micro-)batch."""
-    labels_BL = batch["labels"]
-    selected_BL = labels_BL != IGNORE
-    # The p-th selected position of each row, found by comparing a running count with p:
-    # no sort and no gather, so it partitions like the surrounding elementwise ops (an
-    # on-device argsort here produced wrong gradients on a data x fsdp x tensor mesh).
-    rank_BL = jnp.cumsum(selected_BL, axis=1) - 1
-    slot_P = jnp.arange(self.num_predictions)
-    select_BPL = selected_BL[:, None, :] & (rank_BL[:, None, :] == slot_P[None, :, None])
-    valid_BP = jnp.any(select_BPL, axis=-1)
-    order_BP = jnp.sum(select_BPL * jnp.arange(labels_BL.shape[1]), axis=-1)
-    targets_BP = jnp.sum(select_BPL * labels_BL[:, None, :], axis=-1)
+    selected_BL = batch["labels"] != IGNORE
+    _, valid_BP, order_BP, targets_BP = masked_slots(batch["labels"], self.num_predictions)
     logits_BPV = self.model.apply(
         {"params": params}, batch["input_ids"], batch.get("attention_mask"),
         batch.get("token_type_ids"), segment_ids=batch.get("segment_ids"),
