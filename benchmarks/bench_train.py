@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks import train_harness
-from benchmarks.train_spec import Batch, TrainSpec, adamw, stack_rows, torch_inputs
+from benchmarks.train_spec import (
+  Batch,
+  TrainSpec,
+  adamw,
+  encoder_row_fields,
+  stack_rows,
+  torch_inputs,
+)
 from data_pipelines.objectives import mlm
 from data_pipelines.vocab import VocabInfo
 from t5x_like.config import Config
@@ -49,13 +56,8 @@ def make_batches(config: Config, vocab: VocabInfo, count: int, seed: int) -> lis
 
 
 def row_fields(config: Config, batches: list[Batch]) -> dict[str, Any]:
-  m = config.model
-  return {"batch_size": config.train.batch_size, "seq_len": config.data.seq_len,
-          "hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_heads": m.num_heads,
-          "intermediate_size": m.intermediate_size, "vocab_size": m.vocab_size,
-          "max_predictions": config.objective.predictions_per_row(config),
-          "predicted_per_batch": float(np.mean([np.sum(x["labels"] != -100) for x in batches])),
-          "dropout": m.dropout_rate}
+  return encoder_row_fields(config, batches,
+                            max_predictions=config.objective.predictions_per_row(config))
 
 
 def hf_model(config: Config) -> Any:

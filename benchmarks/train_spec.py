@@ -84,6 +84,20 @@ def source_target_tokens(config: Config) -> int:
   return config.train.batch_size * (config.data.seq_len + config.data.target_len)
 
 
+def encoder_row_fields(config: Config, batches: list[Batch], *model_fields: str,
+                       **extra: Any) -> dict[str, Any]:
+  """The report row of an encoder shape with MLM-style labels (BERT, ELECTRA, ALBERT): the
+  shape, the named extra `model` fields, `extra`, and the predictions per batch."""
+  m = config.model
+  return {"batch_size": config.train.batch_size, "seq_len": config.data.seq_len,
+          "hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_heads": m.num_heads,
+          "intermediate_size": m.intermediate_size,
+          **{name: getattr(m, name) for name in model_fields}, "vocab_size": m.vocab_size,
+          **extra,
+          "predicted_per_batch": float(np.mean([np.sum(x["labels"] != -100) for x in batches])),
+          "dropout": m.dropout_rate}
+
+
 def stack_rows(rows: list[Batch]) -> Batch:
   """One batch from per-example dicts of equal-shape arrays."""
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
