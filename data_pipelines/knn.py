@@ -117,6 +117,13 @@ def _assign(x_ND: np.ndarray, centroids_CD: np.ndarray) -> np.ndarray:
   return out
 
 
+def _group(keys_N: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """(indices sorted by key, stably; bounds int[count + 1]): group g is
+  order[bounds[g]:bounds[g + 1]]."""
+  order = np.argsort(keys_N, kind="stable")
+  return order, np.concatenate([[0], np.cumsum(np.bincount(keys_N, minlength=count))])
+
+
 def _centroids(faiss, emb_ND: np.ndarray) -> np.ndarray:
   """float32[lists, D]: centroids of about N/_LIST lists by two-level k-means (√lists top
   clusters, each split by its own k-means in proportion to its size), so training grows
@@ -124,9 +131,7 @@ def _centroids(faiss, emb_ND: np.ndarray) -> np.ndarray:
   n = len(emb_ND)
   lists = max(1, round(n / _LIST))
   top = max(1, round(math.sqrt(lists)))
-  coarse = _assign(emb_ND, _kmeans(faiss, emb_ND, top, seed=1234))
-  order = np.argsort(coarse, kind="stable")
-  bounds = np.concatenate([[0], np.cumsum(np.bincount(coarse, minlength=top))])
+  order, bounds = _group(_assign(emb_ND, _kmeans(faiss, emb_ND, top, seed=1234)), top)
   centroids = [_kmeans(faiss, emb_ND[order[bounds[g]:bounds[g + 1]]],
                        max(1, round((bounds[g + 1] - bounds[g]) / _LIST)), seed=1234 + g)
                for g in range(top) if bounds[g + 1] > bounds[g]]
@@ -166,10 +171,8 @@ def _partitioned(faiss, emb_ND: np.ndarray, k: int, progress: Progress | None
   probe = _probe(faiss, emb_ND, centroids)
   probe[probe < 0] = lists  # HNSW found fewer lists: an empty list `lists` stands in
   need = np.count_nonzero(probe < lists, axis=1)
-  members = np.argsort(probe[:, 0], kind="stable")
-  m_bounds = np.concatenate([[0], np.cumsum(np.bincount(probe[:, 0], minlength=lists + 1))])
-  flat = np.argsort(probe.ravel(), kind="stable")  # (row, slot) pairs grouped by list
-  q_bounds = np.concatenate([[0], np.cumsum(np.bincount(probe.ravel(), minlength=lists + 1))])
+  members, m_bounds = _group(probe[:, 0], lists + 1)
+  flat, q_bounds = _group(probe.ravel(), lists + 1)  # (row, slot) pairs grouped by list
   ids, sims = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
   done = np.zeros(n, np.int8)
   for c in range(lists):
