@@ -178,14 +178,13 @@ def _partitioned(faiss, emb_ND: np.ndarray, k: int, progress: Progress | None
   for c in range(lists):
     rows = members[m_bounds[c]:m_bounds[c + 1]]
     queries = np.sort(flat[q_bounds[c]:q_bounds[c + 1]] // probe.shape[1])
-    if not len(rows) or not len(queries):
-      continue
-    s = emb_ND[queries] @ emb_ND[rows].T
-    i = np.broadcast_to(rows, s.shape)
-    s[i == queries[:, None]] = -np.inf  # not its own neighbour
-    ids[queries], sims[queries] = _sorted_topk(np.concatenate([sims[queries], s], axis=1),
-                                               np.concatenate([ids[queries], i], axis=1), k)
-    if progress:
+    if len(rows) and len(queries):
+      s = emb_ND[queries] @ emb_ND[rows].T
+      i = np.broadcast_to(rows, s.shape)
+      s[i == queries[:, None]] = -np.inf  # not its own neighbour
+      ids[queries], sims[queries] = _sorted_topk(np.concatenate([sims[queries], s], axis=1),
+                                                 np.concatenate([ids[queries], i], axis=1), k)
+    if progress and len(queries):  # a probed list without rows counts as visited too
       done[queries] += 1
       finished = int(np.count_nonzero(done[queries] == need[queries]))
       if finished:
