@@ -7,10 +7,18 @@ joined with EOS):
 
 - the block's longest document piece (the first on ties) is the document; its sentences end
   at the tokenizer's full-stop pieces (`vocab.sentence_end`: . ! ? 。 ？ ！, the last of a run);
-- `pair` (the document has >= 2 sentences): split at one of its k sentence boundaries, uniform
+- whole sentences only, as the reference's segments (lists of sentences): where the piece runs
+  into an edge of the block (no EOS or pad there) the document was cut mid-sentence, so its
+  partial first / last sentence is left out (a piece after an EOS starts its document, one
+  before an EOS or pad ends it; both are kept whole). Otherwise the edges would give the
+  order away: in order, the first segment would end with a full stop and the second stop
+  mid-sentence, swapped the reverse;
+- `pair` (>= 2 whole sentences): split at one of the inner sentence boundaries, uniform
   (ALBERT's a_end = randint(1, len(chunk) - 1)): A = the sentences before, B = the rest, two
   consecutive segments; swapped with probability swap_prob. `sentence_order_label` is 1 when
   swapped (B first), 0 in document order (as transformers' AlbertForPreTraining);
+- `partial` (at most one whole sentence, but a sentence boundary in the piece): split at a
+  boundary of the untrimmed piece, partial ends kept, swapped as a pair;
 - `random` (one sentence, the block holds other document pieces): ALBERT's fallback for a
   one-sentence chunk: A = the document, B = one of the block's other pieces (uniform), label
   1 (the original's is_random_next), never swapped;
@@ -33,7 +41,7 @@ import numpy as np
 from data_pipelines.objectives import mlm
 from data_pipelines.vocab import IGNORE_INDEX, VocabInfo
 
-KINDS = ("pair", "random", "mid_sentence", "empty")
+KINDS = ("pair", "partial", "random", "mid_sentence", "empty")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,10 +86,18 @@ def choose_pair(block: np.ndarray, u: np.ndarray, vocab: VocabInfo) -> Pair:
   lengths = [e - s for s, e in pieces]
   doc = int(np.argmax(lengths))
   start, end = pieces[doc]
-  cuts = _sentence_starts(block[start:end], vocab)
-  if cuts.size:
-    cut = start + int(cuts[int(u[0] * cuts.size)])
-    return Pair("pair", (start, cut), (cut, end))
+  cuts = start + _sentence_starts(block[start:end], vocab)
+  # Whole sentences, as the reference's segments: a piece that runs into an edge of the block
+  # (no EOS or pad there) was cut mid-document, so its partial first / last sentence is left out.
+  lo = int(cuts[0]) if start == 0 and cuts.size else start
+  hi = int(cuts[-1]) if end == block.shape[0] and cuts.size else end
+  inner = cuts[(cuts > lo) & (cuts < hi)]
+  if inner.size:
+    cut = int(inner[int(u[0] * inner.size)])
+    return Pair("pair", (lo, cut), (cut, hi))
+  if cuts.size:  # at most one whole sentence: consecutive segments with their partial ends
+    cut = int(cuts[int(u[0] * cuts.size)])
+    return Pair("partial", (start, cut), (cut, end))
   others = [p for i, p in enumerate(pieces) if i != doc]
   if others:
     return Pair("random", (start, end), others[int(u[0] * len(others))])
@@ -114,7 +130,7 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SOPParams,
   pair = choose_pair(block, u, vocab)
   first, second = block[pair.a[0]:pair.a[1]], block[pair.b[0]:pair.b[1]]
   label = 1 if pair.kind == "random" else 0
-  if pair.kind in ("pair", "mid_sentence") and u[1] < params.swap_prob:
+  if pair.kind in ("pair", "partial", "mid_sentence") and u[1] < params.swap_prob:
     first, second, label = second, first, 1
   body = np.concatenate([first, [vocab.sep_id], second]).astype(np.int32)
   masked, body_labels, cut = mlm.mask_tokens(body, rng, params.masking, vocab)

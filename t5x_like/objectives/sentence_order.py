@@ -155,6 +155,7 @@ def fallback_report(config: Any, tokenizer: Any, manifest: Any, max_blocks: int 
   return (f"warning: sentence-order prediction: {counts['random']} {of} hold a one-sentence "
           f"document and fall back to a random pair (B from another document of the row, "
           f"label 1), {counts['mid_sentence']} are one sentence split mid-sentence at a word, "
+          f"{counts['partial']} hold at most one whole sentence and keep their partial ones, "
           f"{counts['empty']} are empty; sentences end at the tokenizer's pieces ending in "
           f". ! ? 。 ？ ！ (a corpus of one-sentence documents has no consecutive pairs)")
 

@@ -51,7 +51,9 @@ def _segments(example: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_a_swapped_pair_is_labelled_1_and_a_pair_in_order_0():
-  doc = np.arange(10, 10 + SEQ - 3)  # one document, sentence ends at multiples of 7
+  doc = np.arange(10, 10 + SEQ - 3)  # a block cut from mid-document; sentences end at 7k
+  starts = sop._sentence_starts(doc, VOCAB)
+  whole = doc[starts[0]:starts[-1]]  # its whole sentences (the partial ends are left out)
   seen = set()
   for seed in range(200):
     ex = sop.make_example(doc, np.random.default_rng(seed), _params(), VOCAB)
@@ -59,8 +61,8 @@ def test_a_swapped_pair_is_labelled_1_and_a_pair_in_order_0():
     assert first.size and second.size
     label = int(ex["sentence_order_label"])
     a, b = (first, second) if label == 0 else (second, first)
-    # a and b are consecutive segments of the document, split at a sentence start.
-    np.testing.assert_array_equal(np.concatenate([a, b]), doc)
+    # a and b are consecutive segments of whole sentences, split at a sentence start
+    np.testing.assert_array_equal(np.concatenate([a, b]), whole)
     assert VOCAB.sentence_end[a[-1]] and not VOCAB.sentence_end[b[0]]
     # token types: 0 through the first [SEP], 1 on the second segment and its [SEP]
     types = ex["token_type_ids"]
@@ -68,8 +70,35 @@ def test_a_swapped_pair_is_labelled_1_and_a_pair_in_order_0():
     np.testing.assert_array_equal(types[first.size + 2:first.size + second.size + 3], 1)
     seen.add((label, a.size))
   assert {label for label, _ in seen} == {0, 1}
-  # every sentence boundary is used as the split (uniform over the k boundaries)
-  assert len({size for _, size in seen}) == len(sop._sentence_starts(doc, VOCAB))
+  # every inner sentence boundary is used as the split (uniform over them)
+  assert len({size for _, size in seen}) == len(starts) - 2
+
+
+def test_both_segments_start_and_end_at_sentence_boundaries_in_either_order():
+  """The order cannot be read off the segments' edges (as in the reference, whose segments
+  are lists of sentences): a block edge inside a document drops the partial sentence there,
+  and a document's own start and end (EOS) are kept."""
+  eos = VOCAB.eos_id
+  doc = np.arange(10, 10 + SEQ - 3)
+  for seed in range(100):
+    first, second = _segments(sop.make_example(doc, np.random.default_rng(seed), _params(),
+                                               VOCAB))
+    for segment in (first, second):
+      assert VOCAB.sentence_end[segment[-1]]
+  # a document that starts inside the block (after EOS) and ends at its edge keeps its first
+  # sentence, even without a preceding full stop, and drops its partial last one
+  tail = np.arange(10, 30)  # 14, 21, 28 end sentences
+  block = np.concatenate([[11, 12, eos], tail, np.arange(30, 30 + SEQ - 3 - 23)])
+  pair = sop.choose_pair(block, np.zeros(1), VOCAB)
+  assert pair.kind == "pair" and pair.a[0] == 3
+  assert VOCAB.sentence_end[block[pair.b[1] - 1]] and not VOCAB.sentence_end[block[pair.b[1]]]
+  # one whole sentence between two partial ones: consecutive segments with their partial
+  # ends ("partial", the edges then hint at the order; counted in the data warning)
+  lone = np.array([16, 17, 18, 21, 23, 25, 27, 28, 29, 30] + [31] * (SEQ - 13))
+  assert sop.pair_kind(lone, VOCAB) == "partial"
+  ex = sop.make_example(lone, np.random.default_rng(0), _params(swap_prob=0.0), VOCAB)
+  first, second = _segments(ex)
+  np.testing.assert_array_equal(np.concatenate([first, second]), lone)
 
 
 def test_sop_labels_are_balanced_within_the_binomial_interval():
