@@ -140,6 +140,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     raise ConfigError("--seq-len and --length-sweep exclude each other")
   if args.stride is not None and args.length_sweep:
     raise ConfigError("--stride and --length-sweep exclude each other")
+  if args.split != "validation" and (args.stride is not None or args.length_sweep):
+    raise ConfigError("--split train evaluates the run's rows; --stride and --length-sweep "
+                      "read the validation split only")
   lengths = evaluation.parse_lengths(args.length_sweep) if args.length_sweep else None
   distributed.initialize_from_env()
   if args.stride is not None:
@@ -151,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
       print(json.dumps(row))
     return 0
   print(json.dumps(evaluation.evaluate_workdir(args.workdir, args.step, args.max_batches,
-                                               seq_len=args.seq_len)))
+                                               seq_len=args.seq_len, split=args.split)))
   return 0
 
 
@@ -298,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object")
   p.add_argument("--workdir", required=True)
   p.add_argument("--step", type=int, default=None)
-  p.add_argument("--max-batches", type=int, default=0, help="0 = the whole validation split")
+  p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
+  p.add_argument("--split", default="validation", choices=("validation", "train"),
+                 help="train: the training rows in order, masked as in an eval pass, to "
+                      "compare with the held-out figures (cap it with --max-batches)")
   p.add_argument("--seq-len", type=int, default=None,
                  help="evaluate at this row length instead of the trained one")
   p.add_argument("--stride", type=int, default=None,

@@ -224,8 +224,9 @@ def build(config: Config, tokenizer: Tokenizer | None = None) -> RunData:
             "worker_threads": config.data.worker_threads, "prefetch": config.data.prefetch}
   train = pipeline.make_iterator(manifest.directory, "train", shuffle=True, **common)
 
-  def make_eval():
-    return pipeline.make_iterator(manifest.directory, "validation", shuffle=False, num_epochs=1,
+  def make_eval(split: str = "validation"):
+    """One pass over `split` in order (`pretrain eval --split train` measures the gap)."""
+    return pipeline.make_iterator(manifest.directory, split, shuffle=False, num_epochs=1,
                                   **common)
 
   baseline = most_frequent_token(manifest, tokenizer)

@@ -42,11 +42,17 @@ def _restore_for_eval(config: Any, workdir: str, step: int | None) -> tuple[Any,
   return trainer, params, restored, eval_step
 
 
+SPLITS = ("validation", "train")
+
+
 def evaluate_workdir(workdir: str, step: int | None = None, max_batches: int = 0,
-                     seq_len: int | None = None) -> dict[str, Any]:
-  """Metrics of a checkpoint on the validation split; `seq_len` evaluates at another row
-  length than the run trained with (the validation data is prepared at that length; a family
-  with a learned position table refuses lengths beyond it)."""
+                     seq_len: int | None = None, split: str = "validation") -> dict[str, Any]:
+  """Metrics of a checkpoint on the validation split (or `split="train"`: the training rows
+  in order, with the same masks as an eval pass, to compare held-out with seen text);
+  `seq_len` evaluates at another row length than the run trained with (the data is prepared
+  at that length; a family with a learned position table refuses lengths beyond it)."""
+  if split not in SPLITS:
+    raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
   path = os.path.join(workdir, "config.yaml")
   if not os.path.exists(path):
     raise ConfigError(f"{workdir} is not a run directory: {path} does not exist")
@@ -58,10 +64,10 @@ def evaluate_workdir(workdir: str, step: int | None = None, max_batches: int = 0
   run = data_lib.build(config)
   trainer, params, restored, eval_step = _restore_for_eval(run.config, workdir, step)
   with step_lib.mesh_context(trainer.mesh):
-    metrics = evaluation_lib.evaluate(eval_step, params, run.hooks.make_eval(),
+    metrics = evaluation_lib.evaluate(eval_step, params, run.hooks.make_eval(split),
                                       trainer.batch_sh, trainer.task.features, max_batches,
                                       run.hooks.baseline_token, trainer.zero_mems())
-  return {"step": restored, "split": "validation", "seq_len": run.config.data.seq_len,
+  return {"step": restored, "split": split, "seq_len": run.config.data.seq_len,
           **metrics, "devices": jax.device_count()}
 
 

@@ -69,6 +69,24 @@ def test_eval_max_batches_limits_the_data(capsys, trained_workdir, latest_eval):
   assert 0 < result["predicted_tokens"] < latest_eval["predicted_tokens"]
 
 
+def test_eval_split_train_reads_the_training_rows(capsys, trained_workdir):
+  """`--split train` evaluates the training rows (to compare with held-out), in order."""
+  runs = {}
+  for split in ("train", "validation", "train"):
+    code, out, _ = run_cli(capsys, ["eval", "--workdir", trained_workdir, "--split", split,
+                                    "--max-batches", "1"])
+    assert code == 0
+    result = one_json_line(out)
+    assert result["split"] == split and result["step"] == 6
+    if split in runs:  # in order, the same masks: the same figures twice
+      assert result["loss"] == runs[split]["loss"]
+    runs[split] = result
+  assert runs["train"]["loss"] != runs["validation"]["loss"]
+  code, _, err = run_cli(capsys, ["eval", "--workdir", trained_workdir, "--split", "train",
+                                  "--stride", "4"])
+  assert code != 0 and "--split train" in err and "validation split only" in err
+
+
 def _has_colour(pixels: np.ndarray, rgb: tuple[int, int, int], min_pixels: int = 20) -> bool:
   target = np.asarray(rgb, np.float32) / 255.0
   close = np.all(np.abs(pixels[..., :3] - target) < 0.02, axis=-1)
