@@ -127,8 +127,9 @@ class ReplacedTokenDetectionTask:
 
   def discriminator_loss(self, params: Any, batch: dict[str, jax.Array],
                          g: dict[str, jax.Array], rng: jax.Array, deterministic: bool
-                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(summed BCE, non-pad tokens, correct) of the discriminator on `replace`'s row."""
+                         ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(summed BCE, non-pad tokens, correct, flagged [B, L]: real tokens the discriminator
+    calls replaced) of the discriminator on `replace`'s row."""
     disc_BL = self.model.apply(
         {"params": params}, g["fake_BL"], batch.get("attention_mask"),
         batch.get("token_type_ids"), tower="discriminator", deterministic=deterministic,
@@ -138,7 +139,7 @@ class ReplacedTokenDetectionTask:
     bce_BL = optax.sigmoid_binary_cross_entropy(disc_BL.astype(jnp.float32),
                                                 g["replaced_BL"].astype(jnp.float32))
     correct = jnp.sum(((disc_BL > 0) == g["replaced_BL"]) & real_BL)
-    return jnp.sum(bce_BL * real_BL), jnp.sum(real_BL), correct
+    return jnp.sum(bce_BL * real_BL), jnp.sum(real_BL), correct, (disc_BL > 0) & real_BL
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, Any]]:
@@ -148,8 +149,8 @@ class ReplacedTokenDetectionTask:
     g = self.replace(params, batch, gen_rng, deterministic)
     gen_sum, aux = tasks._token_losses(g["logits_BPV"], g["targets_BP"], g["valid_BP"],
                                        self.z_loss)
-    disc_sum, tokens, correct = self.discriminator_loss(params, batch, g, disc_rng,
-                                                        deterministic)
+    disc_sum, tokens, correct, flagged_BL = self.discriminator_loss(params, batch, g, disc_rng,
+                                                                    deterministic)
     real_BL = g["fake_BL"] >= 0 if batch.get("attention_mask") is None else (
         batch["attention_mask"] > 0)
     scale = aux["count"].astype(jnp.float32) / jnp.maximum(tokens, 1).astype(jnp.float32)
@@ -163,6 +164,14 @@ class ReplacedTokenDetectionTask:
         "discriminator_loss": (disc_sum, tokens),
         "discriminator_accuracy": (correct, tokens),
         "replaced_fraction": (jnp.sum(g["replaced_BL"] & real_BL), tokens),
+        # as the reference's eval: of the flagged tokens, the replaced share; of the
+        # replaced, the flagged share; how often the generator's draw is the original
+        "discriminator_precision": (jnp.sum(flagged_BL & g["replaced_BL"]),
+                                    jnp.sum(flagged_BL)),
+        "discriminator_recall": (jnp.sum(flagged_BL & g["replaced_BL"]),
+                                 jnp.sum(g["replaced_BL"] & real_BL)),
+        "sampled_accuracy": (jnp.sum((g["sampled_BP"] == g["targets_BP"]) & g["valid_BP"]),
+                             aux["count"]),
     }
     return total, aux
 

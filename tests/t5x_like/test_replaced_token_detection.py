@@ -115,3 +115,23 @@ def test_loss_is_generator_mean_plus_50_discriminator_mean_over_real_tokens(task
   total2, _ = jax.jit(functools.partial(task.loss, deterministic=True))(
       params, padded, jax.random.key(4))
   np.testing.assert_allclose(float(total2), float(total), rtol=1e-5)
+
+
+def test_precision_recall_and_sampled_accuracy_count_what_they_say(task, params):
+  """The reference's eval metrics, recomputed from the discriminator's logits: with the rigged
+  generator every draw is SAMPLED, so 1 of the 5 draws is right and 4 tokens are replaced."""
+  batch = _batch()
+  p = _rigged(params)
+  # a discriminator bias of +b flags every real token (b > 0) or none (b < 0)
+  for bias, flagged in ((50.0, int(batch["attention_mask"].sum())), (-50.0, 0)):
+    head = p["discriminator_head"]
+    q = {**p, "discriminator_head": {**head, "dense_prediction": {
+        **head["dense_prediction"],
+        "bias": jnp.full_like(head["dense_prediction"]["bias"], bias)}}}
+    _, aux = jax.jit(functools.partial(task.loss, deterministic=True))(q, batch,
+                                                                       jax.random.key(4))
+    r = {k: (int(n), int(d)) for k, (n, d) in aux["ratios"].items()}
+    assert r["sampled_accuracy"] == (1, 5)
+    assert r["discriminator_recall"] == ((4, 4) if flagged else (0, 4))
+    assert r["discriminator_precision"] == ((4, flagged) if flagged else (0, 0))
+    assert r["replaced_fraction"] == (4, int(batch["attention_mask"].sum()))
