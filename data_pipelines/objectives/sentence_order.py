@@ -46,9 +46,12 @@ KINDS = ("pair", "partial", "random", "mid_sentence", "empty")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SOPParams:
-  """masking: the MLM's (whole-word, n-gram); swap_prob: P(a consecutive pair is swapped)."""
+  """masking: the MLM's (whole-word, n-gram); swap_prob: P(a consecutive pair is swapped);
+  whole_sentences: leave out a partial sentence at a block edge (False keeps it: the edges
+  then give the order away; for ablations such as `benchmarks/study_sop.py` only)."""
   masking: mlm.MLMParams
   swap_prob: float = 0.5
+  whole_sentences: bool = True
 
   def __post_init__(self):
     if not 0.0 <= self.swap_prob <= 1.0:
@@ -78,8 +81,11 @@ def _sentence_starts(doc: np.ndarray, vocab: VocabInfo) -> np.ndarray:
   return np.flatnonzero(end[:-1] & ~end[1:]) + 1
 
 
-def choose_pair(block: np.ndarray, u: np.ndarray, vocab: VocabInfo) -> Pair:
-  """The pair of a block given the split/partner draw u[0] in [0, 1) (module docstring)."""
+def choose_pair(block: np.ndarray, u: np.ndarray, vocab: VocabInfo,
+                whole_sentences: bool = True) -> Pair:
+  """The pair of a block given the split/partner draw u[0] in [0, 1) (module docstring);
+  `whole_sentences=False` keeps the partial sentences at the block's edges (every split is
+  then `partial`)."""
   pieces = _pieces(block, vocab)
   if not pieces:
     return Pair("empty", (0, 0), (0, 0))
@@ -91,7 +97,7 @@ def choose_pair(block: np.ndarray, u: np.ndarray, vocab: VocabInfo) -> Pair:
   # (no EOS or pad there) was cut mid-document, so its partial first / last sentence is left out.
   lo = int(cuts[0]) if start == 0 and cuts.size else start
   hi = int(cuts[-1]) if end == block.shape[0] and cuts.size else end
-  inner = cuts[(cuts > lo) & (cuts < hi)]
+  inner = cuts[(cuts > lo) & (cuts < hi)] if whole_sentences else cuts[:0]
   if inner.size:
     cut = int(inner[int(u[0] * inner.size)])
     return Pair("pair", (lo, cut), (cut, hi))
@@ -127,7 +133,7 @@ def make_example(block: np.ndarray, rng: np.random.Generator, params: SOPParams,
   if block.ndim != 1 or block.dtype.kind not in "iu":
     raise ValueError(f"block must be a 1-D integer array, got {block.dtype} {block.shape}")
   u = rng.random(2)
-  pair = choose_pair(block, u, vocab)
+  pair = choose_pair(block, u, vocab, params.whole_sentences)
   first, second = block[pair.a[0]:pair.a[1]], block[pair.b[0]:pair.b[1]]
   label = 1 if pair.kind == "random" else 0
   if pair.kind in ("pair", "partial", "mid_sentence") and u[1] < params.swap_prob:
