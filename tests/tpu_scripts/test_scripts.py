@@ -714,9 +714,14 @@ def start_waiting_create(fake, *args):
   env = {"PATH": f"{fake.bin}{os.pathsep}{os.environ['PATH']}", "HOME": str(fake.tmp),
          "TMPDIR": str(fake.tmp), "FAKE_GCLOUD_LOG": str(fake.log),
          "FAKE_TPU_STATES": "WAITING_FOR_RESOURCES"}
-  proc = subprocess.Popen([str(TPU_DIR / "create.sh"), "--env", str(fake.env_file()),
-                           "--queued", "--spot", "--interval", "1", *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+  # create.sh starts with SIGINT at its default, as from a terminal: a test run started in
+  # the background of a non-interactive shell (`nohup ... &`) inherits SIGINT ignored, and a
+  # shell cannot trap a signal that was ignored when it started.
+  reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+           "os.execv(sys.argv[1], sys.argv[1:])")
+  proc = subprocess.Popen([sys.executable, "-c", reset, str(TPU_DIR / "create.sh"), "--env",
+                           str(fake.env_file()), "--queued", "--spot", "--interval", "1", *args],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)  # its own process group, as in a terminal
   deadline = time.monotonic() + 20
   while "queued-resources describe" not in " ".join(kinds(fake.calls())):
@@ -728,8 +733,7 @@ def start_waiting_create(fake, *args):
 def test_ctrl_c_while_a_queued_request_waits_deletes_it(fake):
   proc = start_waiting_create(fake)
   # Ctrl-C signals the terminal's foreground process group: the script and the gcloud or
-  # sleep it waits on. (A SIGINT to the script's pid alone was once not acted on in a loaded
-  # CI run, the wait loop going on; bash defers a trapped SIGINT while it waits on a child.)
+  # sleep it waits on.
   os.killpg(proc.pid, signal.SIGINT)
   _, err = proc.communicate(timeout=20)
   assert proc.returncode == 130
