@@ -28,7 +28,9 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
+from benchmarks.train_spec import stack_rows
 from data_pipelines import pipeline
 from data_pipelines.objectives import sentence_order as sop
 from pretrain import data as run_data
@@ -41,9 +43,8 @@ ARMS = ("whole", "edge")
 
 def _rows(directory: str, split: str, indices: np.ndarray, rng: np.random.Generator,
           params: sop.SOPParams, vocab: Any) -> dict[str, np.ndarray]:
-  rows = [sop.make_example(pipeline.read_block(directory, split, int(i)), rng, params, vocab)
-          for i in indices]
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return stack_rows([sop.make_example(pipeline.read_block(directory, split, int(i)), rng,
+                                     params, vocab) for i in indices])
 
 
 def edge_cue_accuracy(rows: dict[str, np.ndarray], vocab: Any) -> float:
@@ -74,20 +75,21 @@ def run_arm(arm: str, config: config_lib.Config, tokenizer: Any, directory: str,
     (_, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(p)
     updates, o = tx.update(grads, o, p)
     sop_sum, rows = aux["ratios"]["sop_loss"]
-    return jax.tree.map(lambda a, b: a + b, p, updates), o, sop_sum / rows
+    return optax.apply_updates(p, updates), o, sop_sum / rows
 
   @jax.jit
   def evaluate(p, batch):
     _, aux = task.loss(p, batch, None, True)
     return aux["ratios"]["sop_loss"][0], aux["ratios"]["sop_accuracy"][0]
 
+  held_rows = (n_val // args.batch) * args.batch  # whole batches: one compile
+
   def held_out(p) -> tuple[float, float]:
     loss = correct = 0.0
-    for s in range(0, n_val - args.batch + 1, args.batch):  # whole batches: one compile
+    for s in range(0, held_rows, args.batch):
       l, c = evaluate(p, {k: v[s:s + args.batch] for k, v in val.items()})
       loss, correct = loss + float(l), correct + float(c)
-    seen = (n_val // args.batch) * args.batch
-    return loss / seen, correct / seen
+    return loss / held_rows, correct / held_rows
 
   rng = np.random.default_rng(args.seed)
   log, recent, start = [], [], time.perf_counter()
@@ -103,7 +105,6 @@ def run_arm(arm: str, config: config_lib.Config, tokenizer: Any, directory: str,
       recent = []
       print(f"{arm:5s} step {i:5d}  train sop {log[-1]['train_sop_loss']:.3f}  held-out sop "
             f"{loss:.3f} acc {accuracy:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
-  held_rows = (n_val // args.batch) * args.batch
   return {"arm": arm, "edge_cue_accuracy": edge_cue_accuracy(val, vocab),
           "heldout_rows": held_rows,
           "heldout_majority": float(max(np.mean(val[sop_objective.LABEL][:held_rows]),
