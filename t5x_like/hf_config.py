@@ -36,7 +36,6 @@ def activation(name: str, value: Any, allowed: tuple[str, ...]) -> str:
   return value
 
 
-
 def require_absolute_positions(hf: Mapping[str, Any]) -> None:
   """Refuses relative position embeddings (BERT-shaped configs), which our encoders lack."""
   if get(hf, "position_embedding_type", "absolute") != "absolute":

@@ -138,8 +138,9 @@ class ReplacedTokenDetectionTask:
     real_BL = jnp.ones_like(g["fake_BL"], bool) if mask is None else mask > 0
     bce_BL = optax.sigmoid_binary_cross_entropy(disc_BL.astype(jnp.float32),
                                                 g["replaced_BL"].astype(jnp.float32))
-    correct = jnp.sum(((disc_BL > 0) == g["replaced_BL"]) & real_BL)
-    return jnp.sum(bce_BL * real_BL), jnp.sum(real_BL), correct, (disc_BL > 0) & real_BL
+    flagged_BL = (disc_BL > 0) & real_BL
+    correct = jnp.sum((flagged_BL == g["replaced_BL"]) & real_BL)
+    return jnp.sum(bce_BL * real_BL), jnp.sum(real_BL), correct, flagged_BL
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
            deterministic: bool) -> tuple[jax.Array, dict[str, Any]]:
